@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# System packages the OCR stage needs: Tesseract with Japanese + English data, and Noto CJK fonts for the
+# rendered evaluation images. Installs them with apt-get when run as root, else prints the exact command.
+set -euo pipefail
+pkgs=(tesseract-ocr tesseract-ocr-jpn tesseract-ocr-eng fonts-noto-cjk)
+missing=()
+command -v tesseract >/dev/null 2>&1 || missing+=(tesseract-ocr)
+if command -v tesseract >/dev/null 2>&1; then
+  langs=$(tesseract --list-langs 2>/dev/null || true)
+  grep -qx jpn <<<"$langs" || missing+=(tesseract-ocr-jpn)
+  grep -qx eng <<<"$langs" || missing+=(tesseract-ocr-eng)
+fi
+if ! fc-list 2>/dev/null | grep -qi "Noto Sans CJK"; then missing+=(fonts-noto-cjk); fi
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing system packages: ${pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${pkgs[@]}" fontconfig >/dev/null
+else
+  echo "missing system packages: ${missing[*]}" >&2
+  echo "install them with:  sudo apt-get install -y ${pkgs[*]}" >&2
+  echo "(conda users: conda install -c conda-forge tesseract, plus the jpn traineddata)" >&2
+  exit 1
+fi

@@ -1,0 +1,102 @@
+"""Paths and one frozen, validated dataclass per notebook stage.
+
+Paths are resolved from the package root, never from the current directory, so a notebook run by papermill
+from ``notebooks/`` and a test run from the repo root agree on where artifacts live. ``SO8T_ARTIFACTS`` and
+``SO8T_REPORTS`` move the output folders (the tests use this to stay out of the user's artifacts).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_ROOT.parent
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+PARAMS_DIR = REPO_ROOT / "params"
+DATA_DIR = REPO_ROOT / "data"
+
+
+def artifacts_dir() -> Path:
+    """Root of the stage outputs (``artifacts/`` unless ``SO8T_ARTIFACTS`` says otherwise)."""
+    return Path(os.environ.get("SO8T_ARTIFACTS", REPO_ROOT / "artifacts")).resolve()
+
+
+def reports_dir() -> Path:
+    """Root of the rendered reports (``reports/`` unless ``SO8T_REPORTS`` says otherwise)."""
+    return Path(os.environ.get("SO8T_REPORTS", REPO_ROOT / "reports")).resolve()
+
+
+def check(ok: bool, field: str, value: Any, why: str) -> None:
+    """Raise ``ValueError`` naming ``field`` and its bad ``value`` unless ``ok``."""
+    if not ok:
+        raise ValueError(f"{field}={value!r}: {why}")
+
+
+class StageConfig:
+    """Mixin for the frozen stage dataclasses: JSON round trip and a shared name check."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(d) - names)
+        check(not unknown, "keys", unknown, f"not fields of {cls.__name__}")
+        return cls(**d)
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        check(v > 0, n, v, "must be > 0")
+
+
+MAPS = ("cayley", "exp")
+
+
+@dataclass(frozen=True)
+class RotationMathConfig(StageConfig):
+    """Stage 01: the SO(8) rotation math notebook."""
+
+    seed: int = 0
+    n_samples: int = 64  # random generators per norm in the accuracy sweep
+    max_norm: float = 10.0
+    n_norms: int = 12
+    width: int = 3072  # hidden size used for the parameter / cost comparison
+    tokens: int = 256  # tokens in the timing batch
+    timing_repeats: int = 5
+
+    def __post_init__(self) -> None:
+        _positive(self, "n_samples", "max_norm", "n_norms", "width", "tokens", "timing_repeats")
+        check(self.width % 8 == 0, "width", self.width, "must be a multiple of 8")
+
+
+@dataclass(frozen=True)
+class AlphaStageConfig(StageConfig):
+    """Stage 02: alpha annealing, the PET schedule and the learned-vs-scheduled experiment."""
+
+    seed: int = 0
+    alpha_start: float = -5.0
+    alpha_target: float = 1.618033988749895
+    warmup_steps: int = 50
+    anneal_steps: int = 400
+    pet_max_lambda: float = 0.1
+    pet_warmup: int = 100
+    pet_main: int = 1000
+    pet_anneal: int = 200
+    exp_hidden: int = 64  # synthetic experiment: width of the hidden state
+    exp_steps: int = 600
+    exp_batch: int = 128
+    exp_lr: float = 0.05
+    map: str = "cayley"
+
+    def __post_init__(self) -> None:
+        _positive(self, "warmup_steps", "anneal_steps", "exp_hidden", "exp_steps", "exp_batch", "exp_lr")
+        check(self.pet_max_lambda >= 0, "pet_max_lambda", self.pet_max_lambda, "must be >= 0")
+        check(self.exp_hidden % 8 == 0, "exp_hidden", self.exp_hidden, "must be a multiple of 8")
+        check(self.map in MAPS, "map", self.map, f"must be one of {MAPS}")
+        check(self.alpha_target > self.alpha_start, "alpha_target", self.alpha_target, "must exceed alpha_start")
