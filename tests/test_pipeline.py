@@ -1,0 +1,67 @@
+import json
+
+import pytest
+
+from so8t_core import pipeline
+from tests.conftest import run_module
+
+
+def test_parse_overrides_types_and_stage_prefix():
+    got = pipeline.parse_overrides(["steps=10", "03.lr=1e-3", "name=abc", "flag=true", "x=2.5"])
+    assert got == [(None, "steps", 10), ("03", "lr", 0.001), (None, "name", "abc"), (None, "flag", True),
+                   (None, "x", 2.5)]
+    for bad in ("steps", "=3", "3bad=1"):
+        with pytest.raises(ValueError, match="-p"):
+            pipeline.parse_overrides([bad])
+
+
+def test_plan_rejects_bad_profile_stage_and_parameter():
+    with pytest.raises(ValueError, match="profile='nope'"):
+        pipeline.plan("nope")
+    with pytest.raises(ValueError, match="--only '99'"):
+        pipeline.plan("smoke", only="99")
+    with pytest.raises(ValueError, match="-p no_such_knob"):
+        pipeline.plan("smoke", only="01", overrides=["no_such_knob=1"])
+    with pytest.raises(ValueError, match="stage 02"):
+        pipeline.plan("smoke", only="01,02", overrides=["02.width=64"])  # width is 01's, not 02's
+
+
+def test_plan_applies_profile_then_overrides():
+    planned = {s: p for s, _, p in pipeline.plan("smoke", only="01,02", overrides=["seed=7", "01.tokens=32"])}
+    assert planned["01_so8_rotation_math"]["seed"] == 7 and planned["02_alpha_annealing"]["seed"] == 7
+    assert planned["01_so8_rotation_math"]["tokens"] == 32
+    assert planned["01_so8_rotation_math"]["n_samples"] == 8  # from params/smoke.yaml
+
+
+def test_cli_bad_input_exits_2_naming_the_value(isolated_outputs):
+    r = run_module("so8t_core.pipeline", "--profile", "smoke", "--only", "01", "-p", "bogus=1")
+    assert r.returncode == 2 and "bogus" in r.stderr
+    assert not (isolated_outputs / "reports").exists()  # nothing ran, nothing written
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_runs_01_02_and_writes_reports(isolated_outputs):
+    r = run_module("so8t_core.pipeline", "--profile", "smoke", "--only", "01,02")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep, art = isolated_outputs / "reports", isolated_outputs / "artifacts"
+    index = json.loads((rep / "index.json").read_text())
+    assert [s["status"] for s in index["stages"]] == ["ok", "ok"]
+    for stage in ("01_so8_rotation_math", "02_alpha_annealing"):
+        manifest = json.loads((art / stage / "manifest.json").read_text())
+        assert "metrics.json" in manifest["files"] and manifest["versions"]["torch"]
+        html = (rep / f"{stage}.html").read_text()
+        assert "data:image/png;base64" in html  # images embedded: self-contained
+        assert f'href="{stage}.html"' in (rep / "index.html").read_text()
+    m1 = json.loads((art / "01_so8_rotation_math" / "metrics.json").read_text())
+    assert m1["block_params"] == 10752 and m1["orth_err_cayley_float32"] <= 1e-5
+
+
+@pytest.mark.slow
+def test_failing_stage_exits_nonzero_names_cell_and_index_shows_it(isolated_outputs):
+    r = run_module("so8t_core.pipeline", "--profile", "smoke", "--only", "01,02", "-p", "01.n_samples=0")
+    assert r.returncode == 1
+    assert "notebooks/01_so8_rotation_math.ipynb failed in cell" in r.stderr and "n_samples=0" in r.stderr
+    index = json.loads((isolated_outputs / "reports" / "index.json").read_text())
+    assert [s["status"] for s in index["stages"]] == ["failed", "skipped"]
+    assert "failed" in (isolated_outputs / "reports" / "index.html").read_text()
+    assert not (isolated_outputs / "artifacts" / "01_so8_rotation_math" / "manifest.json").exists()

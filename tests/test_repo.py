@@ -1,0 +1,56 @@
+"""Repository hygiene: notebooks committed clean and runnable by the pipeline; pins agree."""
+
+import ast
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from so8t_core.artifacts import Stage, require
+from so8t_core.config import NOTEBOOKS_DIR, REPO_ROOT
+
+NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_clean_and_parametrised(path):
+    nb = nbformat.read(path, as_version=4)
+    assert nb.metadata["kernelspec"]["name"] == "so8t"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", []), "first code cell must be tagged parameters"
+    for node in ast.parse(code[0].source).body:  # only simple assignments of literals
+        assert isinstance(node, ast.Assign), ast.dump(node)
+        ast.literal_eval(node.value)
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "strip outputs"
+    assert f'Stage("{path.stem}"' in "".join(c.source for c in code), "writes its own artifact folder"
+
+
+def _pins_pyproject() -> dict[str, str]:
+    import tomllib
+
+    deps = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return dict(d.split("==") for d in deps)
+
+
+def test_environment_yml_pins_match_pyproject():
+    env = yaml.safe_load((REPO_ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    env_pins = dict(p.split("==") for p in pip if "==" in p)
+    assert env_pins == _pins_pyproject()
+    assert all(re.fullmatch(r"[\w.]+", v) for v in env_pins.values())
+
+
+def test_require_names_the_notebook_and_incomplete_stage(isolated_outputs):
+    with pytest.raises(FileNotFoundError, match=r"missing: run notebooks/00_base_model.ipynb first"):
+        require("00_base_model")
+    st = Stage("00_base_model", {"seed": 1}, seed=1)  # started, never finished: a crash
+    with pytest.raises(FileNotFoundError, match="incomplete"):
+        require("00_base_model")
+    st.log(x=1.5)
+    st.finish()
+    assert require("00_base_model") == st.dir
+    Stage("00_base_model", {"seed": 1})  # a re-run starts: the old manifest no longer vouches
+    with pytest.raises(FileNotFoundError, match="incomplete"):
+        require("00_base_model")
