@@ -102,3 +102,46 @@ class AlphaStageConfig(StageConfig):
         check(self.exp_hidden % 8 == 0, "exp_hidden", self.exp_hidden, "must be a multiple of 8")
         check(self.map in MAPS, "map", self.map, f"must be one of {MAPS}")
         check(self.alpha_target > self.alpha_start, "alpha_target", self.alpha_target, "must exceed alpha_start")
+
+
+@dataclass(frozen=True)
+class SoulStageConfig(StageConfig):
+    """Stage 03: soul injection on notebook 00's base, with its ablations."""
+
+    seed: int = 0
+    steps: int = 300
+    batch_size: int = 8
+    seq_len: int = 128
+    lr: float = 2e-3
+    soul_lr: float = 2e-2
+    grad_accum: int = 1
+    grad_checkpointing: bool = False
+    checkpoint_every: int = 100
+    map: str = "cayley"
+    init_std: float = 0.0
+    alpha_start: float = -5.0
+    alpha_target: float = 1.618033988749895
+    alpha_warmup: int = 30
+    alpha_anneal: int = 150
+    alpha_targets: tuple = (0.0, 1.0, 1.618033988749895, 3.0)
+    ortho_weight: float = 1.0
+    pet_kind: str = "l2"
+    pet_max_lambda: float = 0.1
+    pet_warmup: int = 30
+    pet_main: int = 200
+    pet_anneal: int = 70
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    eval_docs: int = 200
+    run_ablations: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "alpha_targets", tuple(float(a) for a in self.alpha_targets))
+        _positive(self, "steps", "batch_size", "seq_len", "lr", "soul_lr", "grad_accum", "lora_r", "lora_alpha",
+                  "eval_docs")
+        check(self.map in MAPS, "map", self.map, f"must be one of {MAPS}")
+        check(self.seq_len >= 8, "seq_len", self.seq_len, "must be >= 8")
+        check(self.alpha_target > self.alpha_start, "alpha_target", self.alpha_target, "must exceed alpha_start")
+        check(all(a > self.alpha_start for a in self.alpha_targets), "alpha_targets", self.alpha_targets,
+              "each must exceed alpha_start")

@@ -216,6 +216,6 @@ class SoulWrapper(nn.Module):
 
 def describe(wrapper: SoulWrapper) -> dict[str, Any]:
     """Trainable parameter counts of the soul and of the rest (LoRA), for tables."""
-    soul = sum(p.numel() for p in wrapper.soul_parameters())
+    soul = sum(p.numel() for p in wrapper.soul_parameters()) if wrapper.use_gate else 0
     other = sum(p.numel() for p in wrapper.model.parameters() if p.requires_grad)
     return {"soul_params": soul, "lora_params": other, "alpha_mode": wrapper.alpha.mode}

@@ -1,0 +1,77 @@
+"""The comparisons of notebook 03: base, LoRA-only, soul (scheduled / learned alpha) and alpha-target ablations,
+each trained from the same base, LoRA init, data order and seed, and scored by held-out perplexity.
+
+Explained in notebooks/03_soul_injection.ipynb.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .base_model import encode_documents, pack_rows, perplexity, token_batches
+from .corpus import Corpus
+from .inject import InjectConfig, inject
+from .loading import load_model_and_tokenizer, read_model_ref
+from .lora import LoraSettings, apply_lora
+from .soul import SoulConfig, SoulWrapper, describe
+
+
+def load_base(stage00: Path):
+    """(model, tokenizer, ref) of the base notebook 00 chose (embedded default or a real checkpoint)."""
+    ref = read_model_ref(stage00)
+    model, tok = load_model_and_tokenizer(ref["base_model"], load_in_4bit=bool(ref.get("load_in_4bit", False)))
+    return model, tok, ref
+
+
+def corpus_tensors(stage00: Path, tokenizer, seq_len: int, batch_size: int, max_eval_docs: int):
+    """Packed training rows and held-out evaluation batches from notebook 00's corpus."""
+    corpus = Corpus.load(stage00 / "corpus")
+    train = pack_rows(encode_documents(tokenizer, corpus.train), seq_len, tokenizer.pad_token_id)
+    heldout = token_batches(tokenizer, corpus.heldout[:max_eval_docs], seq_len, batch_size)
+    return train, heldout
+
+
+def build_variant(variant: str, stage00: Path, lora: LoraSettings, soul: SoulConfig, seed: int) -> SoulWrapper:
+    """A fresh base + LoRA (+ soul unless ``variant == "lora_only"``), initialised identically for every variant."""
+    model, _, _ = load_base(stage00)
+    torch.manual_seed(seed)  # same LoRA init in every variant
+    model = apply_lora(model, lora)
+    return SoulWrapper.build(model, soul, use_gate=variant != "lora_only")
+
+
+def variant_configs(soul: SoulConfig, targets: list[float]) -> dict[str, SoulConfig]:
+    """Name -> soul config: lora_only, soul_scheduled (the design's target), soul_learned, target_<x> ablations."""
+    out = {"lora_only": soul, "soul_scheduled": replace(soul, alpha_mode="scheduled"),
+           "soul_learned": replace(soul, alpha_mode="learned")}
+    for t in targets:
+        if abs(t - soul.alpha_target) > 1e-9:
+            out[f"target_{t:g}"] = replace(soul, alpha_mode="scheduled", alpha_target=float(t))
+    return out
+
+
+@torch.no_grad()
+def heldout_ppl(model, batches) -> float:
+    device = next(model.parameters()).device
+    moved = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    return perplexity(model, moved)
+
+
+def run_variant(name: str, stage00: Path, lora: LoraSettings, soul: SoulConfig, cfg: InjectConfig, train_data,
+                heldout, out_dir: Path | None = None) -> tuple[SoulWrapper, dict[str, Any]]:
+    """Train one variant and score it; returns the trained wrapper and a result row."""
+    t0 = time.time()
+    w = build_variant(name, stage00, lora, soul, cfg.seed)
+    recs = inject(w, train_data, cfg, out_dir=out_dir)
+    w.eval()
+    row = {"variant": name, "heldout_ppl": heldout_ppl(w, heldout), "alpha_mode": soul.alpha_mode if w.use_gate else "-",
+           "alpha_target": soul.alpha_target if w.use_gate and soul.alpha_mode == "scheduled" else None,
+           "final_alpha": recs[-1]["alpha"] if w.use_gate else None,
+           "final_phase": recs[-1]["phase"] if w.use_gate else None,
+           "final_train_lm_loss": sum(r["lm_loss"] for r in recs[-10:]) / len(recs[-10:]),
+           "seconds": round(time.time() - t0, 1), **describe(w)}
+    return w, row
