@@ -54,13 +54,22 @@ DAYS_EN = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "
 DAYS_JA = ("月曜日", "火曜日", "水曜日", "木曜日", "金曜日", "土曜日", "日曜日")
 NAMES = (("Taro", "太郎"), ("Hanako", "花子"), ("Ken", "健"), ("Aiko", "愛子"), ("Sora", "そら"))
 # (English plural, Japanese noun, Japanese counter)
-ITEMS = (("apples", "りんご", "個"), ("books", "本", "冊"), ("pencils", "鉛筆", "本"), ("cards", "カード", "枚"))
+ITEMS = (
+    ("apples", "りんご", "個"),
+    ("books", "本", "冊"),
+    ("pencils", "鉛筆", "本"),
+    ("cards", "カード", "枚"),
+)
 ABDUCTIONS_EN = (
     "The user probably wants a short, direct answer.",
     "This looks like a simple practice question.",
     "The user may be checking a basic fact.",
 )
-ABDUCTIONS_JA = ("短い答えが求められていると考えられます。", "簡単な練習問題のようです。", "基本的な事実を確かめたいのでしょう。")
+ABDUCTIONS_JA = (
+    "短い答えが求められていると考えられます。",
+    "簡単な練習問題のようです。",
+    "基本的な事実を確かめたいのでしょう。",
+)
 _OPS = {"+": ("plus", "たす"), "-": ("minus", "ひく"), "×": ("times", "かける")}
 
 
@@ -165,7 +174,8 @@ def _arithmetic_fact(rng: random.Random) -> tuple[str, str]:
 def _day_fact(rng: random.Random) -> tuple[str, str]:
     i = rng.randrange(7)
     if rng.random() < 0.5:
-        return f"After {DAYS_EN[i]} comes {DAYS_EN[(i + 1) % 7]}.", f"{DAYS_JA[i]}の次は{DAYS_JA[(i + 1) % 7]}です。"
+        nxt = (i + 1) % 7
+        return f"After {DAYS_EN[i]} comes {DAYS_EN[nxt]}.", f"{DAYS_JA[i]}の次は{DAYS_JA[nxt]}です。"
     return (
         f"The day before {DAYS_EN[i]} is {DAYS_EN[i - 1]}.",
         f"{DAYS_JA[i]}の前の日は{DAYS_JA[i - 1]}です。",
@@ -223,8 +233,9 @@ def _qa_arithmetic(rng: random.Random, ja: bool) -> tuple[str, str, str, str]:
     a, op, b, r = _arithmetic(rng)
     word_en, word_ja = _OPS[op]
     if ja:
-        return f"{a} {op} {b}はいくつですか？", f"{a}{word_ja}{b}の計算を聞かれています。", f"{a} {op} {b} = {r}です。", f"{r}"
-    return f"What is {a} {op} {b}?", f"The question asks for {a} {word_en} {b}.", f"{a} {op} {b} = {r}.", f"{r}"
+        observation = f"{a}{word_ja}{b}の計算を聞かれています。"
+        return f"{a} {op} {b}はいくつですか？", observation, f"{a} {op} {b} = {r}です。", str(r)
+    return f"What is {a} {op} {b}?", f"The question asks for {a} {word_en} {b}.", f"{a} {op} {b} = {r}.", str(r)
 
 
 def _qa_colour(rng: random.Random, ja: bool) -> tuple[str, str, str, str]:
@@ -239,14 +250,17 @@ def _qa_day(rng: random.Random, ja: bool) -> tuple[str, str, str, str]:
     day, nxt = (DAYS_JA[i], DAYS_JA[(i + 1) % 7]) if ja else (DAYS_EN[i], DAYS_EN[(i + 1) % 7])
     if ja:
         return f"{day}の次は何曜日ですか？", f"{day}の次の曜日を聞かれています。", f"{day}の次は{nxt}です。", nxt
-    return f"What day comes after {day}?", f"The question asks for the day after {day}.", f"After {day} comes {nxt}.", nxt
+    observation = f"The question asks for the day after {day}."
+    return f"What day comes after {day}?", observation, f"After {day} comes {nxt}.", nxt
 
 
 def _qa_shape(rng: random.Random, ja: bool) -> tuple[str, str, str, str]:
     en, jp, n = rng.choice(SHAPES)
     if ja:
-        return f"{jp}には辺が何本ありますか？", f"{jp}の辺の数を聞かれています。", f"{jp}には辺が{n}本あります。", f"{n}本"
-    return f"How many sides does {en} have?", f"The question asks for the sides of {en}.", f"{en[0].upper()}{en[1:]} has {n} sides.", f"{n} sides"
+        observation = f"{jp}の辺の数を聞かれています。"
+        return f"{jp}には辺が何本ありますか？", observation, f"{jp}には辺が{n}本あります。", f"{n}本"
+    deduction = f"{en[0].upper()}{en[1:]} has {n} sides."
+    return f"How many sides does {en} have?", f"The question asks for the sides of {en}.", deduction, f"{n} sides"
 
 
 def _qa_story(rng: random.Random, ja: bool) -> tuple[str, str, str, str]:
