@@ -1,0 +1,283 @@
+"""Tokenizer, tiny Phi-3, pretraining, perplexity, saving/loading and LoRA of the base model (notebook 00)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from so8t_core import base_config, base_model, loading
+from so8t_core.base_config import BaseModelConfig
+from so8t_core.base_model import (
+    build_model,
+    encode_documents,
+    lr_at,
+    perplexity,
+    pretrain,
+    special_ids,
+    tiny_phi3_config,
+    token_batches,
+    train_tokenizer,
+    unigram_perplexity,
+)
+from so8t_core.corpus import build_corpus
+from so8t_core.loading import load_model_and_tokenizer, resolve_base, save_model, write_model_ref
+from so8t_core.lora import LoraSettings, apply_lora
+
+# written out here rather than imported, so a renamed or dropped token fails the test
+SPECIALS = [
+    "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>",
+    "<think-observation>", "</think-observation>", "<think-deduction>", "</think-deduction>",
+    "<think-abduction>", "</think-abduction>", "<think-integration>", "</think-integration>", "<final>", "</final>",
+]
+JAPANESE = ["空の色は青です。", "太郎はりんごを3個持っています。", "月曜日の次は火曜日です。\n3 + 4 = 7です。"]
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return build_corpus(seed=0, n_docs=300, heldout_fraction=0.1)
+
+
+@pytest.fixture(scope="module")
+def tok(corpus, tmp_path_factory):
+    return train_tokenizer(corpus.train, tmp_path_factory.mktemp("tok"), vocab_size=600)
+
+
+def tiny(tok, seed=0, hidden=32, layers=2):
+    cfg = tiny_phi3_config(len(tok), hidden_size=hidden, num_layers=layers, num_heads=2, **special_ids(tok))
+    return build_model(cfg, seed=seed, stop_ids=[tok.convert_tokens_to_ids("<|end|>")])
+
+
+@pytest.fixture(scope="module")
+def saved(tok, tmp_path_factory):
+    model = tiny(tok)
+    return model, save_model(model, tok, tmp_path_factory.mktemp("m") / "model")
+
+
+# --- tokenizer ---
+
+
+def check_specials(t):
+    for s in SPECIALS:
+        ids = t.encode(s, add_special_tokens=False)
+        assert len(ids) == 1 and ids[0] != t.unk_token_id, s
+        assert t.convert_ids_to_tokens(ids) == [s]
+        assert ids[0] in t.encode(f"abc{s}def", add_special_tokens=False)
+
+
+def test_each_special_token_is_one_id(tok):
+    check_specials(tok)
+    assert tok.convert_ids_to_tokens(tok.eos_token_id) == "<|endoftext|>"
+    assert 0 <= tok.pad_token_id < len(tok) and tok.bos_token == "<s>"
+
+
+def test_special_tokens_stay_single_after_autotokenizer_reload(saved):
+    _, folder = saved
+    check_specials(AutoTokenizer.from_pretrained(folder))
+
+
+def test_japanese_round_trips(tok):
+    for s in JAPANESE:
+        ids = tok.encode(s, add_special_tokens=False)
+        assert tok.unk_token_id not in ids
+        assert tok.decode(ids) == s
+
+
+def test_unseen_characters_fall_back_to_bytes(tok, corpus):
+    for s in ["😀", "鬱", "Ωμέγα"]:
+        assert s not in "".join(corpus.train)
+        ids = tok.encode(s, add_special_tokens=False)
+        assert tok.unk_token_id not in ids
+        assert tok.decode(ids) == s
+
+
+def test_tokenizer_folder_keeps_the_sentencepiece_model(tok):
+    assert Path(tok.vocab_file).name == "tokenizer.model" and Path(tok.vocab_file).is_file()
+
+
+def test_too_small_vocab_is_rejected(corpus, tmp_path):
+    with pytest.raises(ValueError, match="vocab_size"):
+        train_tokenizer(corpus.train, tmp_path, vocab_size=100)
+    assert base_config.MIN_VOCAB == base_model.MIN_VOCAB
+
+
+# --- model config ---
+
+
+def test_config_is_untied_and_checks_sizes(tok):
+    cfg = tiny_phi3_config(len(tok), hidden_size=32, num_heads=2, **special_ids(tok))
+    model = build_model(cfg)
+    assert not cfg.tie_word_embeddings
+    assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
+    with pytest.raises(ValueError, match="hidden_size"):
+        tiny_phi3_config(len(tok), hidden_size=36)
+    with pytest.raises(ValueError, match="pad_token_id"):
+        tiny_phi3_config(100, pad_token_id=100, eos_token_id=2)
+    with pytest.raises(ValueError, match="hidden_size"):
+        BaseModelConfig(hidden_size=100)
+    assert BaseModelConfig.from_dict(BaseModelConfig().to_dict()) == BaseModelConfig()
+
+
+# --- save / load ---
+
+
+def test_save_then_auto_reload_gives_identical_logits(saved, tok):
+    model, folder = saved
+    assert (folder / "tokenizer.model").is_file() and (folder / "model.safetensors").is_file()
+    model2 = AutoModelForCausalLM.from_pretrained(folder)
+    tok2 = AutoTokenizer.from_pretrained(folder)
+    text = "<|user|>\n空の色は何ですか？<|end|>\n<|assistant|>\n"
+    ids = torch.tensor([tok(text).input_ids])
+    assert torch.equal(ids, torch.tensor([tok2(text).input_ids]))
+    assert torch.equal(model(ids).logits, model2(ids).logits)
+
+
+def test_load_model_and_tokenizer_on_a_saved_folder(saved):
+    model, folder = saved
+    model2, tok2 = load_model_and_tokenizer(folder)
+    assert not model2.training  # documented: callers who train call .train()
+    ids = torch.tensor([[1, 5, 9, 12]])
+    assert torch.equal(model(ids).logits, model2(ids).logits) and tok2.pad_token is not None
+
+
+def test_missing_local_path_names_it(tmp_path):
+    missing = tmp_path / "no_such_model"
+    for arg in (missing, str(missing)):
+        with pytest.raises(FileNotFoundError, match="no_such_model"):
+            load_model_and_tokenizer(arg)
+
+
+def test_unknown_hub_id_offline_is_a_clear_error(monkeypatch):
+    with pytest.raises(loading.BaseModelUnavailable, match="so8t-test/not-a-model.*not in the Hugging Face cache"):
+        load_model_and_tokenizer("so8t-test/not-a-model", local_files_only=True)
+    monkeypatch.setattr(loading, "_hub_offline", lambda: False)
+    monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(OSError, match="so8t-test/not-a-model.*no network"):
+        load_model_and_tokenizer("so8t-test/not-a-model")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
+def test_4bit_without_cuda_says_it_needs_a_gpu(saved):
+    with pytest.raises(RuntimeError, match="CUDA"):
+        load_model_and_tokenizer(saved[1], load_in_4bit=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_4bit_loads_nf4_and_prepares_for_training(saved):
+    import bitsandbytes as bnb
+
+    model, tok2 = load_model_and_tokenizer(saved[1], load_in_4bit=True)
+    quantised = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert quantised and all(m.weight.quant_type == "nf4" for m in quantised)
+    assert model.config.quantization_config.bnb_4bit_use_double_quant
+    assert not any(p.requires_grad for p in model.parameters())  # frozen by prepare_model_for_kbit_training
+    ids = torch.tensor([[1, 5, 9, 12]], device=model.device)
+    assert torch.isfinite(model(ids).logits).all()
+
+
+def test_model_ref_resolves_each_kind(tmp_path, saved):
+    write_model_ref(tmp_path, "")
+    assert resolve_base(tmp_path) == str(tmp_path / "model")
+    write_model_ref(tmp_path, "microsoft/Phi-3-mini-4k-instruct", load_in_4bit=True)
+    assert resolve_base(tmp_path) == "microsoft/Phi-3-mini-4k-instruct"
+    write_model_ref(tmp_path, saved[1])
+    assert resolve_base(tmp_path) == str(saved[1].resolve())
+    with pytest.raises(FileNotFoundError, match="00_base_model"):
+        resolve_base(tmp_path / "empty")
+
+
+# --- training and evaluation ---
+
+
+def test_pretraining_lowers_loss_and_is_deterministic(tok, corpus):
+    model = tiny(tok)
+    batches = token_batches(tok, corpus.heldout, seq_len=64, batch_size=16)
+    before = perplexity(model, batches)
+    records = pretrain(model, tok, corpus.train, steps=25, batch_size=8, seq_len=64, lr=5e-3, seed=1)
+    assert sum(r["loss"] for r in records[-5:]) / 5 < records[0]["loss"] - 1.0
+    assert perplexity(model, batches) < before / 2 and not model.training
+    again = pretrain(tiny(tok), tok, corpus.train, steps=3, batch_size=8, seq_len=64, lr=5e-3, seed=1)
+    assert [r["loss"] for r in again] == [r["loss"] for r in records[:3]]
+
+
+class ShiftModel:
+    """Puts weight ``a`` on (input + 1) mod V at every position: right only under the next-token shift."""
+
+    def __init__(self, vocab: int, a: float) -> None:
+        self.vocab, self.a = vocab, a
+
+    def __call__(self, input_ids, attention_mask):
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        logits.scatter_(-1, ((input_ids + 1) % self.vocab).unsqueeze(-1), self.a)
+        return SimpleNamespace(logits=logits)
+
+
+def test_perplexity_is_exp_mean_nll_on_a_hand_made_case():
+    V, a = 4, 2.0
+    hit = math.exp(a) / (math.exp(a) + V - 1)  # p of the predicted token
+    miss = 1 / (math.exp(a) + V - 1)
+    batch = {
+        "input_ids": torch.tensor([[0, 1, 2, 0], [3, 0, 3, 3]]),  # row 0: hit, hit, miss; row 1: hit, then padding
+        "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]),
+    }
+    expected = math.exp(-(3 * math.log(hit) + math.log(miss)) / 4)
+    assert perplexity(ShiftModel(V, a), [batch]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_unigram_perplexity_on_a_hand_made_case():
+    class CharTok:  # ids: <s>=0, eos=1, 'a'=2, 'b'=3
+        bos_token_id, eos_token_id = 0, 1
+
+        def __call__(self, texts, add_special_tokens=False):
+            return {"input_ids": [[{"a": 2, "b": 3}[c] for c in t] for t in texts]}
+
+        def __len__(self):
+            return 4
+
+    # targets of the train docs <s>ab</s>, <s>a</s>: 2,3,1,2,1 -> add-one p(3) = 2/9, p(1) = 3/9
+    batch = {"input_ids": torch.tensor([[0, 3, 1]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
+    assert unigram_perplexity(CharTok(), ["ab", "a"], [batch]) == pytest.approx(math.sqrt(81 / 6))
+
+
+def test_token_batches_make_every_token_a_target_once(tok, corpus):
+    docs = corpus.heldout[:20]
+    batches = token_batches(tok, docs, seq_len=8, batch_size=4)
+    targets = sum(int(b["attention_mask"][:, 1:].sum()) for b in batches)
+    assert targets == sum(len(tok.encode(d, add_special_tokens=False)) + 1 for d in docs)  # + eos, not <s>
+    assert all(b["input_ids"].shape[1] <= 8 for b in batches)
+    assert encode_documents(tok, ["x"])[0][0] == tok.bos_token_id
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    assert lr_at(0, 100, 1.0, 10) == pytest.approx(0.1)
+    assert lr_at(9, 100, 1.0, 10) == pytest.approx(1.0)
+    assert lr_at(10, 100, 1.0, 10) == pytest.approx(1.0)
+    assert lr_at(55, 100, 1.0, 10) == pytest.approx(0.55)  # cosine midpoint between 1 and 0.1
+    assert lr_at(100, 100, 1.0, 10) == pytest.approx(0.1)
+
+
+# --- LoRA ---
+
+
+def test_lora_default_targets_adapt_only_lora_params(tok):
+    h, layers, r = 32, 2, 4
+    model = tiny(tok, hidden=h, layers=layers)
+    inter = model.config.intermediate_size
+    peft_model = apply_lora(model, LoraSettings(r=r, alpha=8))
+    trainable = {n: p.numel() for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    # A: r x in, B: out x r for qkv (h -> 3h), o (h -> h), gate_up (h -> 2I), down (I -> h)
+    per_layer = r * ((h + 3 * h) + (h + h) + (h + 2 * inter) + (inter + h))
+    assert sum(trainable.values()) == layers * per_layer
+
+
+def test_lora_target_that_matches_nothing_is_named(tok):
+    with pytest.raises(ValueError, match=r"q_proj.*qkv_proj"):
+        apply_lora(tiny(tok), LoraSettings(target_modules=("qkv_proj", "q_proj")))
+    with pytest.raises(ValueError, match="r="):
+        LoraSettings(r=0)
