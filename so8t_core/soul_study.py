@@ -37,16 +37,25 @@ def corpus_tensors(stage00: Path, tokenizer, seq_len: int, batch_size: int, max_
 
 
 def build_variant(variant: str, stage00: Path, lora: LoraSettings, soul: SoulConfig, seed: int) -> SoulWrapper:
-    """A fresh base + LoRA (+ soul unless ``variant == "lora_only"``), initialised identically for every variant."""
+    """A fresh base + LoRA (+ soul unless ``variant == "lora_only"``), initialised identically for every variant.
+
+    ``scale_only`` keeps the rotation frozen at the identity, so its gate is the pure norm gain 1 + sigmoid(alpha):
+    the control that tells a rotation's effect from a softmax-temperature effect.
+    """
     model, _, _ = load_base(stage00)
     torch.manual_seed(seed)  # same LoRA init in every variant
     model = apply_lora(model, lora)
-    return SoulWrapper.build(model, soul, use_gate=variant != "lora_only")
+    w = SoulWrapper.build(model, soul, use_gate=variant != "lora_only")
+    if variant == "scale_only":
+        w.rotation.requires_grad_(False)
+    return w
 
 
 def variant_configs(soul: SoulConfig, targets: list[float]) -> dict[str, SoulConfig]:
-    """Name -> soul config: lora_only, soul_scheduled (the design's target), soul_learned, target_<x> ablations."""
+    """Name -> soul config: lora_only, soul_scheduled (the design's target), scale_only (same schedule, identity
+    rotation), soul_learned, and target_<x> ablations."""
     out = {"lora_only": soul, "soul_scheduled": replace(soul, alpha_mode="scheduled"),
+           "scale_only": replace(soul, alpha_mode="scheduled", init_std=0.0),
            "soul_learned": replace(soul, alpha_mode="learned")}
     for t in targets:
         if abs(t - soul.alpha_target) > 1e-9:
