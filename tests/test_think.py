@@ -40,6 +40,7 @@ CASES = [
     ("<think-a>S<final>leak</final>", FB),  # final inside thinking
     ("<think-a>S</think-b><final>x</final>", FB),  # mismatched close keeps us inside thinking
     ("<think-a S<final>x</final>", FB),  # unterminated think tag still opens thinking
+    ("<think-a><think-a>S</think-a><final>S</final></think-a>", FB),  # same-name nesting: still inside
     ("<final>x", FB),  # unclosed final
     ("<final>x</final><final>y</final>", FB),  # two finals: ambiguous
     ("<final><final>x</final></final>", FB),
@@ -79,6 +80,12 @@ def spelled(draw, name: str, close: bool, sloppy: bool = True) -> str:
 
 
 @st.composite
+def whole_final(draw, content: st.SearchStrategy[str]) -> str:
+    """``<final>content</final>`` in careless spelling (the open tag always has its '>')."""
+    return draw(spelled("final", False, sloppy=False)) + draw(content) + draw(spelled("final", True))
+
+
+@st.composite
 def think_part(draw, depth: int = 0) -> str:
     """A think part: open tag, a marker right after it, inner soup, and maybe (not always) its close."""
     name = draw(st.sampled_from(THINK_NAMES))
@@ -87,27 +94,36 @@ def think_part(draw, depth: int = 0) -> str:
     nested = [think_part(depth + 1)] if depth < 2 else []
     inner = st.one_of(
         MARKER, FILLER, spelled("final", False), spelled("final", True),
+        whole_final(MARKER),  # a complete final part inside thinking is still thinking
         st.sampled_from(others).flatmap(lambda n: spelled(n, True)),  # stray close of another part
         *nested,
     )
-    body = "".join(draw(st.lists(inner, max_size=5)))
+    body = "".join(draw(st.lists(inner, max_size=4)))
+    bait = draw(whole_final(MARKER)) if draw(st.booleans()) else ""  # what a parser that lost track would emit
     close = draw(spelled(name, True)) if draw(st.booleans()) else ""
-    return draw(spelled(name, False)) + draw(MARKER) + body + close
+    return draw(spelled(name, False)) + draw(MARKER) + body + bait + close
 
 
 TOP = st.one_of(
-    think_part(), FILLER, spelled("final", False), spelled("final", True),
+    think_part(), FILLER, whole_final(FILLER), spelled("final", False), spelled("final", True),
     st.sampled_from(THINK_NAMES).flatmap(lambda n: spelled(n, True)), st.just("<|end|>"),
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(TOP, max_size=10))
+@settings(max_examples=400, deadline=None)
+@given(st.lists(TOP, max_size=8))
 def test_no_thinking_ever_leaks(pieces: list[str]) -> None:
     raw = "".join(pieces)
     out = extract_final(raw)
     assert "SECRET" not in out
     assert out == FB or not any(t.kind != "text" for t in lex(out))  # no think/final tag survives
+
+
+@settings(max_examples=300, deadline=None)
+@given(think_part(), FILLER)
+def test_a_final_inside_thinking_is_never_the_answer(part: str, tail: str) -> None:
+    # FILLER has no letters of "final", so every final tag here lies inside the think part.
+    assert extract_final(part + tail) == FB
 
 
 @settings(max_examples=150, deadline=None)
