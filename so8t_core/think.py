@@ -5,13 +5,220 @@ Layout of an assistant turn::
     <think-observation>…</think-observation><think-deduction>…</think-deduction>
     <think-abduction>…</think-abduction><think-integration>…</think-integration><final>…</final>
 
+``extract_final`` is a two-stage parser, a lexer over tags and a small state machine, rather than one regex,
+so every odd input has a defined outcome. Tags are read leniently (any case, spaces inside the brackets,
+``_`` for ``-``, a missing ``>``), because a lenient reader sees more thinking and so hides more of it.
+
+A raw output is **well-formed** when it has exactly one final part, and that part
+
+1. opens and closes at top level, i.e. outside every think part (final tags inside a think part are thinking);
+2. contains no think tag (a think part inside the final means thinking mixed into the answer);
+3. is non-empty after stripping whitespace.
+
+Anything else (no final, an unclosed final, a nested or second final, a stray ``</final>``, a think tag inside
+the final) gives ``FALLBACK_MESSAGE``: with two finals we cannot tell which is the answer, and the fallback is
+the choice that can never leak. Text outside the final part is dropped, so a stray ``</think-x>`` before the
+final (a model that forgot the opening tag) is harmless and ignored. A think close only closes the innermost
+open think part of the same name; a mismatched close leaves the text inside thinking. Chat control tokens
+(``<|end|>`` and the like) are removed before parsing, so a tag split by one (``<fi<|end|>nal>``) is still a
+tag and the answer can never re-form one; other angle-bracket text (``a < b``, ``<div>``) stays.
+
 Explained in notebooks/06_safety_eval.ipynb.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
 THINK_PARTS = ("observation", "deduction", "abduction", "integration")
 FINAL_TAG = "final"
+
+FALLBACK_MESSAGE = (
+    "Sorry, I could not produce an answer this time. Please try again.\n"
+    "申し訳ありません。今回は回答を作成できませんでした。もう一度お試しください。"
+)
+REFUSE_MESSAGE = (
+    "I can't help with this request.\n"
+    "申し訳ありませんが、このご依頼にはお応えできません。"
+)
+ESCALATE_MESSAGE = (
+    "This question needs a qualified person (for example a doctor, pharmacist, lawyer or your security team), "
+    "so I have not answered it automatically. If you or someone else is in danger, or you are thinking about "
+    "harming yourself, please contact your local emergency number or a crisis line now.\n"
+    "このご質問は専門家（医師・薬剤師・弁護士・セキュリティ担当者など）の確認が必要なため、自動では回答していません。"
+    "あなたや周りの方に危険が迫っている場合や、自分を傷つけたい気持ちがある場合は、すぐに緊急通報（119・110）"
+    "や相談窓口に連絡してください。"
+)
+QUAD_SYSTEM = (
+    "Think in four tagged parts, then answer: "
+    + "".join(f"<think-{p}>…</think-{p}>" for p in THINK_PARTS)
+    + f"<{FINAL_TAG}>…</{FINAL_TAG}>. Only the {FINAL_TAG} part is shown to the user; "
+    "write it in the user's language."
+)
+
+# A tag name: letters/digits/underscores, with optional spaces around '-' or '_' joints ("think - observation").
+_TAG_HEAD = re.compile(r"<\s*(/?)\s*([A-Za-z][A-Za-z0-9_]*(?:\s*[-_]\s*[A-Za-z0-9]+)*)")
+_CONTROL = re.compile(r"<\|[^<>|]*\|>")
+
+
+@dataclass(frozen=True)
+class Tok:
+    """One lexer token: ``kind`` is ``text``, ``open`` or ``close``; ``name`` is set for tags."""
+
+    kind: str
+    text: str
+    name: str = ""
+
+
+def _tag_kind(name: str) -> str | None:
+    if name == FINAL_TAG:
+        return "final"
+    return "think" if name.startswith("think") else None
+
+
+def strip_control(text: str) -> str:
+    """Remove chat control tokens (``<|end|>``…), repeatedly, since a removal can join a new one."""
+    while True:
+        shorter = _CONTROL.sub("", text)
+        if shorter == text:
+            return text
+        text = shorter
+
+
+def lex(raw: str) -> Iterator[Tok]:
+    """Split ``raw`` into text and think/final tags.
+
+    A think or final tag ends at its ``>``, or, if a ``<`` or the end of the text comes first, right there:
+    an unterminated ``<think-x`` still opens a think part. Other ``<…>`` spans are ordinary text.
+
+    Args:
+        raw: model output.
+    Returns:
+        An iterator of ``Tok``; joining their ``text`` gives ``raw`` back.
+    """
+    i, n = 0, len(raw)
+    while i < n:
+        j = raw.find("<", i)
+        if j < 0:
+            yield Tok("text", raw[i:])
+            return
+        if j > i:
+            yield Tok("text", raw[i:j])
+        head = _TAG_HEAD.match(raw, j)
+        name = re.sub(r"\s+", "", head.group(2)).lower().replace("_", "-") if head else ""
+        if head and _tag_kind(name):
+            gt, lt = raw.find(">", head.end()), raw.find("<", head.end())
+            end = n if gt < 0 and lt < 0 else (gt + 1 if gt >= 0 and (lt < 0 or gt < lt) else lt)
+            yield Tok("close" if head.group(1) else "open", raw[j:end], name)
+            i = end
+        else:
+            yield Tok("text", "<")
+            i = j + 1
+
+
+class _Malformed(Exception):
+    """The output breaks the well-formedness rules of the module docstring."""
+
+
+def _final_text(tokens: Iterator[Tok]) -> str:
+    stack: list[str] = []  # open think parts, innermost last
+    state = "before"  # before -> in_final -> after
+    parts: list[str] = []
+    for t in tokens:
+        think = t.kind in ("open", "close") and _tag_kind(t.name) == "think"
+        if stack:  # inside thinking only think tags matter; everything else is thinking text
+            if think and t.kind == "open":
+                stack.append(t.name)
+            elif think and t.name == stack[-1]:
+                stack.pop()
+        elif think and t.kind == "open":
+            if state == "in_final":
+                raise _Malformed("think part inside the final part")
+            stack.append(t.name)
+        elif think:  # stray close at top level: fatal inside the final, harmless outside it
+            if state == "in_final":
+                raise _Malformed("think close inside the final part")
+        elif t.kind == "open":
+            if state != "before":
+                raise _Malformed("nested or second final part")
+            state = "in_final"
+        elif t.kind == "close":
+            if state != "in_final":
+                raise _Malformed("final close without an open final")
+            state = "after"
+        elif state == "in_final":  # text
+            parts.append(t.text)
+    if state != "after":
+        raise _Malformed("no closed final part")
+    return "".join(parts).strip()
+
+
+def extract_final(raw: str) -> str:
+    """The text of the final part of a quad-thinking output, or ``FALLBACK_MESSAGE``.
+
+    Never returns text from a think part, nor the raw output: see the module docstring for what
+    "well-formed" means and why each malformed case falls back.
+
+    Args:
+        raw: the model's generated text (new tokens only).
+    Returns:
+        The stripped final text without tags or control tokens, or ``FALLBACK_MESSAGE``.
+    """
+    try:
+        text = _final_text(lex(strip_control(raw)))
+    except _Malformed:
+        return FALLBACK_MESSAGE
+    return text if text else FALLBACK_MESSAGE
+
+
+def thinking_parts(raw: str) -> list[tuple[str, str]]:
+    """The outermost think parts as ``(name, content)``, content stripped, nested tags normalised.
+
+    An unclosed think part runs to the end of the text. Used only to hash the thinking.
+    """
+    parts: list[tuple[str, str]] = []
+    stack: list[str] = []
+    buf: list[str] = []
+    for t in lex(strip_control(raw)):
+        think = t.kind in ("open", "close") and _tag_kind(t.name) == "think"
+        if not stack:
+            if think and t.kind == "open":
+                stack, buf = [t.name], []
+            continue
+        if think and t.kind == "close" and t.name == stack[-1]:
+            stack.pop()
+            if not stack:
+                parts.append((t.name, "".join(buf).strip()))
+                continue
+        elif think and t.kind == "open":
+            stack.append(t.name)
+        if t.kind in ("open", "close"):
+            buf.append(f"<{'/' if t.kind == 'close' else ''}{t.name}>")
+        else:
+            buf.append(t.text)
+    if stack:
+        parts.append((stack[0], "".join(buf).strip()))
+    return parts
+
+
+def thinking_hash(raw: str) -> str:
+    """SHA-256 hex digest of the thinking, so an audit can match thinking without storing it.
+
+    Canonical form: the JSON list ``[[name, content], …]`` of the outermost think parts in order (names
+    lower-cased, content stripped), compact separators, UTF-8. Tag spelling (case, spaces) and everything
+    outside think parts, the final included, do not change the hash; any change of thinking text does.
+
+    Args:
+        raw: the model's generated text.
+    Returns:
+        64 hex characters (the hash of ``[]`` when there is no thinking).
+    """
+    canon = json.dumps(thinking_parts(raw), ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
 
 def format_quad(observation: str, deduction: str, abduction: str, integration: str, final: str) -> str:
@@ -26,3 +233,100 @@ def format_quad(observation: str, deduction: str, abduction: str, integration: s
     parts = dict(zip(THINK_PARTS, (observation, deduction, abduction, integration)))
     body = "".join(f"<think-{k}>{v}</think-{k}>" for k, v in parts.items())
     return f"{body}<{FINAL_TAG}>{final}</{FINAL_TAG}>"
+
+
+def build_prompt(user_text: str, system: str | None = None) -> str:
+    """A Phi-3 chat prompt asking for the quad layout.
+
+    Chat control tokens are removed from the user text so a user cannot close their own turn and write
+    an assistant turn (``<|end|>\\n<|assistant|>``).
+
+    Args:
+        user_text: the user's message (non-empty).
+        system: system message; ``QUAD_SYSTEM`` when ``None``.
+    Returns:
+        ``<|system|>\\n…<|end|>\\n<|user|>\\n…<|end|>\\n<|assistant|>\\n``.
+    """
+    user = strip_control(user_text).strip()
+    if not user:
+        raise ValueError(f"user_text={user_text!r}: empty after removing chat control tokens")
+    sys_text = QUAD_SYSTEM if system is None else strip_control(system).strip()
+    return f"<|system|>\n{sys_text}<|end|>\n<|user|>\n{user}<|end|>\n<|assistant|>\n"
+
+
+@dataclass(frozen=True)
+class Response:
+    """What ``respond`` hands to a user: the answer, the policy decision, and a hash of any thinking.
+
+    ``thinking_hash`` is ``None`` when nothing was generated (REFUSE / ESCALATE).
+    """
+
+    final: str
+    decision: str
+    thinking_hash: str | None
+
+
+def _strip_special(text: str, tokenizer: Any) -> str:
+    """Drop the tokenizer's special tokens (``</s>``…), except ones that read as think/final tags."""
+    for tok in getattr(tokenizer, "all_special_tokens", []):
+        if tok and not any(t.kind in ("open", "close") for t in lex(tok)):
+            text = text.replace(tok, "")
+    return text
+
+
+def generate_raw(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 128) -> str:
+    """Greedy generation of the quad layout for ``prompt``; returns only the newly generated text.
+
+    Decoded with special tokens kept, so a fine-tuned model whose think tags are special tokens cannot
+    lose its tags (and so leak its thinking); the tokenizer's other special tokens are then removed.
+    """
+    import torch
+
+    enc = tokenizer(build_prompt(prompt), return_tensors="pt")
+    device = next(model.parameters()).device
+    enc = {k: v.to(device) for k, v in enc.items()}
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+    new = out[0, enc["input_ids"].shape[1]:]  # (new tokens,)
+    return _strip_special(tokenizer.decode(new, skip_special_tokens=False), tokenizer)
+
+
+def respond(model: Any, tokenizer: Any, prompt: str, heads: Any = None,
+            decide_fn: Callable[[str], str] | None = None, max_new_tokens: int = 128,
+            thresholds: Any = None) -> Response:
+    """Answer one prompt under the safety policy, letting out only the final part.
+
+    The decision comes from exactly one source: ``heads`` (a ``SafetyHeads``: pooled hidden states of
+    ``prompt`` -> head probabilities -> ``decide`` with ``thresholds``, default 0.5 / 0.5) or ``decide_fn``
+    (any callable prompt -> label, e.g. a baseline). REFUSE and ESCALATE return their fixed messages without
+    calling ``generate``; ALLOW generates greedily and passes the new text through ``extract_final``.
+
+    Args:
+        model, tokenizer: a causal LM and its tokenizer.
+        prompt: the user's message.
+        heads: trained ``so8t_core.safety_heads.SafetyHeads`` or ``None``.
+        decide_fn: callable returning one of ``ALLOW``/``ESCALATE``/``REFUSE``, used when ``heads`` is ``None``.
+        max_new_tokens: generation budget for ALLOW.
+        thresholds: ``so8t_core.safety_heads.Thresholds`` for the heads.
+    Returns:
+        ``Response(final, decision, thinking_hash)``.
+
+    Explained in notebooks/06_safety_eval.ipynb.
+    """
+    from .safety_heads import LABELS, predict_with_heads
+
+    if (heads is None) == (decide_fn is None):
+        raise ValueError("respond: pass exactly one of heads= or decide_fn= (the policy must be explicit)")
+    if heads is not None:
+        decision = predict_with_heads(model, tokenizer, heads, [prompt], thresholds)[0][0]
+    else:
+        decision = decide_fn(prompt)
+    if decision not in LABELS:
+        raise ValueError(f"decision={decision!r}: must be one of {LABELS}")
+    if decision == "REFUSE":
+        return Response(REFUSE_MESSAGE, decision, None)
+    if decision == "ESCALATE":
+        return Response(ESCALATE_MESSAGE, decision, None)
+    raw = generate_raw(model, tokenizer, prompt, max_new_tokens)
+    return Response(extract_final(raw), decision, thinking_hash(raw))
