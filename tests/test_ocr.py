@@ -1,0 +1,246 @@
+"""so8t_core.ocr and so8t_core.ocr_eval: CER by hand, deskew geometry, typed errors for bad input, read-back."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import pytesseract
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from so8t_core import ocr
+from so8t_core.ocr import (
+    ImageTooLargeError,
+    InvalidImageError,
+    LanguageMissingError,
+    OCRConfig,
+    OCRError,
+    TesseractMissingError,
+    estimate_skew,
+    foreground_mask,
+    load_gray,
+    ocr_summary,
+    preprocess,
+    summarize,
+)
+from so8t_core.ocr_eval import (
+    KINDS,
+    character_error_rate,
+    levenshtein,
+    normalize_text,
+    render_eval_set,
+    render_line,
+    rotate_image,
+)
+
+needs_tesseract = pytest.mark.skipif(shutil.which("tesseract") is None,
+                                     reason="tesseract not installed: run `make setup`")
+EN_LINE = "The quick brown fox reads 1234 letters"
+JA_LINE = "東京の図書館で新聞を読みます。"
+
+
+def _png(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------- CER
+@pytest.mark.parametrize("ref, hyp, want", [
+    ("kitten", "sitting", 3 / 6),  # k→s, e→i, +g
+    ("abc", "abc", 0.0),
+    ("abc", "", 1.0),  # three deletions / three characters
+    ("", "ab", 2.0),  # empty reference divides by 1
+    ("flaw", "lawn", 2 / 4),  # -f, +n
+    ("a  b\n c", "a b c", 0.0),  # whitespace runs collapse
+    ("日本語です", "日 本 語 で す", 0.0),  # spaces next to CJK characters are dropped
+    ("ABC 12", "ＡＢＣ　１２", 0.0),  # NFKC: full-width Latin and ideographic space
+    ("東京都", "京都", 1 / 3),
+    ("ab cd", "abcd", 1 / 5),  # a lost Latin word space counts
+])
+def test_cer_hand_computed(ref: str, hyp: str, want: float) -> None:
+    assert character_error_rate(ref, hyp) == pytest.approx(want)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text("abcあい ", max_size=8), st.text("abcあい ", max_size=8), st.text("abcあい ", max_size=8))
+def test_levenshtein_is_a_metric(a: str, b: str, c: str) -> None:
+    d = levenshtein(a, b)
+    assert d == levenshtein(b, a)
+    assert abs(len(a) - len(b)) <= d <= max(len(a), len(b))
+    assert (d == 0) == (a == b)
+    assert levenshtein(a, c) <= d + levenshtein(b, c)
+
+
+def test_summarize_cuts_at_a_word_and_marks_it() -> None:
+    text = "alpha beta gamma\ndelta   epsilon"
+    assert summarize(text, 100) == "alpha beta gamma delta epsilon"
+    assert summarize(text, 14) == "alpha beta…"  # "alpha beta ga" → back to the space
+    assert summarize("あいうえおかきくけこ", 5) == "あいうえ…"
+    assert len(summarize("x" * 500, 120)) == 120
+
+
+# ---------------------------------------------------------------------------------------- eval set
+def test_eval_set_is_deterministic_and_covers_every_kind() -> None:
+    a, b, c = render_eval_set(3, 8), render_eval_set(3, 8), render_eval_set(4, 8)
+    assert [s.kind for s in a] == list(KINDS) * 2
+    assert {(s.kind, s.lang) for s in a} == {(k, lang) for k in KINDS for lang in ("en", "ja")}
+    assert all(np.array_equal(x.image, y.image) and x.text == y.text for x, y in zip(a, b))
+    assert any(x.text != y.text for x, y in zip(a, c))
+    assert all(s.image.dtype == np.uint8 and s.image.ndim == 2 for s in a)
+    assert all((s.angle_deg != 0) == (s.kind == "rotated") for s in a)
+
+
+# ------------------------------------------------------------------------------- deskew (no tesseract)
+@pytest.mark.parametrize("angle", [-7.0, -3.0, 2.5, 6.0])
+def test_estimate_skew_recovers_the_rendered_rotation(angle: float) -> None:
+    image = rotate_image(render_line(EN_LINE, 32), angle)
+    assert estimate_skew(foreground_mask(image)) == pytest.approx(angle, abs=0.3)
+
+
+def test_preprocess_levels_the_line_and_upscales_small_text() -> None:
+    prep = preprocess(rotate_image(render_line(JA_LINE, 32), 5.0))
+    assert prep.skew_deg == pytest.approx(5.0, abs=0.3)
+    assert estimate_skew(prep.binary < 128) == pytest.approx(0.0, abs=0.3)  # level after the warp
+    assert set(np.unique(prep.binary)) <= {0, 255} and prep.n_lines == 1
+    small = preprocess(render_line(EN_LINE, 10))
+    assert small.line_px < 28 and small.scale > 2  # 10 px text is enlarged
+    assert preprocess(render_line(EN_LINE, 40)).scale == 1.0
+
+
+# ------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("bad", [
+    b"definitely not an image",
+    b"",
+    bytearray(b"\x89PNG\r\n\x1a\n"),  # a PNG signature and nothing else
+    np.zeros((0, 10), np.uint8),
+    np.zeros((10, 0, 3), np.uint8),
+    np.zeros((4, 4, 5), np.uint8),  # five channels
+    np.full((4, 4), np.nan, np.float32),
+    np.zeros(7, np.uint8),  # 1-D
+    [[0, 255], [255, 0]],  # a list, not an array
+    "/nonexistent/dir/page.png",
+])
+def test_bad_input_raises_invalid_image(bad: object) -> None:
+    with pytest.raises(InvalidImageError):
+        load_gray(bad)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_truncated_file_raises_invalid_image(fmt: str) -> None:
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (300, 300), dtype=np.uint8)).save(buf, format=fmt)
+    with pytest.raises(InvalidImageError, match="not a decodable image"):
+        load_gray(buf.getvalue()[: len(buf.getvalue()) // 2])
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    # A PNG whose IHDR announces a huge greyscale image but whose IDAT holds a few bytes: a bomb's header.
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + _chunk(b"IEND", b""))
+
+
+def test_decompression_bomb_refused_from_the_header() -> None:
+    with pytest.raises(ImageTooLargeError, match="pixels"):
+        load_gray(_png_header_only(9_000, 9_000), OCRConfig(max_decode_pixels=50_000_000))
+    with pytest.raises(ImageTooLargeError):  # Pillow's own limit, far beyond ours, is mapped too
+        load_gray(_png_header_only(100_000, 100_000))
+
+
+def test_huge_image_is_downscaled_not_refused() -> None:
+    big = np.full((4000, 4000), 255, np.uint8)
+    big[1800:2200, 500:3500] = 0
+    prep = preprocess(load_gray(_png(big))[0], OCRConfig(max_pixels=1_000_000))
+    assert prep.scale == pytest.approx(0.25, rel=0.01)
+    assert prep.binary.size <= 1_000_000 + 4 * 12 * 1100  # cap plus the white border
+
+
+def test_alpha_is_flattened_onto_white() -> None:
+    rgba = np.zeros((8, 8, 4), np.uint8)  # fully transparent black ...
+    rgba[2:4, 2:6, 3] = 255  # ... except an opaque black bar
+    gray = load_gray(rgba)[0]
+    assert gray[0, 0] == 255 and gray[2, 2] == 0
+    assert load_gray(_png(rgba))[0][0, 0] == 255
+
+
+def test_sha256_is_of_the_original_bytes_or_of_dtype_shape_and_array_bytes(tmp_path) -> None:
+    a = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    data = _png(a)
+    (tmp_path / "a.png").write_bytes(data)
+    assert load_gray(data)[1] == load_gray(tmp_path / "a.png")[1] == hashlib.sha256(data).hexdigest()
+    assert load_gray(a)[1] == hashlib.sha256(b"|u1(3, 4)" + a.tobytes()).hexdigest()
+    assert load_gray(a.reshape(4, 3))[1] != load_gray(a)[1]
+
+
+def test_errors_are_typed_and_config_is_validated() -> None:
+    assert issubclass(InvalidImageError, OCRError) and issubclass(LanguageMissingError, TesseractMissingError)
+    with pytest.raises(ValueError, match="psm"):
+        OCRConfig(psm=5)
+    with pytest.raises(ValueError, match="max_decode_pixels"):
+        OCRConfig(max_pixels=10, max_decode_pixels=5)
+
+
+# ------------------------------------------------------------------------------------ tesseract
+def test_missing_binary_names_the_package(monkeypatch) -> None:
+    monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", "/nonexistent/bin/tesseract")
+    with pytest.raises(TesseractMissingError, match=r"tesseract-ocr .*make setup"):
+        ocr_summary(render_line("abc", 20))
+
+
+@needs_tesseract
+def test_missing_language_names_the_package() -> None:
+    with pytest.raises(LanguageMissingError, match=r"tesseract-ocr-xyz.*make setup"):
+        ocr_summary(render_line("abc", 20), lang="eng+xyz")
+    with pytest.raises(ValueError, match="lang"):
+        ocr_summary(render_line("abc", 20), lang="eng; rm -rf /")
+
+
+@needs_tesseract
+@pytest.mark.parametrize("text, px", [(EN_LINE, 32), (JA_LINE, 32), (JA_LINE, 11)])
+def test_clean_line_reads_back(text: str, px: int) -> None:
+    image = render_line(text, px)
+    result = ocr_summary(image)
+    assert character_error_rate(text, result.text) <= 0.05, result.text
+    assert 50 < result.mean_confidence <= 100
+    assert result.psm == 7 and result.summary == normalize_text(result.text)
+    assert result.image_sha256 == load_gray(image)[1]
+
+
+@needs_tesseract
+def test_rotated_line_is_recovered_by_deskew() -> None:
+    image = rotate_image(render_line(JA_LINE, 32), -7.0)
+    result = ocr_summary(image)
+    assert result.skew_deg == pytest.approx(-7.0, abs=0.3)
+    assert character_error_rate(JA_LINE, result.text) <= 0.1, result.text
+
+
+@needs_tesseract
+def test_bytes_path_and_inverted_input_read_the_same(tmp_path) -> None:
+    image = render_line(EN_LINE, 28)
+    (tmp_path / "line.png").write_bytes(_png(image))
+    from_path = ocr_summary(tmp_path / "line.png", lang="eng")
+    assert ocr_summary(_png(image), lang="eng").text == from_path.text
+    assert character_error_rate(EN_LINE, ocr_summary(255 - image, lang="eng").text) <= 0.05
+    assert character_error_rate(EN_LINE, from_path.text) <= 0.05
+
+
+@needs_tesseract
+def test_noisy_line_is_denoised() -> None:
+    rng = np.random.default_rng(1)
+    clean = render_line(EN_LINE, 32).astype(np.float32)
+    noisy = np.clip(clean + rng.normal(0, 70, clean.shape), 0, 255).astype(np.uint8)
+    assert ocr.estimate_noise(noisy) > 40 > 10 > ocr.estimate_noise(clean.astype(np.uint8))
+    assert character_error_rate(EN_LINE, ocr_summary(noisy).text) <= 0.1
