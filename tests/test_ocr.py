@@ -115,6 +115,25 @@ def test_preprocess_levels_the_line_and_upscales_small_text() -> None:
     assert preprocess(render_line(EN_LINE, 40)).scale == 1.0
 
 
+def test_preprocess_makes_light_on_dark_text_dark_on_light() -> None:
+    image = render_line(EN_LINE, 32)
+    inverted = preprocess(255 - image).binary
+    assert (inverted == 255).mean() > 0.8  # background white, like the original's
+    assert np.array_equal(inverted, preprocess(image).binary)
+
+
+def test_preprocess_denoises_before_measuring() -> None:
+    clean = render_line(EN_LINE, 32)
+    rng = np.random.default_rng(1)
+    noisy = np.clip(clean + rng.normal(0, 70, clean.shape), 0, 255).astype(np.uint8)
+    ref, got = preprocess(clean), preprocess(noisy)
+    assert got.noise_sigma > 40 > 10 > ref.noise_sigma
+    # Specks would inflate the line height and trigger a wrong upscale; the denoised page measures like the clean.
+    assert (got.n_lines, got.scale) == (ref.n_lines, ref.scale) and ref.n_lines == 1
+    assert got.line_px == pytest.approx(ref.line_px, abs=3)
+    assert got.skew_deg == pytest.approx(0.0, abs=0.3)
+
+
 # ------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("bad", [
     b"definitely not an image",
@@ -151,6 +170,11 @@ def _png_header_only(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
             + _chunk(b"IEND", b""))
+
+
+def test_zero_size_header_is_invalid() -> None:
+    with pytest.raises(InvalidImageError):
+        load_gray(_png_header_only(0, 10))
 
 
 def test_decompression_bomb_refused_from_the_header() -> None:
@@ -200,6 +224,20 @@ def test_missing_binary_names_the_package(monkeypatch) -> None:
         ocr_summary(render_line("abc", 20))
 
 
+def test_words_lines_and_confidence_from_tesseract_data(monkeypatch) -> None:
+    data = {  # the shape of pytesseract's image_to_data dict: -1 rows are pages, blocks, paragraphs, lines
+        "text": ["", "", "Hello", "ｗｏｒｌｄ", " ", "", "日", "本", "x"],
+        "conf": [-1, -1, 90, 70.0, 95, -1, 80, 60, -1],
+        "block_num": [0, 1, 1, 1, 1, 1, 1, 1, 1],
+        "par_num": [0, 0, 1, 1, 1, 1, 1, 1, 1],
+        "line_num": [0, 0, 1, 1, 1, 2, 2, 2, 2],
+    }
+    monkeypatch.setattr(pytesseract, "image_to_data", lambda *a, **k: data)
+    lines, confs = ocr.run_tesseract(np.zeros((4, 4), np.uint8), "eng", 6, 5.0)
+    assert lines == ["Hello world", "日本"]
+    assert confs == [90, 70, 80, 60]
+
+
 @needs_tesseract
 def test_missing_language_names_the_package() -> None:
     with pytest.raises(LanguageMissingError, match=r"tesseract-ocr-xyz.*make setup"):
@@ -242,5 +280,4 @@ def test_noisy_line_is_denoised() -> None:
     rng = np.random.default_rng(1)
     clean = render_line(EN_LINE, 32).astype(np.float32)
     noisy = np.clip(clean + rng.normal(0, 70, clean.shape), 0, 255).astype(np.uint8)
-    assert ocr.estimate_noise(noisy) > 40 > 10 > ocr.estimate_noise(clean.astype(np.uint8))
     assert character_error_rate(EN_LINE, ocr_summary(noisy).text) <= 0.1
