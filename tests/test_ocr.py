@@ -115,6 +115,15 @@ def test_preprocess_levels_the_line_and_upscales_small_text() -> None:
     assert preprocess(render_line(EN_LINE, 40)).scale == 1.0
 
 
+def test_text_lines_counts_runs_and_drops_specks() -> None:
+    mask = np.zeros((100, 200), bool)
+    mask[10:30, 20:180] = True  # a 20-row line
+    mask[50:74, 20:100] = True  # a 24-row line, half as dense
+    mask[90:92, 0:200] = True  # a 2-row rule: more than 5 % of the fullest row, but under half the tallest run
+    assert ocr.text_lines(mask, 0.0) == [20, 24]
+    assert ocr.text_lines(np.zeros((5, 5), bool), 0.0) == []
+
+
 def test_preprocess_makes_light_on_dark_text_dark_on_light() -> None:
     image = render_line(EN_LINE, 32)
     inverted = preprocess(255 - image).binary
@@ -255,6 +264,16 @@ def test_clean_line_reads_back(text: str, px: int) -> None:
     assert 50 < result.mean_confidence <= 100
     assert result.psm == 7 and result.summary == normalize_text(result.text)
     assert result.image_sha256 == load_gray(image)[1]
+
+
+@needs_tesseract
+def test_two_lines_are_read_as_a_block() -> None:
+    a, b = render_line(EN_LINE, 30), render_line(JA_LINE, 30)
+    width = max(a.shape[1], b.shape[1])
+    page = np.vstack([np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=255) for x in (a, b)])
+    result = ocr_summary(page)
+    assert result.psm == 6 and result.text.count("\n") == 1
+    assert character_error_rate(EN_LINE + " " + JA_LINE, result.text) <= 0.05, result.text
 
 
 @needs_tesseract
