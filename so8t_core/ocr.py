@@ -188,8 +188,10 @@ def _decode_bytes(data: bytes, config: OCRConfig) -> tuple[np.ndarray, str]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:  # parses the header only
-                _check_header(im.size, config.max_decode_pixels)
+            with Image.open(io.BytesIO(data)) as im:  # parses the header only (Pillow refuses zero sizes)
+                if im.width * im.height > config.max_decode_pixels:
+                    raise ImageTooLargeError(f"header announces {im.width}x{im.height} pixels > "
+                                             f"max_decode_pixels={config.max_decode_pixels}")
                 return _pil_to_gray(im, config.max_pixels), sha
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageTooLargeError(f"image refused as a decompression bomb: {e}") from e
@@ -198,12 +200,6 @@ def _decode_bytes(data: bytes, config: OCRConfig) -> tuple[np.ndarray, str]:
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
         # Pillow signals unknown formats, truncated data and corrupt chunks with these.
         raise InvalidImageError(f"not a decodable image ({len(data)} bytes): {e}") from e
-
-
-def _check_header(size: tuple[int, int], max_pixels: int) -> None:
-    w, h = size  # Pillow itself refuses zero-size headers
-    if w * h > max_pixels:
-        raise ImageTooLargeError(f"header announces {w}x{h} = {w * h} pixels > max_decode_pixels={max_pixels}")
 
 
 def _pil_to_gray(im: Image.Image, max_pixels: int) -> np.ndarray:
@@ -236,18 +232,16 @@ def _array_to_gray(a: np.ndarray) -> np.ndarray:
 def _to_uint8(a: np.ndarray) -> np.ndarray:
     if a.dtype == np.uint8:
         return a
-    if a.dtype == np.bool_:
-        return a.astype(np.uint8) * 255
-    if a.dtype == np.uint16:
-        return (a >> 8).astype(np.uint8)
-    if np.issubdtype(a.dtype, np.floating):
-        if not np.isfinite(a).all():
-            raise InvalidImageError("float image array contains NaN or infinity")
-        scale = 255.0 if a.max() <= 1.0 else 1.0
-        return np.clip(a * scale, 0, 255).astype(np.uint8)
-    if np.issubdtype(a.dtype, np.integer):
-        return np.clip(a, 0, 255).astype(np.uint8)
-    raise InvalidImageError(f"unsupported array dtype {a.dtype}")
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+        raise InvalidImageError(f"unsupported array dtype {a.dtype}")
+    f = a.astype(np.float64)
+    if not np.isfinite(f).all():
+        raise InvalidImageError("image array contains NaN or infinity")
+    if a.dtype == np.bool_ or (np.issubdtype(a.dtype, np.floating) and f.max() <= 1.0):
+        f *= 255.0  # [0, 1] data
+    elif a.dtype == np.uint16 or f.max() > 255:
+        f /= 257.0  # 16-bit data (65535 / 257 = 255)
+    return np.clip(np.rint(f), 0, 255).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------------------- preprocessing

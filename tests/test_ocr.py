@@ -201,6 +201,34 @@ def test_huge_image_is_downscaled_not_refused() -> None:
     assert prep.binary.size <= 1_000_000 + 4 * 12 * 1100  # cap plus the white border
 
 
+def test_huge_jpeg_is_decoded_at_reduced_scale() -> None:
+    buf = io.BytesIO()
+    Image.new("L", (4000, 4000), 255).save(buf, format="JPEG")
+    # 16 MP > 4 x 0.5 MP: libjpeg's largest reduction still >= 4000 / sqrt(32) = 707 px per side is 1/4.
+    assert load_gray(buf.getvalue(), OCRConfig(max_pixels=500_000))[0].shape == (1000, 1000)
+
+
+@pytest.mark.parametrize("convert", [
+    lambda g: g.astype(np.uint16) * 257,  # 16-bit
+    lambda g: g.astype(np.float32) / 255,  # float in [0, 1]
+    lambda g: g.astype(np.float64),  # float in [0, 255]
+    lambda g: np.repeat(g[..., None], 3, axis=2),  # RGB
+    lambda g: g[..., None],  # (H, W, 1)
+    lambda g: g.astype(np.int32),
+])
+def test_array_dtypes_and_layouts_give_the_same_grey(convert) -> None:
+    g = np.arange(0, 256, dtype=np.uint8).reshape(16, 16)
+    assert np.abs(load_gray(convert(g))[0].astype(int) - g).max() <= 1
+    assert load_gray(g > 127)[0].max() == 255
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped() -> None:
+    g = np.arange(0, 256, dtype=np.uint8).reshape(16, 16)
+    buf = io.BytesIO()
+    Image.fromarray(g.astype(np.uint16) * 257).save(buf, format="PNG")
+    assert np.abs(load_gray(buf.getvalue())[0].astype(int) - g).max() <= 1
+
+
 def test_alpha_is_flattened_onto_white() -> None:
     rgba = np.zeros((8, 8, 4), np.uint8)  # fully transparent black ...
     rgba[2:4, 2:6, 3] = 255  # ... except an opaque black bar
