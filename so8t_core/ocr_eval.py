@@ -2,7 +2,7 @@
 
 Nothing is downloaded: text lines are generated from small hand-written word lists (seeded), drawn with the
 Noto Sans CJK font that ``make setup`` installs (Debian package ``fonts-noto-cjk``), then degraded in one of four
-ways (``KINDS``). The same ``seed`` and ``n`` always give the same images, so CER numbers are comparable run to run.
+ways (``KINDS``). The same ``seed`` and ``n`` always give the same images, so CER numbers compare across runs.
 
 Explained in notebooks/05_visual_adapter.ipynb.
 """

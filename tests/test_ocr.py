@@ -22,6 +22,7 @@ from so8t_core.ocr import (
     LanguageMissingError,
     OCRConfig,
     OCRError,
+    TesseractFailedError,
     TesseractMissingError,
     estimate_skew,
     foreground_mask,
@@ -103,6 +104,15 @@ def test_eval_set_is_deterministic_and_covers_every_kind() -> None:
 def test_estimate_skew_recovers_the_rendered_rotation(angle: float) -> None:
     image = rotate_image(render_line(EN_LINE, 32), angle)
     assert estimate_skew(foreground_mask(image)) == pytest.approx(angle, abs=0.3)
+
+
+def test_estimate_skew_on_a_rotated_block_of_lines() -> None:
+    lines = [render_line(t, 26) for t in (EN_LINE, JA_LINE, "second paragraph 42")]
+    width = max(x.shape[1] for x in lines)
+    block = np.vstack([np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=255) for x in lines])
+    mask = foreground_mask(rotate_image(block, -4.0))
+    assert estimate_skew(mask) == pytest.approx(-4.0, abs=0.3)
+    assert len(ocr.text_lines(mask, -4.0)) == 3
 
 
 def test_preprocess_levels_the_line_and_upscales_small_text() -> None:
@@ -275,6 +285,18 @@ def test_words_lines_and_confidence_from_tesseract_data(monkeypatch) -> None:
     assert confs == [90, 70, 80, 60]
 
 
+@pytest.mark.parametrize("raised, match", [
+    (pytesseract.TesseractError(1, "Error in pixReadMem"), "status 1"),
+    (RuntimeError("Tesseract process timeout"), "timeout_s=5.0"),
+])
+def test_tesseract_failures_are_typed(monkeypatch, raised: Exception, match: str) -> None:
+    def fail(*args, **kwargs):
+        raise raised
+    monkeypatch.setattr(pytesseract, "image_to_data", fail)
+    with pytest.raises(TesseractFailedError, match=match):
+        ocr.run_tesseract(np.zeros((4, 4), np.uint8), "eng", 7, 5.0)
+
+
 @needs_tesseract
 def test_missing_language_names_the_package() -> None:
     with pytest.raises(LanguageMissingError, match=r"tesseract-ocr-xyz.*make setup"):
@@ -301,6 +323,7 @@ def test_two_lines_are_read_as_a_block() -> None:
     page = np.vstack([np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=255) for x in (a, b)])
     result = ocr_summary(page)
     assert result.psm == 6 and result.text.count("\n") == 1
+    assert ocr_summary(page, config=OCRConfig(psm=7)).psm == 7  # the caller's mode wins
     assert character_error_rate(EN_LINE + " " + JA_LINE, result.text) <= 0.05, result.text
 
 
