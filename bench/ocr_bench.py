@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import pytesseract  # noqa: E402
 
 from so8t_core.ocr import OCRConfig, ocr_summary  # noqa: E402
-from so8t_core.ocr_eval import KINDS, LANGS, cer_table, render_eval_set  # noqa: E402
+from so8t_core.ocr_eval import cer_table, render_eval_set  # noqa: E402
 
 CLEAN_CER_TARGET = 0.05
 RATE_TARGET = 2.0
@@ -81,18 +81,17 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _print(r: dict) -> None:
     raw = r.get("raw_cer", {})
-    print(f"\n{'group':<8} {'CER pipeline':>13} {'CER tesseract only':>19}")
-    for g in (*KINDS, *LANGS, "all"):
-        if g in r["pipeline_cer"]:
-            base = f"{raw[g]:>18.2%}" if g in raw else f"{'-':>18}"
-            print(f"{g:<8} {r['pipeline_cer'][g]:>13.2%} {base}")
+    print(f"\n{'group':<11} {'CER pipeline':>13} {'CER tesseract only':>19}")
+    for g, cer in r["pipeline_cer"].items():
+        base = f"{raw[g]:>19.2%}" if g in raw else f"{'-':>19}"
+        print(f"{g:<11} {cer:>13.2%} {base}")
     print(f"\npipeline: {r['pipeline_images_per_s']:.2f} images/s with {r['workers']} workers "
           f"(median {r['pipeline_median_s'] * 1000:.0f} ms per image)")
     if "raw_images_per_s" in r:
         print(f"tesseract only: {r['raw_images_per_s']:.2f} images/s")
-    clean = r["pipeline_cer"].get("clean", float("nan"))
-    print(f"target clean CER <= {CLEAN_CER_TARGET:.0%}: {'met' if clean <= CLEAN_CER_TARGET else 'MISSED'} "
-          f"({clean:.2%}); target >= {RATE_TARGET:g} images/s: "
+    clean = max(v for g, v in r["pipeline_cer"].items() if g.startswith("clean"))  # worst clean group
+    print(f"target clean CER <= {CLEAN_CER_TARGET:.0%} (worst of clean, clean/en, clean/ja): "
+          f"{'met' if clean <= CLEAN_CER_TARGET else 'MISSED'} ({clean:.2%}); target >= {RATE_TARGET:g} images/s: "
           f"{'met' if r['pipeline_images_per_s'] >= RATE_TARGET else 'MISSED'} ({r['pipeline_images_per_s']:.2f})")
 
 

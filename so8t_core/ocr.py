@@ -35,7 +35,7 @@ import pytesseract
 from PIL import Image
 
 from .config import StageConfig, check
-from .ocr_eval import normalize_text
+from .ocr_eval import normalize_text, summarize
 
 SETUP_HINT = "run `make setup` (scripts/setup_system.sh)"
 _LANG_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\+[A-Za-z][A-Za-z0-9_]*)*$")
@@ -126,21 +126,6 @@ class Prepared:
     line_px: float  # median text-line height before upscaling
     n_lines: int
     noise_sigma: float
-
-
-def summarize(text: str, max_chars: int = 120) -> str:
-    """Flatten ``text`` with ``normalize_text`` and cut it to at most ``max_chars`` characters.
-
-    A cut ends in "…" and, when a space lies in the last 40 % of the kept part, at that word boundary.
-    """
-    flat = normalize_text(text)
-    if len(flat) <= max_chars:
-        return flat
-    cut = flat[: max(max_chars - 1, 0)]
-    space = cut.rfind(" ")
-    if space >= 0.6 * len(cut):
-        cut = cut[:space]
-    return cut.rstrip() + "…"
 
 
 # ---------------------------------------------------------------------------------------------- decoding
@@ -380,7 +365,10 @@ def check_languages(lang: str) -> None:
     wanted = lang.split("+")
     for refresh in (False, True):  # the cache is re-read once, in case a package was installed meanwhile
         if refresh or cmd not in _LANG_CACHE:
-            _LANG_CACHE[cmd] = frozenset(_list_languages(cmd))
+            try:
+                _LANG_CACHE[cmd] = frozenset(pytesseract.get_languages())
+            except pytesseract.TesseractNotFoundError as e:
+                raise _missing_binary(cmd) from e
         missing = [x for x in wanted if x not in _LANG_CACHE[cmd]]
         if not missing:
             return
@@ -388,13 +376,6 @@ def check_languages(lang: str) -> None:
     raise LanguageMissingError(
         f"Tesseract has no language data for {'+'.join(missing)} (installed: {', '.join(sorted(_LANG_CACHE[cmd]))})"
         f": install Debian package(s) {pkgs} (sudo apt-get install -y {pkgs}) or {SETUP_HINT}")
-
-
-def _list_languages(cmd: str) -> list[str]:
-    try:
-        return pytesseract.get_languages()
-    except pytesseract.TesseractNotFoundError as e:
-        raise _missing_binary(cmd) from e
 
 
 def _missing_binary(cmd: str) -> TesseractMissingError:

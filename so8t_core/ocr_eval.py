@@ -1,4 +1,4 @@
-"""Text normalisation, the character error rate, and the OCR evaluation set the project renders itself.
+"""Text normalisation and summaries, the character error rate, and the OCR evaluation set the project renders.
 
 Nothing is downloaded: text lines are generated from small hand-written word lists (seeded), drawn with the
 Noto Sans CJK font that ``make setup`` installs (Debian package ``fonts-noto-cjk``), then degraded in one of four
@@ -100,6 +100,21 @@ def _is_cjk(ch: str) -> bool:
     cp = ord(ch)
     return (0x3000 <= cp <= 0x30FF or 0x3400 <= cp <= 0x4DBF or 0x4E00 <= cp <= 0x9FFF
             or 0xF900 <= cp <= 0xFAFF or 0xFF01 <= cp <= 0xFF9F)
+
+
+def summarize(text: str, max_chars: int = 120) -> str:
+    """Flatten ``text`` with ``normalize_text`` and cut it to at most ``max_chars`` characters.
+
+    A cut ends in "…" and, when a space lies in the last 40 % of the kept part, at that word boundary.
+    """
+    flat = normalize_text(text)
+    if len(flat) <= max_chars:
+        return flat
+    cut = flat[: max(max_chars - 1, 0)]
+    space = cut.rfind(" ")
+    if space >= 0.6 * len(cut):
+        cut = cut[:space]
+    return cut.rstrip() + "…"
 
 
 def levenshtein(a: str, b: str) -> int:
@@ -213,22 +228,23 @@ def render_eval_set(seed: int = 0, n: int = 48) -> list[EvalSample]:
 
 
 def cer_table(samples: Iterable[EvalSample], hyps: Iterable[str]) -> dict[str, float]:
-    """Micro-averaged CER (total edits / total reference characters) per kind, per language and overall.
+    """Micro-averaged CER (total edits / total reference characters) per kind, per language, per kind and
+    language, and overall; a long line weighs more than a short one, as in the usual corpus CER.
 
     Args:
         samples: the rendered samples.
         hyps: the OCR text for each sample, in the same order.
     Returns:
-        ``{"clean": .., "rotated": .., ..., "en": .., "ja": .., "all": ..}`` (only groups that occur).
+        ``{"clean": .., ..., "en": .., "ja": .., "clean/en": .., ..., "all": ..}`` (only groups that occur).
     """
     edits: dict[str, int] = {}
     chars: dict[str, int] = {}
     for s, hyp in zip(samples, hyps, strict=True):
         ref = normalize_text(s.text)
         d = levenshtein(ref, normalize_text(hyp))
-        for group in (s.kind, s.lang, "all"):
+        for group in (s.kind, s.lang, f"{s.kind}/{s.lang}", "all"):
             edits[group] = edits.get(group, 0) + d
             chars[group] = chars.get(group, 0) + len(ref)
-    order: list[str] = [*KINDS, *LANGS, "all"]
+    order = [*KINDS, *LANGS, *(f"{k}/{lang}" for k in KINDS for lang in LANGS), "all"]
     return {g: edits[g] / max(chars[g], 1) for g in order if g in edits}
 

@@ -33,6 +33,8 @@ from so8t_core.ocr import (
 )
 from so8t_core.ocr_eval import (
     KINDS,
+    EvalSample,
+    cer_table,
     character_error_rate,
     levenshtein,
     normalize_text,
@@ -68,6 +70,16 @@ def _png(a: np.ndarray) -> bytes:
 ])
 def test_cer_hand_computed(ref: str, hyp: str, want: float) -> None:
     assert character_error_rate(ref, hyp) == pytest.approx(want)
+
+
+def test_cer_table_micro_averages_each_group() -> None:
+    blank = np.zeros((1, 1), np.uint8)
+    samples = [EvalSample(blank, "abcd", "clean", "en", 0.0), EvalSample(blank, "日本", "clean", "ja", 0.0),
+               EvalSample(blank, "xy", "noisy", "en", 0.0)]
+    table = cer_table(samples, ["abXd", "日本", ""])  # 1, 0 and 2 edits over 4, 2 and 2 characters
+    assert table == pytest.approx({"clean": 1 / 6, "noisy": 1.0, "en": 3 / 6, "ja": 0.0, "clean/en": 1 / 4,
+                                   "clean/ja": 0.0, "noisy/en": 1.0, "all": 3 / 8})
+    assert list(table)[:2] == ["clean", "noisy"] and list(table)[-1] == "all"
 
 
 @settings(max_examples=60, deadline=None)
@@ -325,6 +337,13 @@ def test_two_lines_are_read_as_a_block() -> None:
     assert result.psm == 6 and result.text.count("\n") == 1
     assert ocr_summary(page, config=OCRConfig(psm=7)).psm == 7  # the caller's mode wins
     assert character_error_rate(EN_LINE + " " + JA_LINE, result.text) <= 0.05, result.text
+
+
+@needs_tesseract
+@pytest.mark.parametrize("shape, value", [((50, 200), 255), ((50, 200), 0), ((1, 1), 0)])
+def test_blank_page_reads_as_no_text(shape: tuple[int, int], value: int) -> None:
+    result = ocr_summary(np.full(shape, value, np.uint8))
+    assert (result.text, result.summary, result.n_words, result.mean_confidence) == ("", "", 0, 0.0)
 
 
 @needs_tesseract
