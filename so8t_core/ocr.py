@@ -112,7 +112,7 @@ class OCRResult:
     lang: str
     n_words: int
     skew_deg: float  # estimated skew that was rotated away (counter-clockwise positive, as displayed)
-    scale: float  # total resize factor applied (downscale of huge images x upscale of small text)
+    scale: float  # resize of the decoded page: cap downscale x small-text upscale (huge JPEGs decode at 1/2-1/8 first)
     psm: int
 
 
