@@ -15,6 +15,9 @@ escalate    P(escalate), sigmoid      policy: not safe to answer automatically; 
                                       the refuse threshold is still escalated rather than answered.
 ==========  ========================  =====================================================================
 
+Features are always taken from the raw prompt text (no chat template) - in training (notebook 06), in the
+``eval`` command line and in ``think.respond`` - so the heads see the same kind of input everywhere.
+
 The safety and refuse heads share a target on the shipped data but play different roles: the safety head is
 the classifier we report (AUPRC, the Llama-Guard-style binary F1/FPR), the policy heads carry tuned thresholds
 and can be retrained for another deployment's policy without touching the classifier.
