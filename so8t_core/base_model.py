@@ -186,9 +186,19 @@ def build_model(config: Phi3Config, seed: int = 0, stop_ids: Sequence[int] = ())
 
 
 def encode_documents(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each document framed as ``<s> … <|endoftext|>``."""
+    """Token ids of each document framed as ``<s> … <|endoftext|>`` (a tokenizer without bos/eos skips it)."""
     ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    return [[tokenizer.bos_token_id, *x, tokenizer.eos_token_id] for x in ids]
+    head = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    tail = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    return [[*head, *x, *tail] for x in ids]
+
+
+def device_of(model: Any) -> torch.device:
+    """Device of the model's first parameter (CPU for a parameterless callable)."""
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
 
 
 def pack_rows(docs: Sequence[Sequence[int]], seq_len: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,6 +311,7 @@ def pretrain(
     """
     check(steps > 0, "steps", steps, "must be > 0")
     ids, mask = pack_rows(encode_documents(tokenizer, texts), seq_len, tokenizer.pad_token_id)
+    ids, mask = ids.to(device_of(model)), mask.to(device_of(model))
     gen = torch.Generator().manual_seed(seed)
     epochs = math.ceil(steps * batch_size / len(ids))
     order = torch.cat([torch.randperm(len(ids), generator=gen) for _ in range(epochs)])  # each row once per epoch
@@ -316,7 +327,7 @@ def pretrain(
         rate = lr_at(step, steps, lr, warmup)
         for group in opt.param_groups:
             group["lr"] = rate
-        idx = order[step * batch_size : (step + 1) * batch_size]
+        idx = order[step * batch_size : (step + 1) * batch_size].to(ids.device)
         nll, n = token_nll(model(input_ids=ids[idx], attention_mask=mask[idx]).logits, ids[idx], mask[idx])
         loss = nll / max(n, 1)
         loss.backward()
@@ -342,9 +353,10 @@ def perplexity(model: Any, batches: Sequence[dict[str, torch.Tensor]]) -> float:
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
-    total, count = 0.0, 0
+    total, count, device = 0.0, 0, device_of(model)
     for b in batches:
-        nll, n = token_nll(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, **b)
+        b = {k: b[k].to(device) for k in ("input_ids", "attention_mask")}
+        nll, n = token_nll(model(**b).logits, **b)
         total, count = total + nll.item(), count + n
     if was_training:
         model.train()
@@ -386,8 +398,10 @@ def greedy_chat(model: Any, tokenizer: PreTrainedTokenizerBase, user: str, max_n
     Returns:
         The generated text (special tokens kept, so the quad tags show).
     """
-    prompt = torch.tensor([encode_documents(tokenizer, [chat_turn(user)])[0][:-1]])  # drop the closing eos
-    stop = [tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.eos_token_id]
+    framed = encode_documents(tokenizer, [chat_turn(user)])[0]
+    prompt = torch.tensor([framed[:-1] if framed[-1] == tokenizer.eos_token_id else framed], device=device_of(model))
+    ends = (tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.eos_token_id)
+    stop = [i for i in ends if i is not None and i != tokenizer.unk_token_id]  # a vocab without <|end|> maps it to unk
     out = model.generate(
         input_ids=prompt,
         attention_mask=torch.ones_like(prompt),

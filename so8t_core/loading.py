@@ -194,24 +194,27 @@ def save_model(model: Any, tokenizer: PreTrainedTokenizerBase, out_dir: str | Pa
     return out_dir
 
 
-def write_model_ref(stage_dir: str | Path, base_model: str | Path, **extra: Any) -> Path:
-    """Record which model the later stages load (``model_ref.json``).
+def write_model_ref(
+    stage_dir: str | Path, base_model: str | Path, load_in_4bit: bool = False, **extra: Any
+) -> Path:
+    """Record which model the later stages load (``model_ref.json``), and how.
 
     Args:
         stage_dir: the stage folder of notebook 00.
         base_model: ``""`` for the embedded default saved in ``stage_dir/model``, else a folder or a hub id.
-        extra: loading hints to record (e.g. ``load_in_4bit=True``).
+        load_in_4bit: whether later stages should load it in 4-bit too.
+        extra: further loading hints to record (e.g. ``compute_dtype="bfloat16"``).
     Returns:
         The path of ``model_ref.json``.
     """
-    if not base_model:
+    if not str(base_model).strip():
         ref = {"source": "embedded", "base_model": MODEL_DIR}  # relative: the artifacts folder may move
     elif is_hub_id(base_model):
         ref = {"source": "hub", "base_model": str(base_model)}
     else:
         ref = {"source": "local", "base_model": str(Path(base_model).expanduser().resolve())}
     path = Path(stage_dir) / MODEL_REF
-    write_json_atomic(path, {**ref, **extra})
+    write_json_atomic(path, {**ref, "load_in_4bit": bool(load_in_4bit), **extra})
     return path
 
 
@@ -222,7 +225,7 @@ def read_model_ref(stage_dir: str | Path) -> dict[str, Any]:
     if path.is_file():
         ref = json.loads(path.read_text(encoding="utf-8"))
     elif (stage_dir / MODEL_DIR / "config.json").is_file():
-        ref = {"source": "embedded", "base_model": MODEL_DIR}
+        ref = {"source": "embedded", "base_model": MODEL_DIR, "load_in_4bit": False}
     else:
         raise FileNotFoundError(f"{stage_dir} holds neither {MODEL_REF} nor {MODEL_DIR}/: run {notebook_for(STAGE)}")
     if ref["source"] == "embedded":

@@ -25,7 +25,7 @@ from so8t_core.base_model import (
     unigram_perplexity,
 )
 from so8t_core.corpus import build_corpus
-from so8t_core.loading import load_model_and_tokenizer, resolve_base, save_model, write_model_ref
+from so8t_core.loading import load_model_and_tokenizer, read_model_ref, resolve_base, save_model, write_model_ref
 from so8t_core.lora import LoraSettings, apply_lora
 
 # written out here rather than imported, so a renamed or dropped token fails the test
@@ -183,8 +183,10 @@ def test_4bit_loads_nf4_and_prepares_for_training(saved):
 def test_model_ref_resolves_each_kind(tmp_path, saved):
     write_model_ref(tmp_path, "")
     assert resolve_base(tmp_path) == str(tmp_path / "model")
+    assert read_model_ref(tmp_path)["load_in_4bit"] is False
     write_model_ref(tmp_path, "microsoft/Phi-3-mini-4k-instruct", load_in_4bit=True)
     assert resolve_base(tmp_path) == "microsoft/Phi-3-mini-4k-instruct"
+    assert read_model_ref(tmp_path)["load_in_4bit"] is True
     write_model_ref(tmp_path, saved[1])
     assert resolve_base(tmp_path) == str(saved[1].resolve())
     with pytest.raises(FileNotFoundError, match="00_base_model"):
