@@ -13,9 +13,9 @@ Explained in notebooks/00_base_model.ipynb.
 
 from __future__ import annotations
 
+import io
 import math
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,11 +32,8 @@ from .think import FINAL_TAG, THINK_PARTS
 
 SPM_FILE = "tokenizer.model"
 CHAT_TOKENS = ("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
-QUAD_TAGS = tuple(t for p in THINK_PARTS for t in (f"<think-{p}>", f"</think-{p}>")) + (
-    f"<{FINAL_TAG}>",
-    f"</{FINAL_TAG}>",
-)
-UNK, BOS, EOS_SPM = "<unk>", "<s>", "</s>"
+QUAD_TAGS = tuple(t for p in (*(f"think-{p}" for p in THINK_PARTS), FINAL_TAG) for t in (f"<{p}>", f"</{p}>"))
+UNK, BOS = "<unk>", "<s>"
 EOS = PAD = "<|endoftext|>"  # as in Phi-3: documents end with <|endoftext|>, which also pads
 END_OF_TURN = "<|end|>"
 # 256 byte pieces + 3 control pieces + the user-defined symbols, and room for some merges
@@ -68,28 +65,30 @@ def train_tokenizer(texts: Sequence[str], out_dir: str | Path, vocab_size: int =
     check(bool(docs), "texts", len(texts), "no non-blank text to train a tokenizer on")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".spm-") as tmp:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(docs),
-            model_prefix=str(Path(tmp) / "tokenizer"),
-            model_type="bpe",
-            vocab_size=vocab_size,
-            hard_vocab_limit=False,
-            byte_fallback=True,
-            character_coverage=0.9995,  # the usual setting for Japanese: rare kanji fall back to bytes
-            normalization_rule_name="identity",  # transformers' LlamaTokenizer does not normalise either
-            remove_extra_whitespaces=False,
-            split_digits=True,  # one token per digit helps a small model with arithmetic
-            user_defined_symbols=list(CHAT_TOKENS + QUAD_TAGS),
-            unk_id=0,
-            bos_id=1,
-            eos_id=2,
-            pad_id=-1,
-            max_sentence_length=1 << 16,
-            num_threads=1,  # one thread keeps training deterministic
-            minloglevel=2,
-        )
-        os.replace(Path(tmp) / "tokenizer.model", out_dir / SPM_FILE)
+    model = io.BytesIO()  # in memory: a file prefix would be recorded in the model and change its bytes
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(docs),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        byte_fallback=True,
+        character_coverage=0.9995,  # the usual setting for Japanese: rare kanji fall back to bytes
+        normalization_rule_name="identity",  # transformers' LlamaTokenizer does not normalise either
+        remove_extra_whitespaces=False,
+        split_digits=True,  # one token per digit helps a small model with arithmetic
+        user_defined_symbols=list(CHAT_TOKENS + QUAD_TAGS),
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        max_sentence_length=1 << 16,
+        num_threads=1,  # single-threaded, so the pieces do not depend on the machine
+        minloglevel=2,
+    )
+    tmp = out_dir / f".{SPM_FILE}.tmp"
+    tmp.write_bytes(model.getvalue())
+    os.replace(tmp, out_dir / SPM_FILE)  # a reader never sees half a model
     tokenizer = load_spm_tokenizer(out_dir)
     tokenizer.save_pretrained(out_dir)
     return tokenizer
@@ -354,12 +353,14 @@ def perplexity(model: Any, batches: Sequence[dict[str, torch.Tensor]]) -> float:
     if hasattr(model, "eval"):
         model.eval()
     total, count, device = 0.0, 0, device_of(model)
-    for b in batches:
-        b = {k: b[k].to(device) for k in ("input_ids", "attention_mask")}
-        nll, n = token_nll(model(**b).logits, **b)
-        total, count = total + nll.item(), count + n
-    if was_training:
-        model.train()
+    try:
+        for b in batches:
+            b = {k: b[k].to(device) for k in ("input_ids", "attention_mask")}
+            nll, n = token_nll(model(**b).logits, **b)
+            total, count = total + nll.item(), count + n
+    finally:
+        if was_training:
+            model.train()
     check(count > 0, "batches", len(batches), "hold no prediction targets")
     return math.exp(total / count)
 
@@ -376,7 +377,7 @@ def unigram_perplexity(
     Returns:
         The perplexity.
     """
-    counts = Counter(t for d in encode_documents(tokenizer, train_texts) for t in d[1:])  # <s> is never a target
+    counts = Counter(t for d in encode_documents(tokenizer, train_texts) for t in d[1:])  # a row's first token is no target
     total, vocab = sum(counts.values()), len(tokenizer)
     nll, n = 0.0, 0
     for b in batches:

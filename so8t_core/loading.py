@@ -17,13 +17,16 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import torch
 
 from .artifacts import notebook_for, write_json_atomic
 from .config import check
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 SPM_FILE = "tokenizer.model"
 MODEL_REF = "model_ref.json"
@@ -139,14 +142,17 @@ def load_model_and_tokenizer(
     Explained in notebooks/00_base_model.ipynb.
     """
     check(compute_dtype in COMPUTE_DTYPES, "compute_dtype", compute_dtype, f"must be one of {sorted(COMPUTE_DTYPES)}")
-    source = str(Path(base_model).expanduser()) if not is_hub_id(base_model) else str(base_model)
-    if not is_hub_id(base_model) and not Path(source).is_dir():
-        raise FileNotFoundError(f"base model folder {source} does not exist (give a model folder or a hub id)")
+    check(bool(str(base_model).strip()), "base_model", base_model, "is empty: give a model folder or a hub id")
+    hub = is_hub_id(base_model)
+    source = str(base_model) if hub else str(Path(base_model).expanduser())
+    if not hub and not Path(source).is_dir():
+        what = "is not a folder" if Path(source).exists() else "does not exist"
+        raise FileNotFoundError(f"base model folder {source} {what} (give a model folder or a hub id)")
     if load_in_4bit:
         kwargs = _quantization_kwargs(compute_dtype, device_map)
     else:
         kwargs = {"dtype": dtype, **({"device_map": device_map} if device_map is not None else {})}
-    if is_hub_id(base_model):
+    if hub:
         model, tokenizer = _load_from_hub(source, local_files_only, kwargs)
     else:
         model, tokenizer = _load(source, True, kwargs)

@@ -99,6 +99,12 @@ def test_tokenizer_folder_keeps_the_sentencepiece_model(tok):
     assert Path(tok.vocab_file).name == "tokenizer.model" and Path(tok.vocab_file).is_file()
 
 
+def test_tokenizer_training_is_deterministic(corpus, tok, tmp_path):
+    again = train_tokenizer(corpus.train, tmp_path, vocab_size=600)
+    assert (tmp_path / "tokenizer.model").read_bytes() == Path(tok.vocab_file).read_bytes()
+    assert again.get_vocab() == tok.get_vocab()
+
+
 def test_too_small_vocab_is_rejected(corpus, tmp_path):
     with pytest.raises(ValueError, match="vocab_size"):
         train_tokenizer(corpus.train, tmp_path, vocab_size=100)
@@ -149,6 +155,8 @@ def test_missing_local_path_names_it(tmp_path):
     for arg in (missing, str(missing)):
         with pytest.raises(FileNotFoundError, match="no_such_model"):
             load_model_and_tokenizer(arg)
+    with pytest.raises(ValueError, match="base_model"):
+        load_model_and_tokenizer("")
 
 
 def test_unknown_hub_id_offline_is_a_clear_error(monkeypatch):
