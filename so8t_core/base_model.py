@@ -377,7 +377,8 @@ def unigram_perplexity(
     Returns:
         The perplexity.
     """
-    counts = Counter(t for d in encode_documents(tokenizer, train_texts) for t in d[1:])  # a row's first token is no target
+    # a document's first token is never a target, so it is not counted either
+    counts = Counter(t for d in encode_documents(tokenizer, train_texts) for t in d[1:])
     total, vocab = sum(counts.values()), len(tokenizer)
     nll, n = 0.0, 0
     for b in batches:
