@@ -182,7 +182,7 @@ def test_4bit_loads_nf4_and_prepares_for_training(saved):
     model, tok2 = load_model_and_tokenizer(saved[1], load_in_4bit=True)
     quantised = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert quantised and all(m.weight.quant_type == "nf4" for m in quantised)
-    assert model.config.quantization_config.bnb_4bit_use_double_quant
+    assert all(m.weight.quant_state.nested for m in quantised)  # double quantisation
     assert not any(p.requires_grad for p in model.parameters())  # frozen by prepare_model_for_kbit_training
     ids = torch.tensor([[1, 5, 9, 12]], device=model.device)
     assert torch.isfinite(model(ids).logits).all()
