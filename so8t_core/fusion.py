@@ -75,10 +75,14 @@ def merge_lora(model: nn.Module) -> nn.Module:
     """The plain transformers model with LoRA merged in (peft ``merge_and_unload``, checked for NaN).
 
     Modifies a peft ``model`` in place (call it on a copy); a plain model is returned as it is.
+    Raises FusionError when the merged weights hold NaN.
     """
-    if hasattr(model, "merge_and_unload"):
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    try:
         return model.merge_and_unload(safe_merge=True)
-    return model
+    except ValueError as exc:  # peft's safe_merge found NaN in a merged weight
+        raise FusionError(f"merging LoRA failed: {exc}") from exc
 
 
 def _untie_config(model: nn.Module) -> None:
@@ -228,7 +232,10 @@ def load_soul_folder(base_model: str | Path, soul_dir: str | Path, *, load_in_4b
 
         model = PeftModel.from_pretrained(model, d)
     wrapper = SoulWrapper.load(d, model).eval()
-    return wrapper.to(next(model.parameters()).device), tok
+    device = next(model.parameters()).device
+    wrapper.rotation.to(device)  # move only the soul: a 4-bit model refuses .to()
+    wrapper.alpha.to(device)
+    return wrapper, tok
 
 
 def fuse_soul_folder(base_model: str | Path, soul_dir: str | Path, check_ids: Tensor,
@@ -251,12 +258,12 @@ def fuse_soul_folder(base_model: str | Path, soul_dir: str | Path, check_ids: Te
         "qlora_gap": 4-bit wrapper vs fused (None for a full-precision base)}``.
     Explained in notebooks/04_fusion_and_gguf.ipynb.
     """
-    gap_reference = None
+    gap_reference, device_map = None, None
     if load_in_4bit:
         w4, _ = load_soul_folder(base_model, soul_dir, load_in_4bit=True)
         gap_reference = causal_logits(w4, check_ids, check_mask).cpu()
+        device_map = {"": str(next(w4.parameters()).device)}  # reload where the 4-bit model ran (the GPU)
         del w4
-    device_map = {"": 0} if load_in_4bit else None  # the 4-bit path runs on the GPU; keep the reload there
     wrapper, tok = load_soul_folder(base_model, soul_dir, dtype=dtype, device_map=device_map)
     fused = fuse_soul_into_lm_head(wrapper.model, wrapper, check_ids, check_mask)
     fused_logits = causal_logits(fused, check_ids, check_mask).cpu()
