@@ -15,6 +15,9 @@ escalate    P(escalate), sigmoid      policy: not safe to answer automatically; 
                                       the refuse threshold is still escalated rather than answered.
 ==========  ========================  =====================================================================
 
+Features are always taken from the raw prompt text (no chat template) - in training (notebook 06), in the
+``eval`` command line and in ``think.respond`` - so the heads see the same kind of input everywhere.
+
 The safety and refuse heads share a target on the shipped data but play different roles: the safety head is
 the classifier we report (AUPRC, the Llama-Guard-style binary F1/FPR), the policy heads carry tuned thresholds
 and can be retrained for another deployment's policy without touching the classifier.
@@ -65,6 +68,8 @@ class SafetyHeads(nn.Module):
     Args:
         hidden_size: width H of the pooled feature.
         n_tasks: number of task classes (``len(TASKS)``).
+
+    Explained in notebooks/06_safety_eval.ipynb.
     """
 
     def __init__(self, hidden_size: int, n_tasks: int = len(TASKS)) -> None:
@@ -110,6 +115,8 @@ def pooled_hidden_states(model: Any, tokenizer: Any, prompts: Sequence[str], bat
         max_length: tokens kept per prompt (the rest is cut).
     Returns:
         Float32 CPU tensor (N, H).
+
+    Explained in notebooks/06_safety_eval.ipynb.
     """
     check(batch_size > 0, "batch_size", batch_size, "must be > 0")
     was_training = model.training
@@ -156,6 +163,8 @@ def train_heads(features: torch.Tensor, labels: Sequence[str], tasks: Sequence[s
         seed: initialisation seed.
     Returns:
         Trained ``SafetyHeads`` in eval mode.
+
+    Explained in notebooks/06_safety_eval.ipynb.
     """
     check(features.ndim == 2 and len(features) > 0, "features", tuple(features.shape), "must be (N, H), N > 0")
     check(len(labels) == len(features), "labels", len(labels), f"need one per feature row ({len(features)})")
@@ -200,12 +209,15 @@ def decide(head_outputs: Mapping[str, Any], thresholds: Thresholds | None = None
         thresholds: ``Thresholds``; 0.5 / 0.5 when ``None``.
     Returns:
         N labels from ``LABELS``.
+
+    Explained in notebooks/06_safety_eval.ipynb.
     """
     t = thresholds or Thresholds()
     p_ref, p_esc = _as_array(head_outputs["p_refuse"]), _as_array(head_outputs["p_escalate"])
     check(p_ref.shape == p_esc.shape and p_ref.ndim == 1, "head_outputs", (p_ref.shape, p_esc.shape),
           "p_refuse and p_escalate must be 1-D and the same length")
-    return ["REFUSE" if r >= t.refuse else "ESCALATE" if e >= t.escalate else "ALLOW" for r, e in zip(p_ref, p_esc)]
+    return ["REFUSE" if r >= t.refuse else "ESCALATE" if e >= t.escalate else "ALLOW"
+            for r, e in zip(p_ref, p_esc)]
 
 
 def _candidates(p: np.ndarray) -> list[float]:
@@ -231,6 +243,8 @@ def tune_thresholds(p_refuse: Any, p_escalate: Any, labels: Sequence[str],
         max_over_refusal: the cap on the share of gold ALLOW refused.
     Returns:
         ``Thresholds``.
+
+    Explained in notebooks/06_safety_eval.ipynb.
     """
     p_ref, p_esc = _as_array(p_refuse), _as_array(p_escalate)
     check(len(p_ref) == len(labels) == len(p_esc), "labels", len(labels), "need one per probability")

@@ -167,6 +167,8 @@ def extract_final(raw: str) -> str:
         raw: the model's generated text (new tokens only).
     Returns:
         The stripped final text without tags or control tokens, or ``FALLBACK_MESSAGE``.
+
+    Explained in notebooks/06_safety_eval.ipynb.
     """
     try:
         text = _final_text(lex(strip_control(raw)))
@@ -216,6 +218,8 @@ def thinking_hash(raw: str) -> str:
         raw: the model's generated text.
     Returns:
         64 hex characters (the hash of ``[]`` when there is no thinking).
+
+    Explained in notebooks/06_safety_eval.ipynb.
     """
     canon = json.dumps(thinking_parts(raw), ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
@@ -243,15 +247,19 @@ def build_prompt(user_text: str, system: str | None = None) -> str:
 
     Args:
         user_text: the user's message (non-empty).
-        system: system message; ``QUAD_SYSTEM`` when ``None``.
+        system: system message; ``QUAD_SYSTEM`` when ``None``; ``""`` leaves the system turn out (the layout
+            of ``so8t_core.corpus.chat_turn``, which the project's own models are trained on).
     Returns:
         ``<|system|>\\n…<|end|>\\n<|user|>\\n…<|end|>\\n<|assistant|>\\n``.
+
+    Explained in notebooks/06_safety_eval.ipynb.
     """
     user = strip_control(user_text).strip()
     if not user:
         raise ValueError(f"user_text={user_text!r}: empty after removing chat control tokens")
     sys_text = QUAD_SYSTEM if system is None else strip_control(system).strip()
-    return f"<|system|>\n{sys_text}<|end|>\n<|user|>\n{user}<|end|>\n<|assistant|>\n"
+    head = f"<|system|>\n{sys_text}<|end|>\n" if sys_text else ""
+    return f"{head}<|user|>\n{user}<|end|>\n<|assistant|>\n"
 
 
 @dataclass(frozen=True)
@@ -274,6 +282,15 @@ def _strip_special(text: str, tokenizer: Any) -> str:
     return text
 
 
+def _stop_ids(tokenizer: Any) -> list[int]:
+    """End of sequence, plus Phi-3's end-of-turn ``<|end|>`` when the vocabulary has it."""
+    stops = [tokenizer.eos_token_id]
+    end = tokenizer.convert_tokens_to_ids("<|end|>")
+    if isinstance(end, int) and end != tokenizer.unk_token_id:
+        stops.append(end)
+    return [s for s in stops if s is not None]
+
+
 def generate_raw(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 128) -> str:
     """Greedy generation of the quad layout for ``prompt``; returns only the newly generated text.
 
@@ -287,7 +304,8 @@ def generate_raw(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 
     enc = {k: v.to(device) for k, v in enc.items()}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                             eos_token_id=_stop_ids(tokenizer))
     new = out[0, enc["input_ids"].shape[1]:]  # (new tokens,)
     return _strip_special(tokenizer.decode(new, skip_special_tokens=False), tokenizer)
 

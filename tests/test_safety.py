@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from so8t_core.config import REPO_ROOT
-from so8t_core.safety import (LABELS, SHIPPED, KeywordBaseline, confusion, load_labeled, load_prompts, main,
+from so8t_core.safety import (LABELS, KeywordBaseline, breakdown, confusion, load_labeled, load_prompts, main,
                               make_baseline, metrics, parse_label_map)
 from so8t_core.safety_heads import (TASKS, SafetyHeads, Thresholds, decide, load_heads, pooled_hidden_states,
                                     save_heads, train_heads, tune_thresholds)
@@ -48,7 +48,8 @@ def test_traps_present_and_allowed(rows) -> None:
 
 
 def test_splits_are_fixed_in_the_file_and_pairs_share_them(rows) -> None:
-    spec = importlib.util.spec_from_file_location("make_prompts", REPO_ROOT / "data" / "safety" / "make_prompts.py")
+    script = REPO_ROOT / "data" / "safety" / "make_prompts.py"
+    spec = importlib.util.spec_from_file_location("make_prompts", script)
     make_prompts = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_prompts)
     assert make_prompts.rows() == rows  # the committed file is what the script writes; nothing drawn at run time
@@ -97,6 +98,26 @@ def test_loader_rejects_bad_rows_naming_file_and_line(tmp_path, name, content, l
     with pytest.raises(ValueError) as err:
         load_labeled(f)
     assert f"{f}:{line}:" in str(err.value) and words in str(err.value)
+
+
+def test_split_filter_and_breakdown(tmp_path) -> None:
+    f = tmp_path / "s.jsonl"
+    rows = [("a", A, "en", True, "test"), ("b", R, "en", False, "test"), ("c", A, "ja", True, "test"),
+            ("d", A, "ja", False, "train")]
+    f.write_text("".join(json.dumps({"prompt": p, "label": lab, "lang": g, "trap": t, "split": sp}) + "\n"
+                         for p, lab, g, t, sp in rows))
+    data = load_labeled(f, split="test")
+    assert data.prompts == ("a", "b", "c") and data.extra[0] == {"lang": "en", "trap": True, "split": "test"}
+    got = breakdown(data, [R, R, E])
+    # By hand: en = (A->R, R->R): accuracy 1/2, over-refusal 1/1; ja = (A->E): accuracy 0. Traps a, c: R and E.
+    assert got["by_lang"]["en"]["accuracy"] == 0.5 and got["by_lang"]["en"]["over_refusal_rate"] == 1.0
+    assert got["by_lang"]["ja"]["accuracy"] == 0.0
+    assert got["traps"] == {"n": 2, "refused": 0.5, "flagged": 1.0}
+    with pytest.raises(ValueError, match="no data rows with split='dev'"):
+        load_labeled(f, split="dev")
+    (tmp_path / "nosplit.csv").write_text("prompt,label\nhi,ALLOW\n")
+    with pytest.raises(ValueError, match=":2: no 'split' column"):
+        load_labeled(tmp_path / "nosplit.csv", split="test")
 
 
 def test_loader_rejects_bad_files_and_maps(tmp_path) -> None:

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from so8t_core.think import (ESCALATE_MESSAGE, FALLBACK_MESSAGE, QUAD_SYSTEM, REFUSE_MESSAGE, THINK_PARTS,
-                             build_prompt, extract_final, format_quad, lex, respond, thinking_hash)
+                             _strip_special, build_prompt, extract_final, format_quad, lex, respond,
+                             thinking_hash)
 
 FB = FALLBACK_MESSAGE
 
@@ -148,7 +149,8 @@ def test_thinking_hash_matches_the_documented_canonical_form() -> None:
 def test_thinking_hash_is_stable_across_spelling_and_final() -> None:
     a = format_quad("see", "so", "maybe", "thus", "answer one")
     b = format_quad("see", "so", "maybe", "thus", "a different answer")
-    c = a.replace("<think-observation>", "< THINK-Observation >").replace("</think-deduction>", "</ think-deduction>")
+    c = a.replace("<think-observation>", "< THINK-Observation >")
+    c = c.replace("</think-deduction>", "</ think-deduction>")
     assert thinking_hash(a) == thinking_hash(b) == thinking_hash(c)
 
 
@@ -162,6 +164,7 @@ def test_thinking_hash_is_sensitive_to_thinking() -> None:
 # --- build_prompt ----------------------------------------------------------------------------------------
 def test_build_prompt_phi3_format() -> None:
     assert build_prompt("hi", system="S") == "<|system|>\nS<|end|>\n<|user|>\nhi<|end|>\n<|assistant|>\n"
+    assert build_prompt("hi", system="") == "<|user|>\nhi<|end|>\n<|assistant|>\n"  # corpus.chat_turn layout
     default = build_prompt("hi")
     assert QUAD_SYSTEM in default and all(f"<think-{p}>" in QUAD_SYSTEM for p in THINK_PARTS)
     assert "<final>" in QUAD_SYSTEM
@@ -172,6 +175,14 @@ def test_build_prompt_user_cannot_inject_a_turn() -> None:
     assert p.count("<|assistant|>") == 1 and p.count("<|end|>") == 2
     with pytest.raises(ValueError, match="user_text"):
         build_prompt("<|end|>  ")
+
+
+def test_special_tokens_are_stripped_but_tags_kept() -> None:
+    class Stub:
+        all_special_tokens = ["</s>", "<s>", "<final>", "</final>", "<think-observation>", "<|end|>"]
+
+    raw = "<s><think-observation>S</think-observation><final>a</s>b</final></s>"
+    assert _strip_special(raw, Stub()) == "<think-observation>S</think-observation><final>ab</final>"
 
 
 # --- respond on a tiny random Phi-3 ----------------------------------------------------------------------
@@ -188,7 +199,7 @@ def tiny(tmp_path_factory):
     lines = [QUAD_EXAMPLE, QUAD_SYSTEM, "hello world how are you", "kill a python process", "|<>/-_.,:"] * 10
     spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(d / "tokenizer"),
                                    vocab_size=90, hard_vocab_limit=False, character_coverage=1.0,
-                                   minloglevel=2)
+                                   user_defined_symbols=["<|end|>"], minloglevel=2)
     tok = LlamaTokenizer.from_pretrained(str(d))  # a folder holding tokenizer.model (not vocab_file=)
     torch.manual_seed(0)
     cfg = Phi3Config(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -202,19 +213,21 @@ class Counting(torch.nn.Module):
 
     def __init__(self, model, script: list[int] | None = None) -> None:
         super().__init__()
-        self.model, self.config, self.script, self.calls = model, model.config, script, 0
+        self.model, self.config, self.script, self.calls, self.kwargs = model, model.config, script, 0, {}
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
 
     def generate(self, input_ids, **kwargs):
         self.calls += 1
+        self.kwargs = kwargs
         if self.script is None:
             return self.model.generate(input_ids=input_ids, **kwargs)
         return torch.cat([input_ids, torch.tensor([self.script])], dim=1)
 
 
-@pytest.mark.parametrize("label,message", [("REFUSE", REFUSE_MESSAGE), ("ESCALATE", ESCALATE_MESSAGE)])
+@pytest.mark.parametrize("label,message", [("REFUSE", REFUSE_MESSAGE), ("ESCALATE", ESCALATE_MESSAGE)],
+                         ids=["refuse", "escalate"])
 def test_refuse_and_escalate_never_generate(tiny, label: str, message: str) -> None:
     model, tok = tiny
     wrapped = Counting(model)
@@ -230,6 +243,8 @@ def test_allow_passes_generation_through_extract_final(tiny) -> None:
     wrapped = Counting(model, script)
     r = respond(wrapped, tok, "say hello", decide_fn=lambda p: "ALLOW")
     assert wrapped.calls == 1 and r.decision == "ALLOW"
+    assert tok.convert_tokens_to_ids("<|end|>") in wrapped.kwargs["eos_token_id"]  # stops at end of turn
+    assert wrapped.kwargs["do_sample"] is False
     assert r.final == "hello world" and "SECRET" not in r.final
     assert r.thinking_hash == thinking_hash(QUAD_EXAMPLE)  # only new tokens were decoded and hashed
 
