@@ -9,6 +9,7 @@ Explained in notebooks/04_fusion_and_gguf.ipynb.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -48,27 +49,35 @@ def llama_decoder(llm: Any, prompt: Sequence[int], continuation: Sequence[int]) 
     return run
 
 
-def interleaved_tokens_per_second(runs: dict[str, Callable[[], int]], repeats: int = 5,
-                                  warmup: int = 1) -> dict[str, list[float]]:
+def interleaved_tokens_per_second(runs: dict[str, Callable[[], int]], repeats: int = 5, warmup: int = 1,
+                                  min_seconds: float = 0.2) -> dict[str, list[float]]:
     """Tokens/s of each callable over ``repeats`` rounds, the order reversed every other round.
+
+    A tiny model decodes a whole run in milliseconds, where a scheduler hiccup would be the measurement; so each
+    timed sample calls its callable ``inner`` times, ``inner`` chosen in the warm-up so that one sample of the
+    slowest callable lasts about ``min_seconds`` (the same ``inner`` for all, so they do equal work).
 
     Args:
         runs: name -> callable returning the number of tokens it decoded.
         repeats: timed rounds.
-        warmup: untimed rounds first (allocations, caches).
+        warmup: untimed rounds first (allocations, caches); at least one, which also calibrates ``inner``.
+        min_seconds: target length of one timed sample.
     Returns:
         name -> tokens/s per round.
     """
     check(repeats > 0, "repeats", repeats, "must be > 0")
-    names = list(runs)
-    for _ in range(warmup):
+    names, slowest = list(runs), 0.0
+    for _ in range(max(1, warmup)):
         for n in names:
+            t0 = time.perf_counter()
             runs[n]()
+            slowest = max(slowest, time.perf_counter() - t0)
+    inner = max(1, math.ceil(min_seconds / max(slowest, 1e-9)))
     out: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
         for n in names if r % 2 == 0 else names[::-1]:
             t0 = time.perf_counter()
-            tokens = runs[n]()
+            tokens = sum(runs[n]() for _ in range(inner))
             out[n].append(tokens / (time.perf_counter() - t0))
     return out
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from so8t_core import gguf
+from so8t_core import gguf, latency
 from so8t_core.base_model import encode_documents, train_tokenizer
 from so8t_core.corpus import build_corpus
 from so8t_core.fusion import fuse_soul_into_lm_head, save_fused, tiny_tied_llama
@@ -75,10 +75,28 @@ def test_bad_types_are_refused(tmp_path):
 def test_interleaving_alternates_the_order_and_ratio_is_other_over_base():
     calls = []
     runs = {"base": lambda: calls.append("b") or 10, "fused": lambda: calls.append("f") or 10}
-    rates = interleaved_tokens_per_second(runs, repeats=3, warmup=1)
+    rates = interleaved_tokens_per_second(runs, repeats=3, warmup=1, min_seconds=0.0)
     assert calls == ["b", "f", "b", "f", "f", "b", "b", "f"]
     assert all(len(v) == 3 and min(v) > 0 for v in rates.values())
     assert speed_ratio({"base": [2.0, 4.0, 3.0], "fused": [1.5, 1.5, 9.0]})["ratio"] == pytest.approx(0.5)
+
+
+def test_each_sample_repeats_a_short_run_until_it_lasts_min_seconds(monkeypatch):
+    clock = {"now": 0.0}
+    monkeypatch.setattr(latency.time, "perf_counter", lambda: clock["now"])
+    calls = {"a": 0, "b": 0}
+
+    def run(name, seconds):
+        def f():
+            calls[name] += 1
+            clock["now"] += seconds
+            return 1
+        return f
+
+    a, b = 2.0**-9, 2.0**-8  # binary fractions: the fake clock's sums stay exact
+    rates = interleaved_tokens_per_second({"a": run("a", a), "b": run("b", b)}, repeats=2, min_seconds=5 * b)
+    assert calls == {"a": 1 + 2 * 5, "b": 1 + 2 * 5}  # inner = min_seconds / b (the slower one), for both
+    assert rates["a"] == pytest.approx([512.0, 512.0]) and rates["b"] == pytest.approx([256.0, 256.0])
 
 
 # --- through llama.cpp ---
