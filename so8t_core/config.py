@@ -145,3 +145,43 @@ class SoulStageConfig(StageConfig):
         check(self.alpha_target > self.alpha_start, "alpha_target", self.alpha_target, "must exceed alpha_start")
         check(all(a > self.alpha_start for a in self.alpha_targets), "alpha_targets", self.alpha_targets,
               "each must exceed alpha_start")
+
+
+GGUF_TYPE_NAMES = ("f32", "f16", "q8_0", "q4_k_m")  # equals gguf.GGUF_TYPES (kept literal: no torch import here)
+
+
+@dataclass(frozen=True)
+class FusionStageConfig(StageConfig):
+    """Stage 04: fuse LoRA and the soul into the base, export GGUF, check parity and speed, and the tied case."""
+
+    seed: int = 0
+    seq_len: int = 128  # tokens per held-out document (also llama.cpp's context)
+    check_docs: int = 16  # held-out documents for the fused-vs-wrapper check
+    eval_docs: int = 100  # held-out documents for GGUF parity and perplexity
+    gguf_types: tuple = GGUF_TYPE_NAMES
+    latency_type: str = "f32"  # GGUF type of the llama.cpp speed comparison
+    latency_prompt: int = 32
+    latency_new_tokens: int = 64
+    latency_repeats: int = 7
+    n_threads: int = 1  # llama.cpp threads; 0 = its default (see latency.llama_cpp_speed for why 1)
+    tied_hidden: int = 64
+    tied_layers: int = 2
+    tied_heads: int = 4
+    tied_init_range: float = 0.2  # large enough that logits are O(1) and a wrong fusion shows
+    tied_soul_std: float = 0.3
+    tied_alpha: float = 1.618033988749895
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gguf_types", tuple(self.gguf_types))
+        _positive(self, "check_docs", "eval_docs", "latency_prompt", "latency_new_tokens", "latency_repeats",
+                  "tied_hidden", "tied_layers", "tied_heads", "tied_init_range")
+        check(self.seq_len >= 8, "seq_len", self.seq_len, "must be >= 8")
+        check(self.latency_prompt + self.latency_new_tokens <= 512, "latency_new_tokens", self.latency_new_tokens,
+              "prompt + new tokens must fit the 512-token context")
+        unknown = [t for t in self.gguf_types if t not in GGUF_TYPE_NAMES]
+        check(bool(self.gguf_types) and not unknown, "gguf_types", self.gguf_types, f"each one of {GGUF_TYPE_NAMES}")
+        check("f32" in self.gguf_types, "gguf_types", self.gguf_types, "must include f32 (the parity reference)")
+        check(self.latency_type in self.gguf_types, "latency_type", self.latency_type, "must be one of gguf_types")
+        check(self.n_threads >= 0, "n_threads", self.n_threads, "must be >= 0 (0: llama.cpp's default)")
+        check(self.tied_hidden % 8 == 0, "tied_hidden", self.tied_hidden, "must be a multiple of 8 (SO(8) blocks)")
+        check(self.tied_soul_std >= 0, "tied_soul_std", self.tied_soul_std, "must be >= 0")
