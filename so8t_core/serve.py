@@ -1,34 +1,26 @@
-"""The ``/think`` HTTP endpoint: one prompt (and optionally one image) in, a policy decision and a final answer out.
-
-Command line::
+"""The ``/think`` HTTP endpoint: a prompt (and optionally an image) in, a policy decision and a final answer out.
 
     python -m so8t_core.serve [--model DIR] [--host 127.0.0.1] [--port 8088] [--audit artifacts/audit/audit.db]
         [--max-body 2MB] [--max-new-tokens 128] [--allow-remote]
 
-API (JSON in and out; every error is ``{"error": "..."}`` and the server keeps serving)::
-
     POST /think    {"prompt": str, "image_base64": str (optional)} -> 200 {"request_id", "decision", "final"}
     GET  /healthz  -> 200 {"status", "model_id", "decision_source", "audit_path"}
+    errors         -> 4xx/5xx {"error": "..."}: 400 bad JSON, fields, base64 or image; 404 path; 405 method;
+                      411 no Content-Length; 413 body or image too large; 415 not JSON; 422 OCR failed on the
+                      image; 500 internal; 503 OCR not installed. The server keeps serving.
 
-Built on the standard library's ``ThreadingHTTPServer`` (no new dependency). One thread per connection; a
-model lock makes sure only one request at a time runs the model (safety heads or ``generate``), while parsing,
-OCR, a baseline decision, REFUSE/ESCALATE answers and audit writes run in parallel.
+The standard library's ``ThreadingHTTPServer`` (no new dependency), one thread per connection. A model lock lets
+one request at a time use the model (safety heads, ``generate``); parsing, OCR, a baseline decision, the fixed
+REFUSE/ESCALATE answers and audit writes run in parallel.
 
-What reaches the model. An image is decoded and read locally by ``so8t_core.ocr.ocr_summary``; only its short
-summary is appended to the prompt (``model_text``), and the decision and the answer are both made on that text.
-The answer comes only from ``think.respond``, i.e. from ``extract_final`` or a fixed REFUSE/ESCALATE message, so
-no response carries thinking text; error messages are written here and never include model output.
+An image is read locally by ``ocr.ocr_summary`` and only its summary is appended to the prompt (``model_text``);
+decision and answer both see that text. The answer comes only from ``think.respond`` (``extract_final`` or a
+fixed message), and error messages and the server log never include model output.
 
-What is logged. Every answered request is one ``AuditLog.log_decision`` row: request id, decision, the decision
-source as reason, ``input_hash`` (``input_hash``), the thinking hash (for REFUSE/ESCALATE, which generate nothing,
-the hash of no thinking), the final text, the model id and, with an image, the image's SHA-256 and the OCR
-summary (purgeable; the server purges summaries older than ``audit.RETENTION_DAYS`` at start-up). A rejected
-request (4xx) never reached a decision, so it is not a decision row. If the audit write fails the answer is
-withheld (500): nothing leaves unlogged.
-
-Status codes: 400 malformed JSON / fields / base64 / image, 404 unknown path, 405 wrong method, 411 no
-Content-Length (or chunked), 413 body or image too large, 415 non-JSON Content-Type, 422 OCR failed on the
-image, 500 internal error, 503 OCR not installed.
+Every answered request is one ``AuditLog.log_decision`` row: decision, decision source (as reason), ``input_hash``,
+thinking hash (for REFUSE/ESCALATE, which generate nothing, the hash of no thinking), final text, model id and,
+with an image, its SHA-256 and the OCR summary (purged after ``audit.RETENTION_DAYS``, at start-up). A rejected
+request (4xx) reached no decision and is not logged as one. If the audit write fails the answer is withheld (500).
 
 Explained in notebooks/06_safety_eval.ipynb.
 """
@@ -47,7 +39,9 @@ import signal
 import socket
 import sys
 import threading
+import traceback
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -127,16 +121,16 @@ class AppState:
     def __post_init__(self) -> None:
         check((self.heads is None) != (self.decide_fn is None), "decide_fn", self.decide_fn,
               "give exactly one decision source: heads= or decide_fn=")
-        check(isinstance(self.model_id, str) and 0 < len(self.model_id) <= 200, "model_id", self.model_id,
-              "must be a non-empty string of at most 200 chars (the audit log's limit)")
+        for name in ("model_id", "decision_source"):  # both go into every audit row
+            v = getattr(self, name)
+            check(isinstance(v, str) and 0 < len(v) <= 200, name, v, "must be a non-empty string of at most 200 chars")
         for name in ("max_new_tokens", "max_body", "read_timeout_s"):
             check(getattr(self, name) > 0, name, getattr(self, name), "must be > 0")
 
 
 # ---------------------------------------------------------------------------------------------- request logic
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    dup = sorted({k for k in keys if keys.count(k) > 1})
+    dup = sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)  # linear: bodies may hold many keys
     if dup:
         raise ValueError(f"duplicate key(s) {[k[:40] for k in dup[:5]]}")
     return dict(pairs)
@@ -276,7 +270,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.info("%s %s", self.address_string(), format % args)
 
-    def _read_body(self) -> bytes:
+    def _content_length(self) -> int:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             raise RequestError(411, "chunked bodies are not accepted: send a Content-Length")
         lengths = set(self.headers.get_all("Content-Length") or [])
@@ -288,6 +282,20 @@ class _Handler(BaseHTTPRequestHandler):
         n, limit = int(raw), self.server.state.max_body
         if n > limit:  # refused before reading a byte of it
             raise RequestError(413, f"body of {n} bytes exceeds the limit of {limit} bytes (--max-body)")
+        return n
+
+    def handle_expect_100(self) -> bool:
+        # curl asks before sending a large body: refuse it here, so it is never sent
+        try:
+            self._content_length()
+        except RequestError as e:
+            self.close_connection = True
+            self._send_json(e.status, {"error": e.message})
+            return False
+        return super().handle_expect_100()
+
+    def _read_body(self) -> bytes:
+        n = self._content_length()
         body = self.rfile.read(n)
         if len(body) < n:
             raise RequestError(400, f"body ended after {len(body)} of {n} bytes")
@@ -297,8 +305,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if path not in ROUTES:
             raise RequestError(404, f"unknown path: use {', '.join(f'{m} {p}' for p, m in ROUTES.items())}")
-        if self.command != ROUTES[path]:
-            raise RequestError(405, f"{path} accepts {ROUTES[path]} only", {"Allow": ROUTES[path]})
+        allowed = ROUTES[path] + (", HEAD" if ROUTES[path] == "GET" else "")  # HEAD: a GET without the body
+        if self.command not in allowed.split(", "):
+            raise RequestError(405, f"{path} accepts {allowed} only", {"Allow": allowed})
         return path
 
     def _handle(self) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -312,8 +321,9 @@ class _Handler(BaseHTTPRequestHandler):
         except RequestError as e:
             self.close_connection = True  # the body may be unread: do not parse it as the next request
             return e.status, {"error": e.message}, e.headers
-        except Exception:  # the message may hold model output: log it here, send a fixed text
-            log.exception("request %s failed", request_id)
+        except Exception as e:  # its message may hold model output: log the type and frames, send a fixed text
+            log.error("request %s failed with %s:\n%s", request_id, type(e).__name__,
+                      "".join(traceback.format_tb(e.__traceback__)))
             self.close_connection = True
             return 500, {"error": f"internal error; see the server log for request {request_id}"}, {}
 
@@ -432,7 +442,7 @@ def find_heads(model_dir: str | Path) -> Path | None:
     return next((d for d in (folder, folder.parent) if (d / HEADS_WEIGHTS).is_file()), None)
 
 
-def decision_source(model: Any, model_dir: str | Path) -> dict[str, Any]:
+def load_decider(model: Any, model_dir: str | Path) -> dict[str, Any]:
     """The safety heads next to the model, or (documented fallback) the TF-IDF baseline fitted on the shipped
     train split. Returns ``AppState`` keyword arguments: ``decision_source`` and ``heads``/``thresholds`` or
     ``decide_fn``."""
@@ -487,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         purged = audit.purge()
         model, tok = load_model_and_tokenizer(choice.source, load_in_4bit=choice.load_in_4bit)
         state = AppState(model, tok, audit, model_identity(choice), max_new_tokens=args.max_new_tokens,
-                         max_body=max_body, **decision_source(model, choice.source))
+                         max_body=max_body, **load_decider(model, choice.source))
         server = make_server(state, args.host, args.port, args.allow_remote)
     except (ValueError, OSError, AuditError) as e:
         if audit is not None:

@@ -108,9 +108,11 @@ def rows(audit: AuditLog) -> list[dict]:
 def test_healthz_names_model_decider_and_audit(audit) -> None:
     with running(state_for(None, None, audit)) as port:
         status, headers, raw = call(port, "GET", "/healthz")
+        head = call(port, "HEAD", "/healthz")
     assert status == 200 and headers["Content-Type"].startswith("application/json")
     assert json.loads(raw) == {"status": "ok", "model_id": "tiny@test", "decision_source": "test_decider",
                                "audit_path": str(audit.path)}
+    assert head[0] == 200 and head[2] == b"" and head[1]["Content-Length"] == str(len(raw))
 
 
 @pytest.mark.parametrize("label,message", [("REFUSE", REFUSE_MESSAGE), ("ESCALATE", ESCALATE_MESSAGE)])
@@ -181,7 +183,7 @@ RAW = st.lists(st.one_of(THINK, FILLER, st.just("<final>ok</final>"), st.just("<
                max_size=6).map("".join)
 
 
-def test_no_response_ever_contains_thinking(audit) -> None:
+def test_no_response_ever_contains_thinking(audit, caplog) -> None:
     script = {"raw": ""}
     with pytest.MonkeyPatch.context() as mp, running(state_for(None, None, audit, decide=lambda t: "ALLOW")) as port:
         mp.setattr(think_mod, "generate_raw", lambda *a, **k: script["raw"])
@@ -195,12 +197,15 @@ def test_no_response_ever_contains_thinking(audit) -> None:
 
         prop()
 
+        leaked = "model said <think-observation>" + "SECRETX" + "</think-observation>"
+
         def boom(*a, **k):
-            raise RuntimeError("model said <think-observation>SECRETX</think-observation>")
+            raise RuntimeError(leaked)  # the log shows this source line, never the value
 
         mp.setattr(think_mod, "generate_raw", boom)
         status, _, body = call(port, "POST", "/think", {"prompt": "hi"})
         assert status == 500 and b"SECRET" not in body and "error" in json.loads(body)
+    assert "RuntimeError" in caplog.text and "SECRET" not in caplog.text  # nor does the server log
     assert not any("SECRET" in r["final_text"] for r in rows(audit))
     assert len(rows(audit)) >= 1 and audit.verify().ok  # the failed request left no row, the chain is intact
 
@@ -275,7 +280,8 @@ BAD = [  # (method, path, headers, body, status, words in the error)
     ("POST", "/think", {"Content-Length": "12x"}, b'{"prompt": 1}', 400, "Content-Length"),
     ("GET", "/think", {}, None, 405, "POST only"),
     ("DELETE", "/think", {}, None, 405, "POST only"),
-    ("POST", "/healthz", J, b"{}", 405, "GET only"),
+    ("POST", "/healthz", J, b"{}", 405, "GET, HEAD only"),
+    ("HEAD", "/think", {}, None, 405, "POST only"),
     ("GET", "/nope", {}, None, 404, "unknown path"),
     ("POST", "/think/../x", J, b'{"prompt": "hi"}', 404, "unknown path"),
     ("BREW", "/think", {}, None, 501, "Unsupported method"),
@@ -306,9 +312,12 @@ def test_bad_request_gets_a_json_error_and_the_server_keeps_serving(refusing_ser
     r = conn.getresponse()
     raw = r.read()
     conn.close()
-    assert r.status == status and words in json.loads(raw)["error"], raw
+    if method == "HEAD":  # the same status and headers as a GET would get, without the body
+        assert (r.status, raw) == (status, b"")
+    else:
+        assert r.status == status and words in json.loads(raw)["error"], raw
     if status == 405:
-        assert r.getheader("Allow") == ("GET" if path == "/healthz" else "POST")
+        assert r.getheader("Allow") == ("GET, HEAD" if path == "/healthz" else "POST")
     assert call(port, "GET", "/healthz")[0] == 200
     assert rows(log) == []  # no decision: nothing reached the model or the audit log
 
@@ -327,6 +336,8 @@ def raw_exchange(port: int, head: bytes, body: bytes = b"", half_close: bool = F
 
 @pytest.mark.parametrize("head,body,half_close,status,words", [
     (b"POST /think HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n", b"", False, 413, "exceeds the limit"),
+    (b"POST /think HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1000000000\r\n\r\n", b"", False,
+     413, "exceeds the limit"),  # refused instead of "100 Continue": the client never sends the body
     (b"POST /think HTTP/1.1\r\nHost: x\r\n\r\n", b'{"prompt": "hi"}', False, 411, "Content-Length header"),
     (b"POST /think HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"5\r\nhello\r\n0\r\n\r\n", False,
      411, "chunked"),
@@ -401,6 +412,8 @@ def test_only_loopback_hosts_without_allow_remote(host: str, ok: bool) -> None:
         with pytest.raises(ValueError, match="no authentication"):
             serve.check_host(host)
         serve.check_host(host, allow_remote=True)
+        with pytest.raises(ValueError, match="--allow-remote"):
+            serve.make_server(None, host, 0)  # refused before anything binds
 
 
 def test_cli_refuses_a_remote_host_and_a_missing_model(tmp_path, monkeypatch, capsys) -> None:
@@ -474,19 +487,19 @@ def test_decision_source_heads_next_to_the_model_else_tfidf(tiny, tiny_dir, tmp_
             return ["ESCALATE" if "doctor" in t else "ALLOW" for t in texts]
 
     monkeypatch.setattr(safety, "make_baseline", lambda name: fitted.append(name) or FakeBaseline())
-    fallback = serve.decision_source(model, tiny_dir)
+    fallback = serve.load_decider(model, tiny_dir)
     assert fallback["decision_source"] == "tfidf_baseline" and "heads" not in fallback and fitted == ["tfidf"]
     assert [fallback["decide_fn"](t) for t in ("ask a doctor", "hi")] == ["ESCALATE", "ALLOW"]
     save_heads(allow_or_refuse_heads(model.config.hidden_size, refuse=True), tmp_path)  # the folder around it
     copy = shutil.copytree(tiny_dir, tmp_path / "model")
-    chosen = serve.decision_source(model, copy)
+    chosen = serve.load_decider(model, copy)
     assert chosen["decision_source"] == "safety_heads" and "decide_fn" not in chosen and fitted == ["tfidf"]
     with running(serve.AppState(model, tok, audit, "tiny@test", **chosen)) as port:
         out = json.loads(call(port, "POST", "/think", {"prompt": "say hello"})[2])
     assert (out["decision"], out["final"]) == ("REFUSE", REFUSE_MESSAGE)
     save_heads(SafetyHeads(16), copy)  # wrong width, and nearer than the folder around it
     with pytest.raises(ValueError, match="hidden_size"):
-        serve.decision_source(model, copy)
+        serve.load_decider(model, copy)
 
 
 @pytest.mark.parametrize("text,want", [("2MB", 2 << 20), ("512KB", 512 << 10), ("100", 100), ("1MiB", 1 << 20),
