@@ -57,7 +57,7 @@ from .ocr import (ImageTooLargeError, InvalidImageError, OCRResult, TesseractFai
                   ocr_summary)
 from .think import Response, respond, strip_control, thinking_hash
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("so8t_core.serve")  # also when run as __main__
 
 FUSED_STAGE, FUSED_DIR, BASE_STAGE = "04_fusion_and_gguf", "fused", "00_base_model"
 ROUTES = {"/think": "POST", "/healthz": "GET"}
