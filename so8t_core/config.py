@@ -185,3 +185,30 @@ class FusionStageConfig(StageConfig):
         check(self.n_threads >= 0, "n_threads", self.n_threads, "must be >= 0 (0: llama.cpp's default)")
         check(self.tied_hidden % 8 == 0, "tied_hidden", self.tied_hidden, "must be a multiple of 8 (SO(8) blocks)")
         check(self.tied_soul_std >= 0, "tied_soul_std", self.tied_soul_std, "must be >= 0")
+
+@dataclass(frozen=True)
+class SafetyEvalStageConfig(StageConfig):
+    """Stage 06: safety heads on the fused and the base model against the baselines, on the shipped splits."""
+
+    seed: int = 0
+    head_steps: int = 300  # full-batch AdamW steps of train_heads
+    head_lr: float = 1e-2
+    weight_decay: float = 1e-2
+    max_over_refusal: float = 0.05  # cap on dev over-refusal when tuning the refuse threshold
+    batch_size: int = 16  # prompts per forward pass when pooling hidden states
+    max_length: int = 512  # tokens kept per prompt
+    sweep_points: int = 101  # refuse thresholds in the sweep, evenly spaced in [0, 1]
+    n_boot: int = 1000  # paired bootstrap resamples for base vs fused
+    examples_per_label: int = 2  # test prompts per gold label answered with respond()
+    max_new_tokens: int = 96
+    # 0 keeps torch's default. The embedded model's matrices are too small to split across threads, and on a busy
+    # machine extra threads only wait for each other; a real checkpoint on CPU wants 0.
+    torch_threads: int = 1
+
+    def __post_init__(self) -> None:
+        _positive(self, "head_steps", "head_lr", "batch_size", "max_length", "n_boot", "examples_per_label",
+                  "max_new_tokens")
+        check(self.torch_threads >= 0, "torch_threads", self.torch_threads, "must be >= 0 (0 = torch's default)")
+        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        check(0.0 <= self.max_over_refusal <= 1.0, "max_over_refusal", self.max_over_refusal, "must be in [0, 1]")
+        check(self.sweep_points >= 2, "sweep_points", self.sweep_points, "must be >= 2 (both ends of [0, 1])")
