@@ -449,7 +449,10 @@ def load_decider(model: Any, model_dir: str | Path) -> dict[str, Any]:
     from .safety import make_baseline
     from .safety_heads import HEADS_NOTEBOOK, load_heads
 
-    folder = find_heads(model_dir) if Path(model_dir).is_dir() else None
+    from .safety_eval import find_heads_for_model
+
+    # beside the model, else the heads notebook 06 recorded for these exact weights
+    folder = (find_heads(model_dir) or find_heads_for_model(model_dir)) if Path(model_dir).is_dir() else None
     if folder is None:
         baseline = make_baseline("tfidf")
         return {"decision_source": "tfidf_baseline", "decide_fn": lambda text: baseline.predict([text])[0]}
