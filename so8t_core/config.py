@@ -136,6 +136,13 @@ class SoulStageConfig(StageConfig):
     eval_docs: int = 200
     run_ablations: bool = True
 
+    SOUL_FIELDS = ("map", "init_std", "alpha_start", "alpha_target", "alpha_warmup", "alpha_anneal", "ortho_weight",
+                   "pet_kind", "pet_max_lambda", "pet_warmup", "pet_main", "pet_anneal")
+
+    def soul_fields(self) -> dict:
+        """The fields this stage passes on to ``so8t_core.soul.SoulConfig`` (same names there)."""
+        return {k: getattr(self, k) for k in self.SOUL_FIELDS}
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "alpha_targets", tuple(float(a) for a in self.alpha_targets))
         _positive(self, "steps", "batch_size", "seq_len", "lr", "soul_lr", "grad_accum", "lora_r", "lora_alpha",
