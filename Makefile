@@ -8,9 +8,9 @@ PROFILE ?= default
 ONLY ?=
 ARGS ?=
 
-.PHONY: setup system pipeline smoke test lab clean
+.PHONY: setup system llama_cpp pipeline smoke test lab clean
 
-setup: $(STAMP) system
+setup: $(STAMP) system llama_cpp
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "so8t needs Python 3.11 (set PYTHON=/path/to/python3.11)")'
@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml
 
 system:
 	@bash scripts/setup_system.sh
+
+llama_cpp: $(STAMP)
+	@bash scripts/setup_llama_cpp.sh $(PY)
 
 pipeline: setup
 	$(PY) -m so8t_core.pipeline --profile $(PROFILE) $(if $(ONLY),--only $(ONLY)) $(ARGS)

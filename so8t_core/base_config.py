@@ -20,18 +20,18 @@ class BaseModelConfig(StageConfig):
     """
 
     seed: int = 0
-    n_docs: int = 3000
+    n_docs: int = 10000
     heldout_fraction: float = 0.1
     vocab_size: int = 2000
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 384
-    steps: int = 600
+    steps: int = 1000
     batch_size: int = 16
     seq_len: int = 128
     lr: float = 3e-3
-    warmup_steps: int = 30
+    warmup_steps: int = 50
     eval_batch_size: int = 32
     gen_tokens: int = 96
     base_model: str = ""

@@ -13,9 +13,9 @@ Explained in notebooks/00_base_model.ipynb.
 
 from __future__ import annotations
 
+import io
 import math
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,11 +32,8 @@ from .think import FINAL_TAG, THINK_PARTS
 
 SPM_FILE = "tokenizer.model"
 CHAT_TOKENS = ("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
-QUAD_TAGS = tuple(t for p in THINK_PARTS for t in (f"<think-{p}>", f"</think-{p}>")) + (
-    f"<{FINAL_TAG}>",
-    f"</{FINAL_TAG}>",
-)
-UNK, BOS, EOS_SPM = "<unk>", "<s>", "</s>"
+QUAD_TAGS = tuple(t for p in (*(f"think-{p}" for p in THINK_PARTS), FINAL_TAG) for t in (f"<{p}>", f"</{p}>"))
+UNK, BOS = "<unk>", "<s>"
 EOS = PAD = "<|endoftext|>"  # as in Phi-3: documents end with <|endoftext|>, which also pads
 END_OF_TURN = "<|end|>"
 # 256 byte pieces + 3 control pieces + the user-defined symbols, and room for some merges
@@ -68,28 +65,30 @@ def train_tokenizer(texts: Sequence[str], out_dir: str | Path, vocab_size: int =
     check(bool(docs), "texts", len(texts), "no non-blank text to train a tokenizer on")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".spm-") as tmp:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(docs),
-            model_prefix=str(Path(tmp) / "tokenizer"),
-            model_type="bpe",
-            vocab_size=vocab_size,
-            hard_vocab_limit=False,
-            byte_fallback=True,
-            character_coverage=0.9995,  # the usual setting for Japanese: rare kanji fall back to bytes
-            normalization_rule_name="identity",  # transformers' LlamaTokenizer does not normalise either
-            remove_extra_whitespaces=False,
-            split_digits=True,  # one token per digit helps a small model with arithmetic
-            user_defined_symbols=list(CHAT_TOKENS + QUAD_TAGS),
-            unk_id=0,
-            bos_id=1,
-            eos_id=2,
-            pad_id=-1,
-            max_sentence_length=1 << 16,
-            num_threads=1,  # one thread keeps training deterministic
-            minloglevel=2,
-        )
-        os.replace(Path(tmp) / "tokenizer.model", out_dir / SPM_FILE)
+    model = io.BytesIO()  # in memory: a file prefix would be recorded in the model and change its bytes
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(docs),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        byte_fallback=True,
+        character_coverage=0.9995,  # the usual setting for Japanese: rare kanji fall back to bytes
+        normalization_rule_name="identity",  # transformers' LlamaTokenizer does not normalise either
+        remove_extra_whitespaces=False,
+        split_digits=True,  # one token per digit helps a small model with arithmetic
+        user_defined_symbols=list(CHAT_TOKENS + QUAD_TAGS),
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        max_sentence_length=1 << 16,
+        num_threads=1,  # single-threaded, so the pieces do not depend on the machine
+        minloglevel=2,
+    )
+    tmp = out_dir / f".{SPM_FILE}.tmp"
+    tmp.write_bytes(model.getvalue())
+    os.replace(tmp, out_dir / SPM_FILE)  # a reader never sees half a model
     tokenizer = load_spm_tokenizer(out_dir)
     tokenizer.save_pretrained(out_dir)
     return tokenizer
@@ -186,9 +185,19 @@ def build_model(config: Phi3Config, seed: int = 0, stop_ids: Sequence[int] = ())
 
 
 def encode_documents(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each document framed as ``<s> … <|endoftext|>``."""
+    """Token ids of each document framed as ``<s> … <|endoftext|>`` (a tokenizer without bos/eos skips it)."""
     ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    return [[tokenizer.bos_token_id, *x, tokenizer.eos_token_id] for x in ids]
+    head = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    tail = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    return [[*head, *x, *tail] for x in ids]
+
+
+def device_of(model: Any) -> torch.device:
+    """Device of the model's first parameter (CPU for a parameterless callable)."""
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
 
 
 def pack_rows(docs: Sequence[Sequence[int]], seq_len: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,6 +310,7 @@ def pretrain(
     """
     check(steps > 0, "steps", steps, "must be > 0")
     ids, mask = pack_rows(encode_documents(tokenizer, texts), seq_len, tokenizer.pad_token_id)
+    ids, mask = ids.to(device_of(model)), mask.to(device_of(model))
     gen = torch.Generator().manual_seed(seed)
     epochs = math.ceil(steps * batch_size / len(ids))
     order = torch.cat([torch.randperm(len(ids), generator=gen) for _ in range(epochs)])  # each row once per epoch
@@ -316,7 +326,7 @@ def pretrain(
         rate = lr_at(step, steps, lr, warmup)
         for group in opt.param_groups:
             group["lr"] = rate
-        idx = order[step * batch_size : (step + 1) * batch_size]
+        idx = order[step * batch_size : (step + 1) * batch_size].to(ids.device)
         nll, n = token_nll(model(input_ids=ids[idx], attention_mask=mask[idx]).logits, ids[idx], mask[idx])
         loss = nll / max(n, 1)
         loss.backward()
@@ -342,12 +352,15 @@ def perplexity(model: Any, batches: Sequence[dict[str, torch.Tensor]]) -> float:
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
-    total, count = 0.0, 0
-    for b in batches:
-        nll, n = token_nll(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, **b)
-        total, count = total + nll.item(), count + n
-    if was_training:
-        model.train()
+    total, count, device = 0.0, 0, device_of(model)
+    try:
+        for b in batches:
+            b = {k: b[k].to(device) for k in ("input_ids", "attention_mask")}
+            nll, n = token_nll(model(**b).logits, **b)
+            total, count = total + nll.item(), count + n
+    finally:
+        if was_training:
+            model.train()
     check(count > 0, "batches", len(batches), "hold no prediction targets")
     return math.exp(total / count)
 
@@ -364,7 +377,8 @@ def unigram_perplexity(
     Returns:
         The perplexity.
     """
-    counts = Counter(t for d in encode_documents(tokenizer, train_texts) for t in d[1:])  # <s> is never a target
+    # a document's first token is never a target, so it is not counted either
+    counts = Counter(t for d in encode_documents(tokenizer, train_texts) for t in d[1:])
     total, vocab = sum(counts.values()), len(tokenizer)
     nll, n = 0.0, 0
     for b in batches:
@@ -386,8 +400,10 @@ def greedy_chat(model: Any, tokenizer: PreTrainedTokenizerBase, user: str, max_n
     Returns:
         The generated text (special tokens kept, so the quad tags show).
     """
-    prompt = torch.tensor([encode_documents(tokenizer, [chat_turn(user)])[0][:-1]])  # drop the closing eos
-    stop = [tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.eos_token_id]
+    framed = encode_documents(tokenizer, [chat_turn(user)])[0]
+    prompt = torch.tensor([framed[:-1] if framed[-1] == tokenizer.eos_token_id else framed], device=device_of(model))
+    ends = (tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.eos_token_id)
+    stop = [i for i in ends if i is not None and i != tokenizer.unk_token_id]  # a vocab without <|end|> maps it to unk
     out = model.generate(
         input_ids=prompt,
         attention_mask=torch.ones_like(prompt),

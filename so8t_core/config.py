@@ -136,6 +136,13 @@ class SoulStageConfig(StageConfig):
     eval_docs: int = 200
     run_ablations: bool = True
 
+    SOUL_FIELDS = ("map", "init_std", "alpha_start", "alpha_target", "alpha_warmup", "alpha_anneal", "ortho_weight",
+                   "pet_kind", "pet_max_lambda", "pet_warmup", "pet_main", "pet_anneal")
+
+    def soul_fields(self) -> dict:
+        """The fields this stage passes on to ``so8t_core.soul.SoulConfig`` (same names there)."""
+        return {k: getattr(self, k) for k in self.SOUL_FIELDS}
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "alpha_targets", tuple(float(a) for a in self.alpha_targets))
         _positive(self, "steps", "batch_size", "seq_len", "lr", "soul_lr", "grad_accum", "lora_r", "lora_alpha",
@@ -190,3 +197,70 @@ class VisualStageConfig(StageConfig):
         check(0.0 <= self.word_fraction <= 1.0, "word_fraction", self.word_fraction, "must be in [0, 1]")
         check(0.0 < self.init_visual_weight < 1.0, "init_visual_weight", self.init_visual_weight, "must be in (0, 1)")
         check(self.map in MAPS, "map", self.map, f"must be one of {MAPS}")
+
+
+GGUF_TYPE_NAMES = ("f32", "f16", "q8_0", "q4_k_m")  # equals gguf.GGUF_TYPES (kept literal: no torch import here)
+
+
+@dataclass(frozen=True)
+class FusionStageConfig(StageConfig):
+    """Stage 04: fuse LoRA and the soul into the base, export GGUF, check parity and speed, and the tied case."""
+
+    seed: int = 0
+    seq_len: int = 128  # tokens per held-out document (also llama.cpp's context)
+    check_docs: int = 16  # held-out documents for the fused-vs-wrapper check
+    eval_docs: int = 100  # held-out documents for GGUF parity and perplexity
+    gguf_types: tuple = GGUF_TYPE_NAMES
+    latency_type: str = "f32"  # GGUF type of the llama.cpp speed comparison
+    latency_prompt: int = 32
+    latency_new_tokens: int = 64
+    latency_repeats: int = 7
+    n_threads: int = 1  # llama.cpp threads; 0 = its default (see latency.llama_cpp_speed for why 1)
+    tied_hidden: int = 64
+    tied_layers: int = 2
+    tied_heads: int = 4
+    tied_init_range: float = 0.2  # large enough that logits are O(1) and a wrong fusion shows
+    tied_soul_std: float = 0.3
+    tied_alpha: float = 1.618033988749895
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gguf_types", tuple(self.gguf_types))
+        _positive(self, "check_docs", "eval_docs", "latency_prompt", "latency_new_tokens", "latency_repeats",
+                  "tied_hidden", "tied_layers", "tied_heads", "tied_init_range")
+        check(self.seq_len >= 8, "seq_len", self.seq_len, "must be >= 8")
+        check(self.latency_prompt + self.latency_new_tokens <= 512, "latency_new_tokens", self.latency_new_tokens,
+              "prompt + new tokens must fit the 512-token context")
+        unknown = [t for t in self.gguf_types if t not in GGUF_TYPE_NAMES]
+        check(bool(self.gguf_types) and not unknown, "gguf_types", self.gguf_types, f"each one of {GGUF_TYPE_NAMES}")
+        check("f32" in self.gguf_types, "gguf_types", self.gguf_types, "must include f32 (the parity reference)")
+        check(self.latency_type in self.gguf_types, "latency_type", self.latency_type, "must be one of gguf_types")
+        check(self.n_threads >= 0, "n_threads", self.n_threads, "must be >= 0 (0: llama.cpp's default)")
+        check(self.tied_hidden % 8 == 0, "tied_hidden", self.tied_hidden, "must be a multiple of 8 (SO(8) blocks)")
+        check(self.tied_soul_std >= 0, "tied_soul_std", self.tied_soul_std, "must be >= 0")
+
+@dataclass(frozen=True)
+class SafetyEvalStageConfig(StageConfig):
+    """Stage 06: safety heads on the fused and the base model against the baselines, on the shipped splits."""
+
+    seed: int = 0
+    head_steps: int = 300  # full-batch AdamW steps of train_heads
+    head_lr: float = 1e-2
+    weight_decay: float = 1e-2
+    max_over_refusal: float = 0.05  # cap on dev over-refusal when tuning the refuse threshold
+    batch_size: int = 16  # prompts per forward pass when pooling hidden states
+    max_length: int = 512  # tokens kept per prompt
+    sweep_points: int = 101  # refuse thresholds in the sweep, evenly spaced in [0, 1]
+    n_boot: int = 1000  # paired bootstrap resamples for base vs fused
+    examples_per_label: int = 2  # test prompts per gold label answered with respond()
+    max_new_tokens: int = 96
+    # 0 keeps torch's default. The embedded model's matrices are too small to split across threads, and on a busy
+    # machine extra threads only wait for each other; a real checkpoint on CPU wants 0.
+    torch_threads: int = 1
+
+    def __post_init__(self) -> None:
+        _positive(self, "head_steps", "head_lr", "batch_size", "max_length", "n_boot", "examples_per_label",
+                  "max_new_tokens")
+        check(self.torch_threads >= 0, "torch_threads", self.torch_threads, "must be >= 0 (0 = torch's default)")
+        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        check(0.0 <= self.max_over_refusal <= 1.0, "max_over_refusal", self.max_over_refusal, "must be in [0, 1]")
+        check(self.sweep_points >= 2, "sweep_points", self.sweep_points, "must be >= 2 (both ends of [0, 1])")

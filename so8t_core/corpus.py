@@ -325,9 +325,10 @@ def generate_documents(seed: int, n_docs: int) -> list[str]:
 
 
 def split_documents(docs: Sequence[str], heldout_fraction: float, seed: int) -> Corpus:
-    """Shuffle distinct documents and hold out a fraction of them.
+    """Shuffle distinct documents and hold out a fraction of them that training never contains.
 
-    Duplicates are dropped first, so no held-out document also occurs in ``train``.
+    Duplicates are dropped first, and a document that occurs inside another one (a single fact sentence that is
+    also part of a longer document) is never held out, so no held-out text appears verbatim in ``train``.
 
     Args:
         docs: documents (any order; duplicates allowed).
@@ -341,7 +342,16 @@ def split_documents(docs: Sequence[str], heldout_fraction: float, seed: int) -> 
     check(len(unique) >= 2, "docs", len(unique), "need at least 2 distinct documents to hold one out")
     random.Random(seed).shuffle(unique)
     n_held = min(max(1, round(len(unique) * heldout_fraction)), len(unique) - 1)
-    return Corpus(train=unique[n_held:], heldout=unique[:n_held])
+    joined = "\x00".join(unique)  # a document that occurs more than once here is inside another one
+    held: list[str] = []
+    for doc in unique:
+        if len(held) == n_held:
+            break
+        if joined.count(doc) == 1:
+            held.append(doc)
+    check(len(held) == n_held, "heldout_fraction", heldout_fraction, f"only {len(held)} documents can be held out")
+    chosen = set(held)
+    return Corpus(train=[d for d in unique if d not in chosen], heldout=held)
 
 
 def build_corpus(seed: int = 0, n_docs: int = 2000, heldout_fraction: float = 0.1) -> Corpus:

@@ -17,13 +17,16 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import torch
 
 from .artifacts import notebook_for, write_json_atomic
 from .config import check
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 SPM_FILE = "tokenizer.model"
 MODEL_REF = "model_ref.json"
@@ -139,14 +142,17 @@ def load_model_and_tokenizer(
     Explained in notebooks/00_base_model.ipynb.
     """
     check(compute_dtype in COMPUTE_DTYPES, "compute_dtype", compute_dtype, f"must be one of {sorted(COMPUTE_DTYPES)}")
-    source = str(Path(base_model).expanduser()) if not is_hub_id(base_model) else str(base_model)
-    if not is_hub_id(base_model) and not Path(source).is_dir():
-        raise FileNotFoundError(f"base model folder {source} does not exist (give a model folder or a hub id)")
+    check(bool(str(base_model).strip()), "base_model", base_model, "is empty: give a model folder or a hub id")
+    hub = is_hub_id(base_model)
+    source = str(base_model) if hub else str(Path(base_model).expanduser())
+    if not hub and not Path(source).is_dir():
+        what = "is not a folder" if Path(source).exists() else "does not exist"
+        raise FileNotFoundError(f"base model folder {source} {what} (give a model folder or a hub id)")
     if load_in_4bit:
         kwargs = _quantization_kwargs(compute_dtype, device_map)
     else:
         kwargs = {"dtype": dtype, **({"device_map": device_map} if device_map is not None else {})}
-    if is_hub_id(base_model):
+    if hub:
         model, tokenizer = _load_from_hub(source, local_files_only, kwargs)
     else:
         model, tokenizer = _load(source, True, kwargs)
@@ -194,24 +200,27 @@ def save_model(model: Any, tokenizer: PreTrainedTokenizerBase, out_dir: str | Pa
     return out_dir
 
 
-def write_model_ref(stage_dir: str | Path, base_model: str | Path, **extra: Any) -> Path:
-    """Record which model the later stages load (``model_ref.json``).
+def write_model_ref(
+    stage_dir: str | Path, base_model: str | Path, load_in_4bit: bool = False, **extra: Any
+) -> Path:
+    """Record which model the later stages load (``model_ref.json``), and how.
 
     Args:
         stage_dir: the stage folder of notebook 00.
         base_model: ``""`` for the embedded default saved in ``stage_dir/model``, else a folder or a hub id.
-        extra: loading hints to record (e.g. ``load_in_4bit=True``).
+        load_in_4bit: whether later stages should load it in 4-bit too.
+        extra: further loading hints to record (e.g. ``compute_dtype="bfloat16"``).
     Returns:
         The path of ``model_ref.json``.
     """
-    if not base_model:
+    if not str(base_model).strip():
         ref = {"source": "embedded", "base_model": MODEL_DIR}  # relative: the artifacts folder may move
     elif is_hub_id(base_model):
         ref = {"source": "hub", "base_model": str(base_model)}
     else:
         ref = {"source": "local", "base_model": str(Path(base_model).expanduser().resolve())}
     path = Path(stage_dir) / MODEL_REF
-    write_json_atomic(path, {**ref, **extra})
+    write_json_atomic(path, {**ref, "load_in_4bit": bool(load_in_4bit), **extra})
     return path
 
 
@@ -222,7 +231,7 @@ def read_model_ref(stage_dir: str | Path) -> dict[str, Any]:
     if path.is_file():
         ref = json.loads(path.read_text(encoding="utf-8"))
     elif (stage_dir / MODEL_DIR / "config.json").is_file():
-        ref = {"source": "embedded", "base_model": MODEL_DIR}
+        ref = {"source": "embedded", "base_model": MODEL_DIR, "load_in_4bit": False}
     else:
         raise FileNotFoundError(f"{stage_dir} holds neither {MODEL_REF} nor {MODEL_DIR}/: run {notebook_for(STAGE)}")
     if ref["source"] == "embedded":

@@ -357,11 +357,12 @@ def parse_label_map(text: str | None) -> dict[str, str]:
 
 
 def _predict_model(model_dir: Path, prompts: Sequence[str]) -> tuple[list[str], list[dict], list[float], dict]:
-    from .safety_heads import load_heads, predict_with_heads
+    from .safety_eval import load_heads_for_model
+    from .safety_heads import predict_with_heads
 
     if not model_dir.is_dir():
         raise ValueError(f"--model {model_dir}: no such folder")
-    heads, thresholds = load_heads(model_dir)  # fails fast, naming the notebook, before loading the model
+    heads, thresholds, _ = load_heads_for_model(model_dir)  # fails fast, naming the notebook, before loading the model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)

@@ -25,7 +25,7 @@ from so8t_core.base_model import (
     unigram_perplexity,
 )
 from so8t_core.corpus import build_corpus
-from so8t_core.loading import load_model_and_tokenizer, resolve_base, save_model, write_model_ref
+from so8t_core.loading import load_model_and_tokenizer, read_model_ref, resolve_base, save_model, write_model_ref
 from so8t_core.lora import LoraSettings, apply_lora
 
 # written out here rather than imported, so a renamed or dropped token fails the test
@@ -99,6 +99,12 @@ def test_tokenizer_folder_keeps_the_sentencepiece_model(tok):
     assert Path(tok.vocab_file).name == "tokenizer.model" and Path(tok.vocab_file).is_file()
 
 
+def test_tokenizer_training_is_deterministic(corpus, tok, tmp_path):
+    again = train_tokenizer(corpus.train, tmp_path, vocab_size=600)
+    assert (tmp_path / "tokenizer.model").read_bytes() == Path(tok.vocab_file).read_bytes()
+    assert again.get_vocab() == tok.get_vocab()
+
+
 def test_too_small_vocab_is_rejected(corpus, tmp_path):
     with pytest.raises(ValueError, match="vocab_size"):
         train_tokenizer(corpus.train, tmp_path, vocab_size=100)
@@ -149,6 +155,8 @@ def test_missing_local_path_names_it(tmp_path):
     for arg in (missing, str(missing)):
         with pytest.raises(FileNotFoundError, match="no_such_model"):
             load_model_and_tokenizer(arg)
+    with pytest.raises(ValueError, match="base_model"):
+        load_model_and_tokenizer("")
 
 
 def test_unknown_hub_id_offline_is_a_clear_error(monkeypatch):
@@ -174,7 +182,7 @@ def test_4bit_loads_nf4_and_prepares_for_training(saved):
     model, tok2 = load_model_and_tokenizer(saved[1], load_in_4bit=True)
     quantised = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert quantised and all(m.weight.quant_type == "nf4" for m in quantised)
-    assert model.config.quantization_config.bnb_4bit_use_double_quant
+    assert all(m.weight.quant_state.nested for m in quantised)  # double quantisation
     assert not any(p.requires_grad for p in model.parameters())  # frozen by prepare_model_for_kbit_training
     ids = torch.tensor([[1, 5, 9, 12]], device=model.device)
     assert torch.isfinite(model(ids).logits).all()
@@ -183,8 +191,10 @@ def test_4bit_loads_nf4_and_prepares_for_training(saved):
 def test_model_ref_resolves_each_kind(tmp_path, saved):
     write_model_ref(tmp_path, "")
     assert resolve_base(tmp_path) == str(tmp_path / "model")
+    assert read_model_ref(tmp_path)["load_in_4bit"] is False
     write_model_ref(tmp_path, "microsoft/Phi-3-mini-4k-instruct", load_in_4bit=True)
     assert resolve_base(tmp_path) == "microsoft/Phi-3-mini-4k-instruct"
+    assert read_model_ref(tmp_path)["load_in_4bit"] is True
     write_model_ref(tmp_path, saved[1])
     assert resolve_base(tmp_path) == str(saved[1].resolve())
     with pytest.raises(FileNotFoundError, match="00_base_model"):

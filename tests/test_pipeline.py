@@ -65,3 +65,20 @@ def test_failing_stage_exits_nonzero_names_cell_and_index_shows_it(isolated_outp
     assert [s["status"] for s in index["stages"]] == ["failed", "skipped"]
     assert "failed" in (isolated_outputs / "reports" / "index.html").read_text()
     assert not (isolated_outputs / "artifacts" / "01_so8_rotation_math" / "manifest.json").exists()
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_model_stages_00_03_04_06(isolated_outputs):
+    r = run_module("so8t_core.pipeline", "--profile", "smoke", "--only", "00,03,04,06")
+    assert r.returncode == 0, r.stderr[-3000:]
+    art = isolated_outputs / "artifacts"
+    m3 = json.loads((art / "03_soul_injection" / "metrics.json").read_text())
+    variants = {v["variant"] for v in m3["variants"]}
+    assert {"lora_only", "soul_scheduled", "scale_only", "soul_learned"} <= variants
+    assert (art / "03_soul_injection" / "soul" / "soul.safetensors").exists()
+    rows = (art / "03_soul_injection" / "soul_weights.jsonl").read_text().splitlines()
+    assert len(rows) == json.loads((art / "03_soul_injection" / "config.json").read_text())["steps"]
+    assert (art / "04_fusion_and_gguf" / "fused" / "config.json").exists()
+    assert (art / "04_fusion_and_gguf" / "manifest.json").exists()
+    m6 = json.loads((art / "06_safety_eval" / "metrics.json").read_text())
+    assert m6["n_test"] > 0 and (art / "06_safety_eval" / "manifest.json").exists()

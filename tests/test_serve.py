@@ -1,0 +1,559 @@
+"""so8t_core.serve over real HTTP: answers, audit rows, every 4xx case, the model lock, no thinking in any
+response, the OCR path, start-up choices, and the real command line once as a subprocess."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import so8t_core.think as think_mod
+from so8t_core import serve
+from so8t_core.audit import AuditLog
+from so8t_core.base_model import MIN_VOCAB, build_model, special_ids, tiny_phi3_config, train_tokenizer
+from so8t_core.loading import load_model_and_tokenizer, save_model
+from so8t_core.ocr import ImageTooLargeError, InvalidImageError, TesseractFailedError, TesseractMissingError
+from so8t_core.think import (ESCALATE_MESSAGE, QUAD_SYSTEM, REFUSE_MESSAGE, THINK_PARTS, extract_final,
+                             format_quad, generate_raw)
+
+REPO = Path(__file__).resolve().parents[1]
+NO_THINKING = hashlib.sha256(b"[]").hexdigest()  # think.thinking_hash's documented form of "no thinking"
+QUAD = format_quad("SECRETOBS", "SECRETDED", "SECRETABD", "SECRETINT", "hello world")
+
+
+def hand_input_hash(prompt: str, image_sha: str | None) -> str:
+    image = "null" if image_sha is None else f'"{image_sha}"'
+    return hashlib.sha256(f'{{"image_sha256":{image},"prompt":{json.dumps(prompt, ensure_ascii=False)}}}'
+                          .encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny SentencePiece tokenizer and a random 1-layer Phi-3, saved as one HF folder."""
+    d = tmp_path_factory.mktemp("serve")
+    lines = [QUAD, QUAD_SYSTEM, "hello world how are you today", "the cat sat on the mat"] * 20
+    tok = train_tokenizer(lines, d / "tok", vocab_size=MIN_VOCAB)
+    model = build_model(tiny_phi3_config(len(tok), hidden_size=32, num_layers=1, num_heads=2, **special_ids(tok)))
+    return save_model(model, tok, d / "model")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    return load_model_and_tokenizer(tiny_dir, local_files_only=True)
+
+
+@pytest.fixture
+def audit(tmp_path):
+    with AuditLog(tmp_path / "audit.db") as log:
+        yield log
+
+
+def state_for(model, tok, audit, decide=lambda text: "REFUSE", **kw) -> serve.AppState:
+    return serve.AppState(model, tok, audit, "tiny@test", "test_decider", decide_fn=decide, **kw)
+
+
+@contextmanager
+def running(state: serve.AppState):
+    server = serve.make_server(state, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def call(port: int, method: str, path: str, body: bytes | dict | None = None,
+         headers: dict | None = None) -> tuple[int, dict, bytes]:
+    """One request with http.client; returns (status, headers, raw body)."""
+    if isinstance(body, dict):
+        body = json.dumps(body).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+        r = conn.getresponse()
+        return r.status, dict(r.getheaders()), r.read()
+    finally:
+        conn.close()
+
+
+def rows(audit: AuditLog) -> list[dict]:
+    with sqlite3.connect(f"file:{audit.path}?mode=ro", uri=True) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM decisions ORDER BY id")]
+
+
+# ---------------------------------------------------------------------------------------------- answers
+def test_healthz_names_model_decider_and_audit(audit) -> None:
+    with running(state_for(None, None, audit)) as port:
+        status, headers, raw = call(port, "GET", "/healthz")
+        head = call(port, "HEAD", "/healthz")
+    assert status == 200 and headers["Content-Type"].startswith("application/json")
+    assert json.loads(raw) == {"status": "ok", "model_id": "tiny@test", "decision_source": "test_decider",
+                               "audit_path": str(audit.path)}
+    assert head[0] == 200 and head[2] == b"" and head[1]["Content-Length"] == str(len(raw))
+
+
+@pytest.mark.parametrize("label,message", [("REFUSE", REFUSE_MESSAGE), ("ESCALATE", ESCALATE_MESSAGE)])
+def test_refuse_and_escalate_answer_fixed_messages_and_are_logged(audit, label, message) -> None:
+    seen = []
+    with running(state_for(None, None, audit, decide=lambda t: seen.append(t) or label)) as port:
+        status, _, raw = call(port, "POST", "/think", {"prompt": "how do I pick a lock?"})
+    out = json.loads(raw)
+    assert status == 200 and set(out) == {"request_id", "decision", "final"}
+    assert (out["decision"], out["final"], seen) == (label, message, ["how do I pick a lock?"])
+    [row] = rows(audit)
+    assert (row["request_id"], row["decision"], row["final_text"]) == (out["request_id"], label, message)
+    assert row["thinking_hash"] == NO_THINKING and row["reason"] == "test_decider"
+    assert row["input_hash"] == hand_input_hash("how do I pick a lock?", None)
+    assert row["image_sha256"] is None and row["ocr_summary"] is None and row["model_id"] == "tiny@test"
+    assert audit.verify().ok
+
+
+def test_allow_runs_the_real_model_through_extract_final(tiny, audit) -> None:
+    model, tok = tiny
+    with running(state_for(model, tok, audit, decide=lambda t: "ALLOW", max_new_tokens=6)) as port:
+        status, _, raw = call(port, "POST", "/think", {"prompt": "say hello"})
+    raw_out = generate_raw(model, tok, "say hello", 6)  # greedy, so the server saw the same text
+    assert status == 200 and json.loads(raw)["final"] == extract_final(raw_out)
+    assert rows(audit)[0]["thinking_hash"] == think_mod.thinking_hash(raw_out)
+
+
+class Scripted(torch.nn.Module):
+    """A model whose ``generate`` appends scripted ids (after ``delay`` s) and records how many run at once."""
+
+    def __init__(self, model, script: list[int], delay: float = 0.0) -> None:
+        super().__init__()
+        self.model, self.config, self.script, self.delay = model, model.config, script, delay
+        self.guard, self.inflight, self.max_inflight, self.calls = threading.Lock(), 0, 0, 0
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def generate(self, input_ids, **kwargs):
+        with self.guard:
+            self.inflight += 1
+            self.calls += 1
+            self.max_inflight = max(self.max_inflight, self.inflight)
+        time.sleep(self.delay)
+        with self.guard:
+            self.inflight -= 1
+        return torch.cat([input_ids, torch.tensor([self.script])], dim=1)
+
+
+def test_a_model_that_writes_thinking_never_leaks_it(tiny, audit) -> None:
+    model, tok = tiny
+    scripted = Scripted(model, tok(QUAD, add_special_tokens=False)["input_ids"])
+    assert "SECRETOBS" in tok.decode(scripted.script)  # the thinking really is in what the model "generates"
+    with running(state_for(scripted, tok, audit, decide=lambda t: "ALLOW")) as port:
+        status, _, raw = call(port, "POST", "/think", {"prompt": "say hello"})
+    assert status == 200 and json.loads(raw)["final"] == "hello world" and b"SECRET" not in raw
+    assert rows(audit)[0]["thinking_hash"] == think_mod.thinking_hash(QUAD) != NO_THINKING
+
+
+# Raw outputs where SECRET only ever stands inside a think part (right after its opening tag).
+MARKER = st.from_regex(r"SECRET[A-Z0-9]{4}", fullmatch=True)
+FILLER = st.text(alphabet="abc xyz.<>/", max_size=8)  # cannot spell a tag name or a marker
+THINK = st.builds(lambda n, m, bait, close: f"<think-{n}>{m}{bait}" + (f"</think-{n}>" if close else ""),
+                  st.sampled_from(THINK_PARTS), MARKER,
+                  st.sampled_from(["", "<final>SECRETBAIT</final>", "<final>", "</final>", "</think-other>"]),
+                  st.booleans())
+RAW = st.lists(st.one_of(THINK, FILLER, st.just("<final>ok</final>"), st.just("<final>"), st.just("</final>")),
+               max_size=6).map("".join)
+
+
+def test_no_response_ever_contains_thinking(audit, caplog) -> None:
+    script = {"raw": ""}
+    with pytest.MonkeyPatch.context() as mp, running(state_for(None, None, audit, decide=lambda t: "ALLOW")) as port:
+        mp.setattr(think_mod, "generate_raw", lambda *a, **k: script["raw"])
+
+        @settings(max_examples=60, deadline=None)
+        @given(RAW)
+        def prop(raw: str) -> None:
+            script["raw"] = raw
+            status, _, body = call(port, "POST", "/think", {"prompt": "hi"})
+            assert status == 200 and b"SECRET" not in body
+
+        prop()
+
+        leaked = "model said <think-observation>" + "SECRETX" + "</think-observation>"
+
+        def boom(*a, **k):
+            raise RuntimeError(leaked)  # the log shows this source line, never the value
+
+        mp.setattr(think_mod, "generate_raw", boom)
+        status, _, body = call(port, "POST", "/think", {"prompt": "hi"})
+        assert status == 500 and b"SECRET" not in body and "error" in json.loads(body)
+    assert "RuntimeError" in caplog.text and "SECRET" not in caplog.text  # nor does the server log
+    assert not any("SECRET" in r["final_text"] for r in rows(audit))
+    assert len(rows(audit)) >= 1 and audit.verify().ok  # the failed request left no row, the chain is intact
+
+
+def test_concurrent_requests_share_the_model_one_at_a_time(tiny, audit) -> None:
+    model, tok = tiny
+    scripted = Scripted(model, tok(QUAD, add_special_tokens=False)["input_ids"], delay=0.02)
+    decide = lambda text: "REFUSE" if "refuse" in text else "ALLOW"  # noqa: E731
+    results, errors = [], []
+
+    def client(i: int) -> None:
+        for j in range(3):
+            prompt = f"please refuse {i}.{j}" if (i + j) % 3 == 0 else f"hello {i}.{j}"
+            try:
+                status, _, raw = call(port, "POST", "/think", {"prompt": prompt})
+                results.append((prompt, status, json.loads(raw)))
+            except Exception as e:  # surfaced below: an exception in a thread would otherwise vanish
+                errors.append(e)
+
+    with running(state_for(scripted, tok, audit, decide=decide)) as port:
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors and len(results) == 24 and all(s == 200 for _, s, _ in results)
+    ids = {out["request_id"] for _, _, out in results}
+    assert len(ids) == 24
+    n_allow = sum(out["decision"] == "ALLOW" for _, _, out in results)
+    assert all(out["decision"] == ("REFUSE" if "refuse" in p else "ALLOW") for p, _, out in results)
+    assert scripted.calls == n_allow and scripted.max_inflight == 1  # REFUSE never generates; one at a time
+    logged = {(r["request_id"], r["decision"]) for r in rows(audit)}
+    assert logged == {(out["request_id"], out["decision"]) for _, _, out in results}
+    assert audit.verify().ok and audit.verify().rows_checked == 24
+
+
+# ---------------------------------------------------------------------------------------------- bad requests
+def fake_ocr(image: bytes, lang: str):
+    errors = {b"invalid": InvalidImageError("not a decodable image"), b"toolarge": ImageTooLargeError("too big"),
+              b"tessfail": TesseractFailedError("tesseract exited"), b"notess": TesseractMissingError("no binary")}
+    raise errors[image]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+J = {"Content-Type": "application/json"}
+BAD = [  # (method, path, headers, body, status, words in the error)
+    ("POST", "/think", J, b'{"prompt": ', 400, "not valid JSON"),
+    ("POST", "/think", J, b"[1, 2]", 400, "JSON object"),
+    ("POST", "/think", J, b"[" * 50_000, 400, "not valid JSON"),
+    ("POST", "/think", J, b"\xff\xfe{}", 400, "UTF-8"),
+    ("POST", "/think", J, b"{}", 400, "'prompt' is required"),
+    ("POST", "/think", J, b'{"prompt": 5}', 400, "must be a string"),
+    ("POST", "/think", J, b'{"prompt": null}', 400, "must be a string"),
+    ("POST", "/think", J, b'{"prompt": "  \\n "}', 400, "empty"),
+    ("POST", "/think", J, b'{"prompt": "<|end|><|user|>"}', 400, "empty"),
+    ("POST", "/think", J, b'{"prompt": "\\ud800"}', 400, "Unicode"),
+    ("POST", "/think", J, b'{"prompt": "hi", "model": "x"}', 400, "unknown field(s) ['model']"),
+    ("POST", "/think", J, b'{"prompt": "hi", "prompt": "again"}', 400, "duplicate"),
+    ("POST", "/think", J, b'{"prompt": "hi", "image_base64": 7}', 400, "base64 string"),
+    ("POST", "/think", J, b'{"prompt": "hi", "image_base64": "no base64!"}', 400, "not valid base64"),
+    ("POST", "/think", J, b'{"prompt": "hi", "image_base64": "aGk"}', 400, "not valid base64"),  # unpadded
+    ("POST", "/think", J, b'{"prompt": "hi", "image_base64": ""}', 400, "empty"),
+    ("POST", "/think", J, json.dumps({"prompt": "hi", "image_base64": b64(b"invalid")}).encode(), 400,
+     "not a readable image"),
+    ("POST", "/think", J, json.dumps({"prompt": "hi", "image_base64": b64(b"toolarge")}).encode(), 413, "too large"),
+    ("POST", "/think", J, json.dumps({"prompt": "hi", "image_base64": b64(b"tessfail")}).encode(), 422, "OCR failed"),
+    ("POST", "/think", J, json.dumps({"prompt": "hi", "image_base64": b64(b"notess")}).encode(), 503, "OCR is not"),
+    ("POST", "/think", {"Content-Type": "text/plain"}, b'{"prompt": "hi"}', 415, "application/json"),
+    ("POST", "/think", {"Content-Length": "12x"}, b'{"prompt": 1}', 400, "Content-Length"),
+    ("GET", "/think", {}, None, 405, "POST only"),
+    ("DELETE", "/think", {}, None, 405, "POST only"),
+    ("POST", "/healthz", J, b"{}", 405, "GET, HEAD only"),
+    ("HEAD", "/think", {}, None, 405, "POST only"),
+    ("GET", "/nope", {}, None, 404, "unknown path"),
+    ("POST", "/think/../x", J, b'{"prompt": "hi"}', 404, "unknown path"),
+    ("BREW", "/think", {}, None, 501, "Unsupported method"),
+]
+
+
+@pytest.fixture(scope="module")
+def refusing_server(tmp_path_factory):
+    """A server whose decider fails the test if any bad request reaches it."""
+    def never(text: str) -> str:
+        raise AssertionError("a bad request reached the decider")
+
+    with AuditLog(tmp_path_factory.mktemp("bad") / "audit.db") as log:
+        with running(state_for(None, None, log, decide=never, ocr_fn=fake_ocr, read_timeout_s=10.0,
+                               max_body=1 << 20)) as port:
+            yield port, log
+
+
+@pytest.mark.parametrize("method,path,headers,body,status,words", BAD, ids=[f"{c[4]}-{i}" for i, c in enumerate(BAD)])
+def test_bad_request_gets_a_json_error_and_the_server_keeps_serving(refusing_server, method, path, headers, body,
+                                                                    status, words) -> None:
+    port, log = refusing_server
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.putrequest(method, path, skip_accept_encoding=True)
+    for k, v in {**({"Content-Length": str(len(body))} if body is not None else {}), **headers}.items():
+        conn.putheader(k, v)
+    conn.endheaders(body)
+    r = conn.getresponse()
+    raw = r.read()
+    conn.close()
+    if method == "HEAD":  # the same status and headers as a GET would get, without the body
+        assert (r.status, raw) == (status, b"")
+    else:
+        assert r.status == status and words in json.loads(raw)["error"], raw
+    if status == 405:
+        assert r.getheader("Allow") == ("GET, HEAD" if path == "/healthz" else "POST")
+    assert call(port, "GET", "/healthz")[0] == 200
+    assert rows(log) == []  # no decision: nothing reached the model or the audit log
+
+
+def raw_exchange(port: int, head: bytes, body: bytes = b"", half_close: bool = False) -> tuple[bytes, float]:
+    t0 = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(head + body)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data, time.perf_counter() - t0
+
+
+@pytest.mark.parametrize("head,body,half_close,status,words", [
+    (b"POST /think HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n", b"", False, 413, "exceeds the limit"),
+    (b"POST /think HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1000000000\r\n\r\n", b"", False,
+     413, "exceeds the limit"),  # refused instead of "100 Continue": the client never sends the body
+    (b"POST /think HTTP/1.1\r\nHost: x\r\n\r\n", b'{"prompt": "hi"}', False, 411, "Content-Length header"),
+    (b"POST /think HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"5\r\nhello\r\n0\r\n\r\n", False,
+     411, "chunked"),
+    (b"POST /think HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", b"{}", False, 400,
+     "one non-negative integer"),
+    (b"POST /think HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n", b'{"prompt": ', True, 400,
+     "ended after 11 of 100"),
+])
+def test_body_framing_errors_are_answered_without_waiting(refusing_server, head, body, half_close, status,
+                                                          words) -> None:
+    port, _ = refusing_server
+    data, seconds = raw_exchange(port, head, body, half_close)
+    status_line, _, rest = data.partition(b"\r\n")
+    assert status_line.split()[1] == str(status).encode()
+    assert words in json.loads(rest.split(b"\r\n\r\n", 1)[1])["error"]
+    assert seconds < 5  # answered at once, not after the 10 s read timeout: the body was never waited for
+
+
+# ---------------------------------------------------------------------------------------------- OCR
+def _png_of_line(text: str) -> bytes:
+    from PIL import Image
+
+    from so8t_core.ocr_eval import FontMissingError, render_line
+
+    try:
+        image = render_line(text, 32)
+    except FontMissingError as e:
+        pytest.skip(str(e))
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract not installed: run `make setup`")
+def test_image_summary_reaches_the_model_and_the_log_keeps_only_hashes(audit) -> None:
+    from so8t_core.ocr import ocr_summary
+
+    png = _png_of_line("Invoice 4217 is paid")
+    summary = ocr_summary(png, lang="eng").summary  # what the server must pass on, computed independently
+    assert "4217" in summary
+    seen, prompts = [], []
+    with pytest.MonkeyPatch.context() as mp, running(
+            state_for(None, None, audit, decide=lambda t: seen.append(t) or "ALLOW", ocr_lang="eng")) as port:
+        mp.setattr(think_mod, "generate_raw", lambda m, t, prompt, n: prompts.append(prompt) or QUAD)
+        b64png = b64(png)
+        status, _, raw = call(port, "POST", "/think", {"prompt": "What does this say?", "image_base64": b64png})
+        bad = call(port, "POST", "/think", {"prompt": "x", "image_base64": b64(b"GIF89a broken")})
+    assert status == 200 and json.loads(raw)["final"] == "hello world" and b"SECRET" not in raw
+    assert seen == prompts and len(seen) == 1
+    assert seen[0].startswith("What does this say?") and summary in seen[0]
+    assert bad[0] == 400 and "not a readable image" in json.loads(bad[2])["error"]
+    [row] = rows(audit)
+    sha = hashlib.sha256(png).hexdigest()
+    assert row["image_sha256"] == sha and row["ocr_summary"] == summary
+    assert row["input_hash"] == hand_input_hash("What does this say?", sha)
+    assert not any(isinstance(v, bytes) or (isinstance(v, str) and b64png[:40] in v) for v in row.values())
+
+
+def test_model_text_appends_the_summary_only_with_an_image() -> None:
+    assert serve.model_text("q", None) == "q"
+    assert serve.model_text("q", "abc") == "q\n\n[Text read from the attached image by OCR: abc]"
+    assert serve.model_text("q", "  ") == "q\n\n[The attached image has no readable text.]"
+
+
+# ---------------------------------------------------------------------------------------------- start-up
+@pytest.mark.parametrize("host,ok", [("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("localhost", True),
+                                     ("0.0.0.0", False), ("", False), ("::", False), ("192.168.1.20", False),
+                                     ("example.com", False)])
+def test_only_loopback_hosts_without_allow_remote(host: str, ok: bool) -> None:
+    assert serve.is_loopback(host) is ok
+    if not ok:
+        with pytest.raises(ValueError, match="no authentication"):
+            serve.check_host(host)
+        serve.check_host(host, allow_remote=True)
+        with pytest.raises(ValueError, match="--allow-remote"):
+            serve.make_server(None, host, 0)  # refused before anything binds
+
+
+def test_cli_refuses_a_remote_host_and_a_missing_model(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("SO8T_ARTIFACTS", str(tmp_path / "empty"))
+    assert serve.main(["--host", "0.0.0.0", "--audit", str(tmp_path / "a.db")]) == 2
+    assert "--allow-remote" in capsys.readouterr().err
+    assert serve.main(["--port", "0", "--audit", str(tmp_path / "a.db")]) == 2
+    err = capsys.readouterr().err
+    assert "notebooks/00_base_model.ipynb" in err and "--model" in err
+
+
+def _fake_stage(root: Path, stage: str, model_sub: str, complete: bool = True) -> None:
+    (root / stage / model_sub).mkdir(parents=True)
+    (root / stage / model_sub / "config.json").write_text("{}")
+    if complete:
+        (root / stage / "manifest.json").write_text("{}")
+
+
+def test_model_choice_order(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("SO8T_ARTIFACTS", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="00_base_model.ipynb"):
+        serve.resolve_model()
+    _fake_stage(tmp_path, "00_base_model", "model")
+    assert serve.resolve_model() == serve.ModelChoice(str(tmp_path / "00_base_model" / "model"), "base")
+    _fake_stage(tmp_path, "04_fusion_and_gguf", "fused", complete=False)
+    with pytest.raises(FileNotFoundError, match="04_fusion_and_gguf.ipynb"):  # crashed fusion: no silent fallback
+        serve.resolve_model()
+    (tmp_path / "04_fusion_and_gguf" / "manifest.json").write_text("{}")
+    assert serve.resolve_model().label == "fused"
+    assert serve.resolve_model(tmp_path / "00_base_model" / "model").label == "model"
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        serve.resolve_model(tmp_path)
+
+
+def test_model_id_follows_the_weights(tiny_dir, tmp_path) -> None:
+    copy = shutil.copytree(tiny_dir, tmp_path / "model")
+    same = serve.model_identity(serve.ModelChoice(str(copy), "model"))
+    assert same == serve.model_identity(serve.ModelChoice(str(tiny_dir), "model"))
+    assert re.fullmatch(r"model:model@[0-9a-f]{16}", same)
+    weights = next(copy.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert serve.model_identity(serve.ModelChoice(str(copy), "model")) != same
+    assert serve.model_identity(serve.ModelChoice("org/name", "base")) == "base:org/name"
+
+
+def allow_or_refuse_heads(hidden: int, refuse: bool):
+    """Heads that refuse every prompt (or allow every prompt): P(refuse), P(escalate) ~ 1 or ~ 0."""
+    from so8t_core.safety_heads import SafetyHeads
+
+    heads = SafetyHeads(hidden)
+    with torch.no_grad():
+        for head in (heads.refuse, heads.escalate):
+            head.weight.zero_()
+            head.bias.fill_(-8.0)
+        if refuse:
+            heads.refuse.bias.fill_(8.0)
+    return heads
+
+
+def test_decision_source_heads_next_to_the_model_else_tfidf(tiny, tiny_dir, tmp_path, audit, monkeypatch) -> None:
+    import so8t_core.safety as safety
+    from so8t_core.safety_heads import SafetyHeads, save_heads
+
+    model, tok = tiny
+    fitted = []
+
+    class FakeBaseline:  # the real TF-IDF fit takes seconds; the CLI test below runs the real start-up
+        def predict(self, texts):
+            return ["ESCALATE" if "doctor" in t else "ALLOW" for t in texts]
+
+    monkeypatch.setattr(safety, "make_baseline", lambda name: fitted.append(name) or FakeBaseline())
+    fallback = serve.load_decider(model, tiny_dir)
+    assert fallback["decision_source"] == "tfidf_baseline" and "heads" not in fallback and fitted == ["tfidf"]
+    assert [fallback["decide_fn"](t) for t in ("ask a doctor", "hi")] == ["ESCALATE", "ALLOW"]
+    save_heads(allow_or_refuse_heads(model.config.hidden_size, refuse=True), tmp_path)  # the folder around it
+    copy = shutil.copytree(tiny_dir, tmp_path / "model")
+    chosen = serve.load_decider(model, copy)
+    assert chosen["decision_source"] == "safety_heads" and "decide_fn" not in chosen and fitted == ["tfidf"]
+    with running(serve.AppState(model, tok, audit, "tiny@test", **chosen)) as port:
+        out = json.loads(call(port, "POST", "/think", {"prompt": "say hello"})[2])
+    assert (out["decision"], out["final"]) == ("REFUSE", REFUSE_MESSAGE)
+    save_heads(SafetyHeads(16), copy)  # wrong width, and nearer than the folder around it
+    with pytest.raises(ValueError, match="hidden_size"):
+        serve.load_decider(model, copy)
+
+
+@pytest.mark.parametrize("text,want", [("2MB", 2 << 20), ("512KB", 512 << 10), ("100", 100), ("1MiB", 1 << 20),
+                                       ("3k", 3072), ("1G", 1 << 30)])
+def test_parse_size(text: str, want: int) -> None:
+    assert serve.parse_size(text) == want
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "2TB", "MB", "1.5MB"])
+def test_parse_size_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="max_body"):
+        serve.parse_size(text)
+
+
+def test_app_state_needs_exactly_one_decision_source(audit) -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        serve.AppState(None, None, audit, "m", "s")
+    with pytest.raises(ValueError, match="exactly one"):
+        serve.AppState(None, None, audit, "m", "s", decide_fn=str, heads=object())
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        state_for(None, None, audit, max_new_tokens=0)
+
+
+# ---------------------------------------------------------------------------------------------- real CLI
+def test_cli_serves_purges_old_ocr_and_stops_cleanly(tiny_dir, tmp_path) -> None:
+    from so8t_core.safety_heads import save_heads
+
+    model_dir = shutil.copytree(tiny_dir, tmp_path / "model")
+    save_heads(allow_or_refuse_heads(32, refuse=False), model_dir)  # heads: the TF-IDF fit would cost seconds
+    db = tmp_path / "audit.db"
+    h = hashlib.sha256(b"x").hexdigest()
+    with AuditLog(db, clock=lambda: time.time() - 8 * 86400) as old:  # a row from 8 days ago, past retention
+        old.log_decision(request_id="old", decision="ALLOW", input_hash=h, thinking_hash=h, final_text="a",
+                         model_id="m", ocr_summary="receipt total 12", image_sha256=h)
+    env = {**os.environ, "SO8T_ARTIFACTS": str(tmp_path / "art"), "PYTHONPATH": str(REPO)}
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "so8t_core.serve", "--model", str(model_dir), "--port", "0",
+                                 "--audit", str(db), "--max-new-tokens", "4"], cwd=REPO, env=env,
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+        assert m, (line, (tmp_path / "stderr.txt").read_text()[-2000:])
+        assert "1 OCR summaries purged" in line
+        port = int(m.group(1))
+        health = json.loads(call(port, "GET", "/healthz")[2])
+        assert health["decision_source"] == "safety_heads" and health["model_id"].startswith("model:model@")
+        status, _, raw = call(port, "POST", "/think", {"prompt": "What is the capital of France?"})
+        assert status == 200 and json.loads(raw)["decision"] == "ALLOW"  # the heads allow: the model generated
+    finally:
+        proc.terminate()
+        code = proc.wait(timeout=30)
+    assert code == 0  # SIGTERM is a clean stop
+    with AuditLog(db) as log:
+        first, second = log.decision(1), log.decision(2)
+        assert first["ocr_summary"] is None and first["ocr_purged_at"] is not None
+        assert second["request_id"] == json.loads(raw)["request_id"] and log.verify().ok
