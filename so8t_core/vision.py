@@ -285,15 +285,24 @@ class VisualLM(nn.Module):
         check(adapter.lm_hidden == H, "adapter.lm_hidden", adapter.lm_hidden, f"the LM's hidden size is {H}")
         check(fusion.hidden_size == H, "fusion.hidden_size", fusion.hidden_size, f"the LM's hidden size is {H}")
         self.soul, self.tower = freeze(soul), freeze(tower)
-        self.adapter, self.fusion, self.spec = adapter, fusion, image_spec(tower)
+        device = _causal_lm(soul.model).get_input_embeddings().weight.device
+        self.adapter, self.fusion, self.spec = adapter.to(device), fusion.to(device), image_spec(tower)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [*self.adapter.parameters(), *self.fusion.parameters()]
 
     def train(self, mode: bool = True) -> "VisualLM":
-        """Only the adapter and fusion change mode; the frozen parts stay in eval (no dropout)."""
+        """Only the adapter and fusion change mode; the frozen parts stay in eval (no dropout).
+
+        Exception: when the LM has gradient checkpointing on, its decoder layers (those modules alone, not their
+        dropout children) follow ``mode``, because transformers only checkpoints a layer in training mode, and
+        a frozen LM still carries the prefix's gradient through every layer's activations.
+        """
         self.training = mode
         self.adapter.train(mode), self.fusion.train(mode)
+        for layer in _causal_lm(self.soul.model).get_decoder().layers:
+            if getattr(layer, "gradient_checkpointing", False):  # set by gradient_checkpointing_enable()
+                layer.training = mode
         return self
 
     def visual_prefix(self, pixel_values: Tensor) -> Tensor:
@@ -314,20 +323,23 @@ class VisualLM(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, pixel_values: Tensor | None = None,
                 labels: Tensor | None = None, prefix: Tensor | None = None) -> VisualOutput:
         lm = _causal_lm(self.soul.model)
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        text = lm.get_input_embeddings()(input_ids)  # (B, T, H)
+        embed = lm.get_input_embeddings()
+        input_ids = input_ids.to(embed.weight.device)
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.device)
+        text = embed(input_ids)  # (B, T, H)
         if prefix is None and pixel_values is not None:
             prefix = self.visual_prefix(pixel_values)
         if prefix is None:
             prefix = text.new_zeros(text.shape[0], 0, text.shape[-1])
         N = prefix.shape[1]
-        embeds = torch.cat([prefix.to(text.dtype), text], dim=1)  # (B, N + T, H)
+        embeds = torch.cat([prefix.to(text.device, text.dtype), text], dim=1)  # (B, N + T, H)
         full_mask = torch.cat([mask.new_ones(mask.shape[0], N), mask], dim=1)
         h = lm.get_decoder()(inputs_embeds=embeds, attention_mask=full_mask).last_hidden_state[:, N:]
         fused = self.fusion(self.soul.mix(h), prefix.float() if N else None)
         head = lm.get_output_embeddings()
         logits = head(fused.to(head.weight.dtype)).float()
-        return VisualOutput(causal_lm_loss(logits, labels) if labels is not None else None, logits)
+        loss = causal_lm_loss(logits, labels.to(logits.device)) if labels is not None else None
+        return VisualOutput(loss, logits)
 
 
 # --- saving ---

@@ -287,6 +287,24 @@ def test_training_moves_only_adapter_and_fusion(tok, method):
     assert not m.soul.training and not m.tower.training  # dropout in the frozen LoRA stays off
 
 
+def test_train_mode_checkpoints_the_frozen_decoder_without_dropout(tok):
+    m = vlm(tok, "attention")
+    lm = m.soul.model.get_base_model()
+    lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    calls = []
+    hook = lm.model.layers[0].mlp.register_forward_hook(lambda *_: calls.append(1))
+    m.train()
+    assert all(layer.training for layer in lm.model.layers)  # transformers checkpoints only layers in train mode
+    assert not any(mod.training for layer in lm.model.layers for mod in layer.modules() if mod is not layer)
+    out = m(torch.tensor([[1, 5, 6, 7]]), pixel_values=pixels(1), labels=torch.tensor([[1, 5, 6, 7]]))
+    out.loss.backward()
+    hook.remove()
+    assert len(calls) == 2  # forward, then the recompute in backward
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.adapter.fc1.parameters())
+    m.eval()
+    assert not any(layer.training for layer in lm.model.layers)
+
+
 # --- scoring ---
 
 
