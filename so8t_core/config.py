@@ -198,6 +198,7 @@ class SoulStageConfig(StageConfig):
     lora_dropout: float = 0.05
     eval_docs: int = 200
     run_ablations: bool = True
+    noise_seeds: int = 2  # extra seeds for lora_only and soul_scheduled (seed noise of held-out ppl)
     torch_threads: int = 0  # 0 keeps torch's default (all cores); see Stage
 
     SOUL_FIELDS = ("map", "init_std", "alpha_start", "alpha_target", "alpha_warmup", "alpha_anneal", "ortho_weight",
@@ -212,6 +213,7 @@ class SoulStageConfig(StageConfig):
         _positive(self, "steps", "batch_size", "seq_len", "lr", "soul_lr", "grad_accum", "lora_r", "lora_alpha",
                   "eval_docs")
         _threads(self)
+        check(self.noise_seeds >= 0, "noise_seeds", self.noise_seeds, "must be >= 0")
         check(self.map in MAPS, "map", self.map, f"must be one of {MAPS}")
         check(self.seq_len >= 8, "seq_len", self.seq_len, "must be >= 8")
         check(self.alpha_target > self.alpha_start, "alpha_target", self.alpha_target, "must exceed alpha_start")
