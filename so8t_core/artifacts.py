@@ -82,6 +82,10 @@ class Stage:
         config: the stage's frozen config dataclass (anything with ``to_dict``) or a plain dict.
         seed: the seed the stage ran with (recorded in the manifest).
 
+    A config with a non-zero ``torch_threads`` field sets torch's intra-op thread count for the rest of the kernel
+    (0 keeps torch's default). The count in use is logged as the ``torch_threads`` metric, so stage times can be
+    read against it.
+
     Explained in every notebook's first cells.
     """
 
@@ -95,6 +99,13 @@ class Stage:
         cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
         write_json_atomic(self.dir / "config.json", cfg)
         self.metrics: dict[str, Any] = {}
+        threads = cfg.get("torch_threads", 0)
+        if "torch" in sys.modules or threads:
+            import torch
+
+            if threads:
+                torch.set_num_threads(threads)
+            self.metrics["torch_threads"] = torch.get_num_threads()
         write_json_atomic(self.dir / "metrics.json", self.metrics)
 
     def path(self, filename: str) -> Path:

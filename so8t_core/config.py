@@ -55,7 +55,70 @@ def _positive(obj: Any, *names: str) -> None:
         check(v > 0, n, v, "must be > 0")
 
 
+def _threads(obj: Any) -> None:
+    check(obj.torch_threads >= 0, "torch_threads", obj.torch_threads, "must be >= 0 (0 = torch's default)")
+
+
 MAPS = ("cayley", "exp")
+
+
+COMPUTE_DTYPES = ("bfloat16", "float16")
+MIN_VOCAB = 338  # equals base_model.MIN_VOCAB (bytes + special tokens + room); kept literal to avoid importing torch
+
+
+@dataclass(frozen=True)
+class BaseModelConfig(StageConfig):
+    """Stage 00: corpus, tokenizer and pretraining of the embedded default base model, or a real checkpoint.
+
+    ``base_model = ""`` means the embedded default (trained here); anything else is a model folder or a hub id
+    that is loaded instead (tokenizer training and pretraining are skipped). ``corpus_files`` (comma-separated)
+    replaces the generated corpus by the user's own text files.
+    """
+
+    seed: int = 0
+    n_docs: int = 10000
+    heldout_fraction: float = 0.1
+    vocab_size: int = 2000
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 384
+    steps: int = 1000
+    batch_size: int = 16
+    seq_len: int = 128
+    lr: float = 3e-3
+    warmup_steps: int = 50
+    eval_batch_size: int = 32
+    gen_tokens: int = 96
+    base_model: str = ""
+    corpus_files: str = ""
+    load_in_4bit: bool = False
+    compute_dtype: str = "bfloat16"
+    torch_threads: int = 0  # 0 keeps torch's default (all cores); see Stage
+
+    def __post_init__(self) -> None:
+        _positive(self, "n_docs", "vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size")
+        _positive(self, "steps", "batch_size", "lr", "eval_batch_size", "gen_tokens")
+        check(self.vocab_size >= MIN_VOCAB, "vocab_size", self.vocab_size, f"must be >= {MIN_VOCAB}")
+        check(0.0 < self.heldout_fraction < 1.0, "heldout_fraction", self.heldout_fraction, "must be in (0, 1)")
+        check(self.hidden_size % 8 == 0, "hidden_size", self.hidden_size, "must be a multiple of 8 (SO(8) blocks)")
+        check(self.hidden_size % self.num_heads == 0, "num_heads", self.num_heads, "must divide hidden_size")
+        check((self.hidden_size // self.num_heads) % 2 == 0, "num_heads", self.num_heads, "head size must be even")
+        check(self.seq_len >= 2, "seq_len", self.seq_len, "must be >= 2")
+        check(0 <= self.warmup_steps < self.steps, "warmup_steps", self.warmup_steps, "must be in [0, steps)")
+        _threads(self)
+        check(self.compute_dtype in COMPUTE_DTYPES, "compute_dtype", self.compute_dtype, f"one of {COMPUTE_DTYPES}")
+        check(
+            not (self.load_in_4bit and not self.base_model),
+            "load_in_4bit",
+            self.load_in_4bit,
+            "applies to a real checkpoint (set base_model); the embedded default is trained in full precision",
+        )
+
+    @property
+    def embedded(self) -> bool:
+        """True when the stage trains the embedded default model instead of loading ``base_model``."""
+        return not self.base_model.strip()
 
 
 @dataclass(frozen=True)
@@ -135,6 +198,8 @@ class SoulStageConfig(StageConfig):
     lora_dropout: float = 0.05
     eval_docs: int = 200
     run_ablations: bool = True
+    noise_seeds: int = 2  # extra seeds for lora_only and soul_scheduled (seed noise of held-out ppl)
+    torch_threads: int = 0  # 0 keeps torch's default (all cores); see Stage
 
     SOUL_FIELDS = ("map", "init_std", "alpha_start", "alpha_target", "alpha_warmup", "alpha_anneal", "ortho_weight",
                    "pet_kind", "pet_max_lambda", "pet_warmup", "pet_main", "pet_anneal")
@@ -147,6 +212,8 @@ class SoulStageConfig(StageConfig):
         object.__setattr__(self, "alpha_targets", tuple(float(a) for a in self.alpha_targets))
         _positive(self, "steps", "batch_size", "seq_len", "lr", "soul_lr", "grad_accum", "lora_r", "lora_alpha",
                   "eval_docs")
+        _threads(self)
+        check(self.noise_seeds >= 0, "noise_seeds", self.noise_seeds, "must be >= 0")
         check(self.map in MAPS, "map", self.map, f"must be one of {MAPS}")
         check(self.seq_len >= 8, "seq_len", self.seq_len, "must be >= 8")
         check(self.alpha_target > self.alpha_start, "alpha_target", self.alpha_target, "must exceed alpha_start")
@@ -260,7 +327,7 @@ class SafetyEvalStageConfig(StageConfig):
     def __post_init__(self) -> None:
         _positive(self, "head_steps", "head_lr", "batch_size", "max_length", "n_boot", "examples_per_label",
                   "max_new_tokens")
-        check(self.torch_threads >= 0, "torch_threads", self.torch_threads, "must be >= 0 (0 = torch's default)")
+        _threads(self)
         check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
         check(0.0 <= self.max_over_refusal <= 1.0, "max_over_refusal", self.max_over_refusal, "must be in [0, 1]")
         check(self.sweep_points >= 2, "sweep_points", self.sweep_points, "must be >= 2 (both ends of [0, 1])")

@@ -77,10 +77,23 @@ def run_variant(name: str, stage00: Path, lora: LoraSettings, soul: SoulConfig, 
     w = build_variant(name, stage00, lora, soul, cfg.seed)
     recs = inject(w, train_data, cfg, out_dir=out_dir)
     w.eval()
-    row = {"variant": name, "heldout_ppl": heldout_ppl(w, heldout), "alpha_mode": soul.alpha_mode if w.use_gate else "-",
+    row = {**describe(w), "variant": name, "heldout_ppl": heldout_ppl(w, heldout),
+           "alpha_mode": soul.alpha_mode if w.use_gate else "-",
            "alpha_target": soul.alpha_target if w.use_gate and soul.alpha_mode == "scheduled" else None,
            "final_alpha": recs[-1]["alpha"] if w.use_gate else None,
            "final_phase": recs[-1]["phase"] if w.use_gate else None,
            "final_train_lm_loss": sum(r["lm_loss"] for r in recs[-10:]) / len(recs[-10:]),
-           "seconds": round(time.time() - t0, 1), **describe(w)}
+           "seconds": round(time.time() - t0, 1), "seed": cfg.seed}
     return w, row
+
+
+def seed_repeats(names: list[str], seeds: list[int], variants: dict[str, SoulConfig], stage00: Path,
+                 lora: LoraSettings, cfg: InjectConfig, train_data, heldout) -> dict[str, list[float]]:
+    """Held-out perplexity of ``names`` re-trained under each of ``seeds`` (LoRA init and data order change):
+    how far a variant moves between seeds, the yardstick for the differences between variants.
+
+    Returns:
+        ``{name: [ppl under seeds[0], ppl under seeds[1], ...]}``.
+    """
+    return {n: [run_variant(n, stage00, lora, variants[n], replace(cfg, seed=s), train_data, heldout)[1]["heldout_ppl"]
+                for s in seeds] for n in names}

@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from so8t_core import base_config, base_model, loading
-from so8t_core.base_config import BaseModelConfig
+from so8t_core import base_model, config, loading
+from so8t_core.config import BaseModelConfig
 from so8t_core.base_model import (
     build_model,
     encode_documents,
@@ -108,7 +108,7 @@ def test_tokenizer_training_is_deterministic(corpus, tok, tmp_path):
 def test_too_small_vocab_is_rejected(corpus, tmp_path):
     with pytest.raises(ValueError, match="vocab_size"):
         train_tokenizer(corpus.train, tmp_path, vocab_size=100)
-    assert base_config.MIN_VOCAB == base_model.MIN_VOCAB
+    assert config.MIN_VOCAB == base_model.MIN_VOCAB
 
 
 # --- model config ---

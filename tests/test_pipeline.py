@@ -76,6 +76,9 @@ def test_smoke_pipeline_model_stages_00_03_04_05_06(isolated_outputs):
     variants = {v["variant"] for v in m3["variants"]}
     assert {"lora_only", "soul_scheduled", "scale_only", "soul_learned"} <= variants
     assert (art / "03_soul_injection" / "soul" / "soul.safetensors").exists()
+    noise = m3["seed_noise"]  # smoke: one extra seed, so two distinct runs per variant
+    assert noise["seeds"] == [0, 1] and all(len(v) == 2 and v[0] != v[1] for v in noise["ppl"].values())
+    assert "finetune_beats_base" in m3 and "soul_beats_lora_only_every_seed" in m3
     rows = (art / "03_soul_injection" / "soul_weights.jsonl").read_text().splitlines()
     assert len(rows) == json.loads((art / "03_soul_injection" / "config.json").read_text())["steps"]
     assert (art / "04_fusion_and_gguf" / "fused" / "config.json").exists()

@@ -54,3 +54,41 @@ def test_require_names_the_notebook_and_incomplete_stage(isolated_outputs):
     Stage("00_base_model", {"seed": 1})  # a re-run starts: the old manifest no longer vouches
     with pytest.raises(FileNotFoundError, match="incomplete"):
         require("00_base_model")
+
+
+def test_stage_applies_and_logs_torch_threads(isolated_outputs):
+    import json
+
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        st = Stage("00_base_model", {"torch_threads": 1})
+        assert torch.get_num_threads() == 1
+        assert json.loads(st.path("metrics.json").read_text())["torch_threads"] == 1
+        torch.set_num_threads(2)
+        st = Stage("00_base_model", {"torch_threads": 0})  # 0 leaves the count alone and records it
+        assert torch.get_num_threads() == 2 and st.metrics["torch_threads"] == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def _stage_configs() -> dict:
+    from so8t_core import config
+
+    return {"00_base_model": config.BaseModelConfig, "01_so8_rotation_math": config.RotationMathConfig,
+            "02_alpha_annealing": config.AlphaStageConfig, "03_soul_injection": config.SoulStageConfig,
+            "04_fusion_and_gguf": config.FusionStageConfig, "05_visual_adapter": getattr(config, "VisualStageConfig", None),
+            "06_safety_eval": config.SafetyEvalStageConfig}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_cell_equals_the_stage_config_defaults(path):
+    from dataclasses import fields
+
+    cls = _stage_configs()[path.stem]
+    code = next(c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    params = {n.targets[0].id: ast.literal_eval(n.value) for n in ast.parse(code.source).body}
+    defaults = {f.name: getattr(cls(), f.name) for f in fields(cls)}
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+    assert params == defaults
