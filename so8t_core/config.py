@@ -249,6 +249,7 @@ class VisualStageConfig(StageConfig):
     run_ocr: bool = True
     run_ablations: bool = True
     n_examples: int = 8
+    torch_threads: int = 0  # 0 keeps torch's default (all cores); see Stage
 
     def __post_init__(self) -> None:
         _positive(self, "image_size", "patch_size", "tower_hidden", "tower_layers", "tower_heads", "n_train",
@@ -264,6 +265,7 @@ class VisualStageConfig(StageConfig):
         check(0.0 <= self.word_fraction <= 1.0, "word_fraction", self.word_fraction, "must be in [0, 1]")
         check(0.0 < self.init_visual_weight < 1.0, "init_visual_weight", self.init_visual_weight, "must be in (0, 1)")
         check(self.map in MAPS, "map", self.map, f"must be one of {MAPS}")
+        _threads(self)
 
 
 GGUF_TYPE_NAMES = ("f32", "f16", "q8_0", "q4_k_m")  # equals gguf.GGUF_TYPES (kept literal: no torch import here)

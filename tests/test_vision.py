@@ -291,14 +291,14 @@ def test_train_mode_checkpoints_the_frozen_decoder_without_dropout(tok):
     m = vlm(tok, "attention")
     lm = m.soul.model.get_base_model()
     lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    calls = []
-    hook = lm.model.layers[0].mlp.register_forward_hook(lambda *_: calls.append(1))
+    calls, mlp = [], lm.model.layers[0].mlp
+    forward = mlp.forward
+    mlp.forward = lambda *a, **k: (calls.append(1), forward(*a, **k))[1]  # hooks do not fire on recompute
     m.train()
     assert all(layer.training for layer in lm.model.layers)  # transformers checkpoints only layers in train mode
     assert not any(mod.training for layer in lm.model.layers for mod in layer.modules() if mod is not layer)
     out = m(torch.tensor([[1, 5, 6, 7]]), pixel_values=pixels(1), labels=torch.tensor([[1, 5, 6, 7]]))
     out.loss.backward()
-    hook.remove()
     assert len(calls) == 2  # forward, then the recompute in backward
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.adapter.fc1.parameters())
     m.eval()
@@ -320,8 +320,8 @@ def test_teacher_forced_exact_match_equals_greedy_decoding(tok):
     m = vlm(tok, "attention", seed=1)
     samples = vd.generate(seed=7, n=4)
     px = to_pixels([s.image for s in samples], m.spec)
-    rows = vd.text_tasks(samples, with_captions=False)[:10]
-    vt.train_adapter(m, tok, px, rows, steps=60, batch_size=8, lr=2e-2)  # fit these rows so some become exact
+    rows = vd.text_tasks(samples, with_captions=False)[:6]
+    vt.train_adapter(m, tok, px, rows, steps=200, batch_size=6, lr=2e-2)  # fit these rows so some become exact
     scores = vt.score_rows(m, tok, px, rows)
     for (i, q, a, _), s in zip(rows, scores):
         greedy = vt.greedy_answer(m, tok, q, px[i: i + 1], max_new_tokens=8)
