@@ -320,8 +320,10 @@ class VisualLM(nn.Module):
             feats = self.tower(pixel_values=pixel_values.to(p.device, p.dtype)).last_hidden_state
         return self.adapter(feats.float())
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, pixel_values: Tensor | None = None,
-                labels: Tensor | None = None, prefix: Tensor | None = None) -> VisualOutput:
+    def text_states(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                    pixel_values: Tensor | None = None, prefix: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The fusion layer's inputs: soul-mixed text states (B, T, H) in float32, computed by the decoder with the
+        visual prefix in front, and that prefix (B, N, H) in float32 (N = 0 without an image)."""
         lm = _causal_lm(self.soul.model)
         embed = lm.get_input_embeddings()
         input_ids = input_ids.to(embed.weight.device)
@@ -335,8 +337,13 @@ class VisualLM(nn.Module):
         embeds = torch.cat([prefix.to(text.device, text.dtype), text], dim=1)  # (B, N + T, H)
         full_mask = torch.cat([mask.new_ones(mask.shape[0], N), mask], dim=1)
         h = lm.get_decoder()(inputs_embeds=embeds, attention_mask=full_mask).last_hidden_state[:, N:]
-        fused = self.fusion(self.soul.mix(h), prefix.float() if N else None)
-        head = lm.get_output_embeddings()
+        return self.soul.mix(h), prefix.to(text.device).float()
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, pixel_values: Tensor | None = None,
+                labels: Tensor | None = None, prefix: Tensor | None = None) -> VisualOutput:
+        t, prefix = self.text_states(input_ids, attention_mask, pixel_values, prefix)
+        fused = self.fusion(t, prefix if prefix.shape[1] else None)
+        head = _causal_lm(self.soul.model).get_output_embeddings()
         logits = head(fused.to(head.weight.dtype)).float()
         loss = causal_lm_loss(logits, labels.to(logits.device)) if labels is not None else None
         return VisualOutput(loss, logits)

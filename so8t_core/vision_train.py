@@ -24,12 +24,14 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .base_model import END_OF_TURN
+from .config import check
 from .corpus import chat_turn
 from .ocr_eval import normalize_text
 from .vision import VisualLM
@@ -237,6 +239,47 @@ def summarise(scores: list[dict[str, Any]]) -> dict[str, float]:
     if caps:
         out["caption_token_acc"] = sum(s["correct"] for s in caps) / sum(s["tokens"] for s in caps)
     return out
+
+
+@torch.no_grad()
+def visual_path_weight(vlm: VisualLM, tokenizer: Any, pixels: Tensor, rows: list[Row], batch_size: int = 64) -> float:
+    """Mean weight the fusion layer gives the visual path over the answer positions of ``rows`` (real prompts with
+    their images, teacher-forced), in [0, 1]."""
+    encoded = [encode_row(tokenizer, p, t) for _, p, t, _ in rows]
+    total, count = 0.0, 0
+    for i in range(0, len(rows), batch_size):
+        ids, mask, labels = collate(encoded[i: i + batch_size], tokenizer.pad_token_id)
+        t, prefix = vlm.text_states(ids, mask, pixels[[r[0] for r in rows[i: i + batch_size]]])
+        w = vlm.fusion.path_weights(t, prefix)[..., 1]  # (B, T)
+        scored = (labels != -100).to(w.device)
+        total, count = total + float(w[scored].sum()), count + int(scored.sum())
+    return total / max(count, 1)
+
+
+def paired_difference(a: list[dict[str, Any]], b: list[dict[str, Any]], rows: list[Row], n_boot: int = 1000,
+                      seed: int = 0) -> dict[str, Any]:
+    """Exact-match difference b - a over the question rows (captions left out), with a 95 % percentile interval
+    from resampling *images* with replacement: all questions about one image move together, since they share it.
+
+    Args:
+        a, b: ``score_rows`` output of two variants on the same ``rows``.
+        rows: the scored rows (their image index is the resampling unit).
+    Returns:
+        ``{"diff", "ci95": [lo, hi], "images", "questions"}``.
+    """
+    check(len(a) == len(b) == len(rows), "scores", (len(a), len(b), len(rows)), "need one score per row in each")
+    per_image: dict[int, list[float]] = defaultdict(lambda: [0.0, 0])
+    for sa, sb, row in zip(a, b, rows):
+        if row[3] != "caption":
+            per_image[row[0]][0] += float(sb["exact"]) - float(sa["exact"])
+            per_image[row[0]][1] += 1
+    sums = np.array([v[0] for v in per_image.values()])
+    counts = np.array([v[1] for v in per_image.values()])
+    check(counts.sum() > 0, "rows", len(rows), "no question rows to compare")
+    rng = np.random.default_rng(seed)
+    draws = [sums[i].sum() / counts[i].sum() for i in rng.integers(0, len(sums), (n_boot, len(sums)))]
+    return {"diff": float(sums.sum() / counts.sum()), "ci95": np.percentile(draws, [2.5, 97.5]).tolist(),
+            "images": int(len(sums)), "questions": int(counts.sum())}
 
 
 @torch.no_grad()

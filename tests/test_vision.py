@@ -329,6 +329,34 @@ def test_teacher_forced_exact_match_equals_greedy_decoding(tok):
     assert any(s["exact"] for s in scores)
 
 
+def test_paired_difference_by_hand_and_resamples_images():
+    rows = [(0, "q", "a", "colour"), (0, "q", "a", "count"), (1, "q", "a", "count"), (1, "c", "a", "caption"),
+            (2, "q", "a", "word")]
+    a = [{"exact": e} for e in (False, False, True, False, True)]
+    b = [{"exact": e} for e in (True, True, True, True, False)]
+    out = vt.paired_difference(a, b, rows, n_boot=2000)
+    assert out["questions"] == 4 and out["images"] == 3  # the caption row is left out
+    assert out["diff"] == pytest.approx((1 + 1 + 0 - 1) / 4)
+    lo, hi = out["ci95"]
+    # resampling whole images: the extremes are image 0 alone (+1) and image 2 alone (-1)
+    assert -1.0 <= lo < out["diff"] < hi <= 1.0 and lo < 0 < hi
+    same = vt.paired_difference(a, a, rows)
+    assert same["diff"] == 0 and same["ci95"] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="scores"):
+        vt.paired_difference(a[:-1], b, rows)
+
+
+def test_visual_path_weight_of_weighted_fusion_is_its_softmax_weight(tok):
+    m = vlm(tok, "weighted")
+    samples = vd.generate(seed=2, n=3)
+    px = to_pixels([s.image for s in samples], m.spec)
+    w = vt.visual_path_weight(m, tok, px, vd.text_tasks(samples)[:5], batch_size=2)
+    assert w == pytest.approx(float(torch.softmax(m.fusion.path_logits, 0)[1]), abs=1e-6)
+    a = vlm(tok, "attention")
+    wa = vt.visual_path_weight(a, tok, px, vd.text_tasks(samples)[:5])
+    assert 0.0 <= wa <= 1.0
+
+
 def test_summarise_by_hand():
     scores = [{"kind": "count", "exact": True, "correct": 2, "tokens": 2},
               {"kind": "count", "exact": False, "correct": 1, "tokens": 2},
