@@ -142,7 +142,9 @@ class SoulWrapper(nn.Module):
     def hidden(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Final hidden state after the base's last norm, (B, T, H)."""
         lm = _causal_lm(self.model)
-        return lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        device = lm.get_input_embeddings().weight.device
+        mask = None if attention_mask is None else attention_mask.to(device)
+        return lm.get_decoder()(input_ids=input_ids.to(device), attention_mask=mask).last_hidden_state
 
     def mix(self, h: Tensor) -> Tensor:
         """h + sigmoid(alpha) * R_total h in float32, (B, T, H)."""

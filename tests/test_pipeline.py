@@ -68,8 +68,8 @@ def test_failing_stage_exits_nonzero_names_cell_and_index_shows_it(isolated_outp
 
 
 @pytest.mark.slow
-def test_smoke_pipeline_model_stages_00_03_04_06(isolated_outputs):
-    r = run_module("so8t_core.pipeline", "--profile", "smoke", "--only", "00,03,04,06")
+def test_smoke_pipeline_model_stages_00_03_04_05_06(isolated_outputs):
+    r = run_module("so8t_core.pipeline", "--profile", "smoke", "--only", "00,03,04,05,06")
     assert r.returncode == 0, r.stderr[-3000:]
     art = isolated_outputs / "artifacts"
     m3 = json.loads((art / "03_soul_injection" / "metrics.json").read_text())
@@ -83,5 +83,9 @@ def test_smoke_pipeline_model_stages_00_03_04_06(isolated_outputs):
     assert len(rows) == json.loads((art / "03_soul_injection" / "config.json").read_text())["steps"]
     assert (art / "04_fusion_and_gguf" / "fused" / "config.json").exists()
     assert (art / "04_fusion_and_gguf" / "manifest.json").exists()
+    m5 = json.loads((art / "05_visual_adapter" / "metrics.json").read_text())
+    assert m5["frozen_lm_unchanged"] and {"visual_weighted", "visual_attention", "text_only_blind"} <= set(m5["results"])
+    assert (art / "05_visual_adapter" / "visual_weighted" / "visual.safetensors").exists()
+    assert (art / "05_visual_adapter" / "manifest.json").exists()
     m6 = json.loads((art / "06_safety_eval" / "metrics.json").read_text())
     assert m6["n_test"] > 0 and (art / "06_safety_eval" / "manifest.json").exists()
