@@ -347,7 +347,7 @@ def test_cli_rejects_a_bad_file_with_exit_2_and_writes_nothing(tmp_path) -> None
     assert not out.exists()
 
 
-def test_cli_model_without_heads_names_the_notebook(tmp_path, capsys) -> None:
+def test_cli_model_without_heads_names_the_notebook(tmp_path, capsys, isolated_outputs) -> None:
     f = tmp_path / "d.jsonl"
     f.write_text('{"prompt": "hi", "label": "ALLOW"}\n')
     (tmp_path / "model").mkdir()
