@@ -84,7 +84,7 @@ def test_smoke_pipeline_model_stages_00_03_04_05_06(isolated_outputs):
     assert (art / "04_fusion_and_gguf" / "fused" / "config.json").exists()
     assert (art / "04_fusion_and_gguf" / "manifest.json").exists()
     m5 = json.loads((art / "05_visual_adapter" / "metrics.json").read_text())
-    assert m5["frozen_lm_unchanged"] and {"visual_weighted", "visual_attention", "text_only_blind"} <= set(m5["results"])
+    assert m5["frozen_lm_unchanged"] and {"visual_weighted", "visual_attention", "text_only_blind_weighted", "text_only_blind_attention"} <= set(m5["results"])
     assert (art / "05_visual_adapter" / "visual_weighted" / "visual.safetensors").exists()
     assert (art / "05_visual_adapter" / "manifest.json").exists()
     m6 = json.loads((art / "06_safety_eval" / "metrics.json").read_text())
