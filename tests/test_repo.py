@@ -78,7 +78,7 @@ def _stage_configs() -> dict:
 
     return {"00_base_model": config.BaseModelConfig, "01_so8_rotation_math": config.RotationMathConfig,
             "02_alpha_annealing": config.AlphaStageConfig, "03_soul_injection": config.SoulStageConfig,
-            "04_fusion_and_gguf": config.FusionStageConfig, "05_visual_adapter": getattr(config, "VisualStageConfig", None),
+            "04_fusion_and_gguf": config.FusionStageConfig, "05_visual_adapter": config.VisualStageConfig,
             "06_safety_eval": config.SafetyEvalStageConfig}
 
 

@@ -407,3 +407,19 @@ def test_load_vision_tower_from_folders_and_clear_error_offline(tmp_path):
     assert clip.config.hidden_size == DV
     with pytest.raises(VisionTowerUnavailable, match="hf download so8t-test/no-such-tower"):
         load_vision_tower("so8t-test/no-such-tower")
+
+
+# --- stage config ---
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"image_size": 30}, "image_size=30"), ({"tower_heads": 5}, "tower_heads=5"), ({"render_size": 16}, "render_size"),
+    ({"word_fraction": 1.5}, "word_fraction"), ({"init_visual_weight": 1.0}, "init_visual_weight"),
+    ({"map": "qr"}, "map='qr'"), ({"adapter_steps": 0}, "adapter_steps=0"), ({"torch_threads": -1}, "torch_threads"),
+])
+def test_stage_config_rejects_bad_values_by_name(bad, match):
+    from so8t_core.config import VisualStageConfig
+
+    VisualStageConfig()  # the defaults are valid
+    with pytest.raises(ValueError, match=match):
+        VisualStageConfig(**bad)
