@@ -8,7 +8,7 @@ PROFILE ?= default
 ONLY ?=
 ARGS ?=
 
-.PHONY: setup system llama_cpp pipeline smoke test lab clean
+.PHONY: setup system llama_cpp pipeline smoke lint test lab clean
 
 setup: $(STAMP) system llama_cpp
 
@@ -32,7 +32,13 @@ pipeline: setup
 smoke:
 	$(MAKE) pipeline PROFILE=smoke
 
-test: setup
+# Lint, format and type checks (the same as .pre-commit-config.yaml); `make test` runs them first.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check so8t_core tests bench
+	$(VENV)/bin/ruff format --check so8t_core tests bench
+	$(VENV)/bin/mypy
+
+test: setup lint
 	$(PY) -m pytest -q $(ARGS)
 
 lab: setup

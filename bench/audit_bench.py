@@ -25,15 +25,22 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from so8t_core.audit import AuditConfig, AuditError, AuditLog  # noqa: E402
 from so8t_core.config import artifacts_dir  # noqa: E402
+from so8t_core.ops.audit import AuditConfig, AuditError, AuditLog  # noqa: E402
 
 H = hashlib.sha256(b"bench").hexdigest()
 
 
 def _write(log: AuditLog, tag: str, i: int) -> None:
-    log.log_decision(request_id=f"{tag}-{i}", decision="ALLOW", input_hash=H, thinking_hash=H,
-                     final_text=f"answer {i}", model_id="bench", ocr_summary="receipt" if i % 10 == 0 else None)
+    log.log_decision(
+        request_id=f"{tag}-{i}",
+        decision="ALLOW",
+        input_hash=H,
+        thinking_hash=H,
+        final_text=f"answer {i}",
+        model_id="bench",
+        ocr_summary="receipt" if i % 10 == 0 else None,
+    )
 
 
 def _worker(path: str, sync: str, writes: int, tag: str, barrier, results) -> None:
@@ -76,8 +83,14 @@ def concurrent(path: Path, sync: str, procs: int, writes: int) -> dict[str, floa
     con.close()
     with AuditLog(path) as log:
         ok = log.verify()
-    return {"writes_s": done / span, "present": present, "expected": procs * writes, "locked": failures,
-            "verify_ok": ok.ok, "exit_codes_ok": all(p.exitcode == 0 for p in ps)}
+    return {
+        "writes_s": done / span,
+        "present": present,
+        "expected": procs * writes,
+        "locked": failures,
+        "verify_ok": ok.ok,
+        "exit_codes_ok": all(p.exitcode == 0 for p in ps),
+    }
 
 
 def _fs_type(path: Path) -> str:
@@ -100,8 +113,10 @@ def main() -> None:
     parent = args.dir or artifacts_dir()
     parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="audit_bench_", dir=parent))
-    print(f"python {platform.python_version()}, sqlite {sqlite3.sqlite_version}, {os.cpu_count()} cpus, "
-          f"files on {_fs_type(work.resolve())} ({work})")
+    print(
+        f"python {platform.python_version()}, sqlite {sqlite3.sqlite_version}, {os.cpu_count()} cpus, "
+        f"files on {_fs_type(work.resolve())} ({work})"
+    )
     print(f"{args.procs} processes x {args.writes} writes, {args.rounds} round(s), interleaved FULL / NORMAL")
     rates: dict[str, list[float]] = {}
     checks: list[str] = []
@@ -112,8 +127,10 @@ def main() -> None:
             for sync in ("FULL", "NORMAL"):
                 c = concurrent(work / f"c{r}{sync}.db", sync, args.procs, args.writes)
                 rates.setdefault(f"{args.procs} procs {sync}", []).append(c["writes_s"])
-                checks.append(f"{sync} round {r}: rows present {c['present']}/{c['expected']}, locked failures "
-                              f"{c['locked']}, verify ok {c['verify_ok']}, exit codes ok {c['exit_codes_ok']}")
+                checks.append(
+                    f"{sync} round {r}: rows present {c['present']}/{c['expected']}, locked failures "
+                    f"{c['locked']}, verify ok {c['verify_ok']}, exit codes ok {c['exit_codes_ok']}"
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in rates.items()}
@@ -121,8 +138,10 @@ def main() -> None:
     for k, v in med.items():
         print(f"{k:<20}{v:>12.0f}")
     print(f"\nratio FULL/NORMAL, single process: {med['single FULL'] / med['single NORMAL']:.3f}")
-    print(f"ratio FULL/NORMAL, {args.procs} processes:  "
-          f"{med[f'{args.procs} procs FULL'] / med[f'{args.procs} procs NORMAL']:.3f}")
+    print(
+        f"ratio FULL/NORMAL, {args.procs} processes:  "
+        f"{med[f'{args.procs} procs FULL'] / med[f'{args.procs} procs NORMAL']:.3f}"
+    )
     print("\n" + "\n".join(checks))
 
 

@@ -20,11 +20,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
-from so8t_core import gguf, latency  # noqa: E402
 from so8t_core.artifacts import require  # noqa: E402
-from so8t_core.base_model import encode_documents  # noqa: E402
-from so8t_core.corpus import Corpus  # noqa: E402
-from so8t_core.loading import load_model_and_tokenizer, read_model_ref  # noqa: E402
+from so8t_core.export import gguf, latency  # noqa: E402
+from so8t_core.lm.base_model import encode_documents  # noqa: E402
+from so8t_core.lm.corpus import Corpus  # noqa: E402
+from so8t_core.lm.loading import load_model_and_tokenizer, read_model_ref  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,8 +48,18 @@ def main(argv: list[str] | None = None) -> int:
             fused_gguf = gguf.export_gguf(stage04 / "fused", tmp, [args.type], stem="fused")[args.type]
         base_gguf = gguf.export_gguf(gguf.local_folder(ref["base_model"]), tmp, [args.type], stem="base")[args.type]
         lc = latency.llama_cpp_speed(base_gguf, fused_gguf, stream, args.prompt, args.repeats, args.threads or None)
-    print(json.dumps({"machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-                      "args": vars(args), "transformers": hf, f"llama.cpp {args.type}": lc}, indent=2))
+    print(
+        json.dumps(
+            {
+                "machine": platform.processor() or platform.machine(),
+                "torch_threads": torch.get_num_threads(),
+                "args": vars(args),
+                "transformers": hf,
+                f"llama.cpp {args.type}": lc,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

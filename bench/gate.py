@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from so8t_core.studies import gate_timings  # noqa: E402
+from so8t_core.gate.studies import gate_timings  # noqa: E402
 
 
 def main() -> None:
@@ -33,8 +33,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads {torch.get_num_threads()}")
     for device, dtype, tokens in runs:
         name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-        print(f"\n{name}: width {args.width}, {tokens} tokens, {str(dtype).removeprefix('torch.')}, "
-              f"median of {args.repeats} interleaved forward+backward")
+        print(
+            f"\n{name}: width {args.width}, {tokens} tokens, {str(dtype).removeprefix('torch.')}, "
+            f"median of {args.repeats} interleaved forward+backward"
+        )
         print(f"{'gate':<20}{'params':>12}{'ms':>12}{'x floor':>10}")
         for r in gate_timings(args.width, tokens, args.repeats, device, dtype, dense=not args.no_dense):
             print(f"{r['gate']:<20}{r['params']:>12,}{r['ms']:>12.3f}{r['ratio_to_floor']:>10.2f}")

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import numpy as np  # noqa: E402
 import pytesseract  # noqa: E402
 
-from so8t_core.ocr import OCRConfig, ocr_summary  # noqa: E402
-from so8t_core.ocr_eval import cer_table, render_eval_set  # noqa: E402
+from so8t_core.ops.ocr import OCRConfig, ocr_summary  # noqa: E402
+from so8t_core.ops.ocr_eval import cer_table, render_eval_set  # noqa: E402
 
 CLEAN_CER_TARGET = 0.05
 RATE_TARGET = 2.0
@@ -52,8 +52,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2, help="parallel OCR calls (the target is for 2 cores)")
     ap.add_argument("--lang", default="jpn+eng")
-    ap.add_argument("--omp-threads", type=int, default=1,
-                    help="OMP_THREAD_LIMIT for each tesseract process (ocr_summary defaults it to 1 when unset)")
+    ap.add_argument(
+        "--omp-threads",
+        type=int,
+        default=1,
+        help="OMP_THREAD_LIMIT for each tesseract process (ocr_summary defaults it to 1 when unset)",
+    )
     ap.add_argument("--no-baseline", action="store_true", help="skip plain Tesseract on the raw images")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
@@ -61,14 +65,22 @@ def main(argv: list[str] | None = None) -> dict:
 
     t = time.perf_counter()
     samples = render_eval_set(args.seed, args.n)
-    print(f"rendered {len(samples)} images (seed {args.seed}) in {time.perf_counter() - t:.1f} s; "
-          f"workers={args.workers} OMP_THREAD_LIMIT={args.omp_threads} "
-          f"cpus={len(os.sched_getaffinity(0))}")
+    print(
+        f"rendered {len(samples)} images (seed {args.seed}) in {time.perf_counter() - t:.1f} s; "
+        f"workers={args.workers} OMP_THREAD_LIMIT={args.omp_threads} "
+        f"cpus={len(os.sched_getaffinity(0))}"
+    )
     images = [s.image for s in samples]
     config = OCRConfig()
     texts, rate, secs = run(lambda im: ocr_summary(im, args.lang, config).text, images, args.workers)
-    report = {"n": len(samples), "seed": args.seed, "workers": args.workers, "pipeline_images_per_s": rate,
-              "pipeline_median_s": statistics.median(secs), "pipeline_cer": cer_table(samples, texts)}
+    report = {
+        "n": len(samples),
+        "seed": args.seed,
+        "workers": args.workers,
+        "pipeline_images_per_s": rate,
+        "pipeline_median_s": statistics.median(secs),
+        "pipeline_cer": cer_table(samples, texts),
+    }
     if not args.no_baseline:
         raw = lambda im: pytesseract.image_to_string(im, lang=args.lang, config="--oem 1 --psm 7")  # noqa: E731
         raw_texts, raw_rate, _ = run(raw, images, args.workers)
@@ -85,14 +97,18 @@ def _print(r: dict) -> None:
     for g, cer in r["pipeline_cer"].items():
         base = f"{raw[g]:>19.2%}" if g in raw else f"{'-':>19}"
         print(f"{g:<11} {cer:>13.2%} {base}")
-    print(f"\npipeline: {r['pipeline_images_per_s']:.2f} images/s with {r['workers']} workers "
-          f"(median {r['pipeline_median_s'] * 1000:.0f} ms per image)")
+    print(
+        f"\npipeline: {r['pipeline_images_per_s']:.2f} images/s with {r['workers']} workers "
+        f"(median {r['pipeline_median_s'] * 1000:.0f} ms per image)"
+    )
     if "raw_images_per_s" in r:
         print(f"tesseract only: {r['raw_images_per_s']:.2f} images/s")
     clean = max(v for g, v in r["pipeline_cer"].items() if g.startswith("clean"))  # worst clean group
-    print(f"target clean CER <= {CLEAN_CER_TARGET:.0%} (worst of clean, clean/en, clean/ja): "
-          f"{'met' if clean <= CLEAN_CER_TARGET else 'MISSED'} ({clean:.2%}); target >= {RATE_TARGET:g} images/s: "
-          f"{'met' if r['pipeline_images_per_s'] >= RATE_TARGET else 'MISSED'} ({r['pipeline_images_per_s']:.2f})")
+    print(
+        f"target clean CER <= {CLEAN_CER_TARGET:.0%} (worst of clean, clean/en, clean/ja): "
+        f"{'met' if clean <= CLEAN_CER_TARGET else 'MISSED'} ({clean:.2%}); target >= {RATE_TARGET:g} images/s: "
+        f"{'met' if r['pipeline_images_per_s'] >= RATE_TARGET else 'MISSED'} ({r['pipeline_images_per_s']:.2f})"
+    )
 
 
 if __name__ == "__main__":

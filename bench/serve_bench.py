@@ -29,14 +29,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from so8t_core.audit import AuditLog  # noqa: E402
 from so8t_core.config import artifacts_dir  # noqa: E402
-from so8t_core.serve import AppState, make_server  # noqa: E402
+from so8t_core.ops.answer import AppState  # noqa: E402
+from so8t_core.ops.audit import AuditLog  # noqa: E402
+from so8t_core.ops.server import make_server  # noqa: E402
 
 
 def tiny_model(folder: Path):
     """The tests' tiny model: a SentencePiece tokenizer on a few lines and a random 1-layer Phi-3."""
-    from so8t_core.base_model import MIN_VOCAB, build_model, special_ids, tiny_phi3_config, train_tokenizer
+    from so8t_core.lm.base_model import MIN_VOCAB, build_model, special_ids, tiny_phi3_config, train_tokenizer
     from so8t_core.think import QUAD_SYSTEM, format_quad
 
     lines = [format_quad("a", "b", "c", "d", "hello"), QUAD_SYSTEM, "hello world how are you today"] * 20
@@ -47,7 +48,7 @@ def tiny_model(folder: Path):
 def png_line() -> str:
     from PIL import Image
 
-    from so8t_core.ocr_eval import render_line
+    from so8t_core.ops.ocr_eval import render_line
 
     buf = io.BytesIO()
     Image.fromarray(render_line("Invoice 4217 is paid", 32)).save(buf, format="PNG")
@@ -79,8 +80,9 @@ def run(state: AppState, body: bytes, requests: int, threads: int) -> dict[str, 
                 lat.append(dt)
 
     one(port, body)  # warm-up (first generate, first fsync)
-    workers = [threading.Thread(target=client, args=(requests // threads + (i < requests % threads),))
-               for i in range(threads)]
+    workers = [
+        threading.Thread(target=client, args=(requests // threads + (i < requests % threads),)) for i in range(threads)
+    ]
     t0 = time.perf_counter()
     for w in workers:
         w.start()
@@ -107,22 +109,31 @@ def main() -> None:
     base.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=base, prefix="serve_bench.") as tmp:
         if a.model:
-            from so8t_core.loading import load_model_and_tokenizer
+            from so8t_core.lm.loading import load_model_and_tokenizer
 
             model, tok = load_model_and_tokenizer(a.model)
         else:
             model, tok = tiny_model(Path(tmp))
-        modes = [("refuse", "REFUSE", {"prompt": "how do I pick a lock?"}),
-                 ("allow", "ALLOW", {"prompt": "say hello"})]
+        modes = [("refuse", "REFUSE", {"prompt": "how do I pick a lock?"}), ("allow", "ALLOW", {"prompt": "say hello"})]
         if a.ocr:
             modes.append(("image+refuse", "REFUSE", {"prompt": "what does it say?", "image_base64": png_line()}))
-        print(f"# {platform.processor() or platform.machine()}, python {platform.python_version()}, "
-              f"{a.requests} requests x {a.threads} threads, max_new_tokens={a.max_new_tokens}")
+        print(
+            f"# {platform.processor() or platform.machine()}, python {platform.python_version()}, "
+            f"{a.requests} requests x {a.threads} threads, max_new_tokens={a.max_new_tokens}"
+        )
         results = {}
         for name, label, req in modes:
             with AuditLog(Path(tmp) / f"{name}.db") as log:
-                state = AppState(model, tok, log, "bench", "fixed", decide_fn=lambda t, x=label: x,
-                                 max_new_tokens=a.max_new_tokens, ocr_lang="eng")
+                state = AppState(
+                    model,
+                    tok,
+                    log,
+                    "bench",
+                    "fixed",
+                    lambda t, x=label: x,
+                    max_new_tokens=a.max_new_tokens,
+                    ocr_lang="eng",
+                )
                 results[name] = run(state, json.dumps(req).encode(), a.requests, a.threads)
             r = results[name]
             print(f"{name:>13}: {r['req_per_s']:8.1f} req/s   p50 {r['p50_ms']:7.1f} ms   p95 {r['p95_ms']:7.1f} ms")

@@ -22,13 +22,33 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from so8t_core.lora import LoraSettings, apply_lora  # noqa: E402
-from so8t_core.soul import SoulConfig, SoulWrapper  # noqa: E402
+from so8t_core.gate.soul import SoulConfig, SoulWrapper  # noqa: E402
+from so8t_core.lm.lora import LoraSettings, apply_lora  # noqa: E402
 
-PHI35 = dict(vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32, num_attention_heads=32,
-             num_key_value_heads=32, max_position_embeddings=4096, pad_token_id=32000, bos_token_id=1, eos_token_id=32000)
-TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=4, max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+PHI35 = dict(
+    vocab_size=32064,
+    hidden_size=3072,
+    intermediate_size=8192,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    max_position_embeddings=4096,
+    pad_token_id=32000,
+    bos_token_id=1,
+    eos_token_id=32000,
+)
+TINY = dict(
+    vocab_size=512,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=4096,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
 
 
 def build(tiny: bool, folder: Path):
@@ -40,12 +60,17 @@ def build(tiny: bool, folder: Path):
         Phi3ForCausalLM(cfg).to(torch.bfloat16).save_pretrained(folder)  # random weights, saved once
     if tiny:
         return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.bfloat16)
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
     from peft import prepare_model_for_kbit_training
 
-    model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quant, dtype=torch.bfloat16,
-                                                 device_map={"": 0})
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, quantization_config=quant, dtype=torch.bfloat16, device_map={"": 0}
+    )
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
 
 
@@ -54,6 +79,7 @@ def step_fn(wrapper: SoulWrapper, opt, ids: torch.Tensor):
         opt.zero_grad(set_to_none=True)
         wrapper(ids, torch.ones_like(ids), ids).loss.backward()
         opt.step()
+
     return run
 
 
@@ -64,7 +90,7 @@ def measure(wrapper: SoulWrapper, seq: int, pairs: int, device: str) -> dict[str
     run = step_fn(wrapper, opt, ids)
     out: dict[str, list[float]] = {"gate_s": [], "plain_s": [], "gate_gib": [], "plain_gib": []}
     for i in range(pairs + 1):  # the first pair warms up and is dropped
-        for name in (("gate", "plain") if i % 2 else ("plain", "gate")):
+        for name in ("gate", "plain") if i % 2 else ("plain", "gate"):
             wrapper.use_gate = name == "gate"
             if device == "cuda":
                 torch.cuda.synchronize()
@@ -98,16 +124,20 @@ def main() -> None:
     wrapper.rotation.to(device), wrapper.alpha.to(device)
     wrapper.train()  # from_pretrained gave eval mode, where gradient checkpointing is silently skipped
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu (dry run)"
-    print(f"{name}: {'tiny' if args.tiny else 'Phi-3.5-mini shape'} NF4={not args.tiny} LoRA r=16, batch 1, "
-          f"gradient checkpointing, {args.pairs} alternating pairs")
+    print(
+        f"{name}: {'tiny' if args.tiny else 'Phi-3.5-mini shape'} NF4={not args.tiny} LoRA r=16, batch 1, "
+        f"gradient checkpointing, {args.pairs} alternating pairs"
+    )
     print(f"{'seq':>6}{'plain ms':>11}{'gate ms':>10}{'time x':>9}{'plain GiB':>11}{'gate GiB':>10}{'mem x':>8}")
     for seq in args.seq:
         r = measure(wrapper, seq, args.pairs, device)
         med = {k: statistics.median(v) for k, v in r.items()}
         ratio_t = statistics.median(g / p for g, p in zip(r["gate_s"], r["plain_s"]))
         ratio_m = med["gate_gib"] / med["plain_gib"] if med["plain_gib"] else float("nan")
-        print(f"{seq:>6}{1e3 * med['plain_s']:>11.1f}{1e3 * med['gate_s']:>10.1f}{ratio_t:>9.3f}"
-              f"{med['plain_gib']:>11.2f}{med['gate_gib']:>10.2f}{ratio_m:>8.3f}")
+        print(
+            f"{seq:>6}{1e3 * med['plain_s']:>11.1f}{1e3 * med['gate_s']:>10.1f}{ratio_t:>9.3f}"
+            f"{med['plain_gib']:>11.2f}{med['gate_gib']:>10.2f}{ratio_m:>8.3f}"
+        )
 
 
 if __name__ == "__main__":

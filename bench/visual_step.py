@@ -27,10 +27,9 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 from soul_step import build, step_fn  # noqa: E402  (PHI35 / TINY shapes, the NF4 loader, the QLoRA step)
 
-from so8t_core.lora import LoraSettings, apply_lora  # noqa: E402
-from so8t_core.soul import SoulConfig, SoulWrapper  # noqa: E402
-from so8t_core.vision import (METHODS, VisualConfig, VisualLM, build_vision_tower, freeze,  # noqa: E402
-                              tiny_siglip_config)
+from so8t_core.gate.soul import SoulConfig, SoulWrapper  # noqa: E402
+from so8t_core.lm.lora import LoraSettings, apply_lora  # noqa: E402
+from so8t_core.vision.model import METHODS, VisualConfig, VisualLM, build_vision_tower, freeze, tiny_siglip_config  # noqa: E402
 
 SIGLIP_BASE = dict(image_size=224, patch_size=16, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072)
 TARGET_GIB = 5.0
@@ -101,8 +100,12 @@ def visual_row(wrapper: SoulWrapper, tower: torch.nn.Module, method: str, ids, l
     fresh(device == "cuda")
     row = timed(run, args.warmup - 1, args.steps, device == "cuda")
     vlm.eval()
-    return {"method": method, "trainable_params": sum(p.numel() for p in params),
-            "images_per_s": row["steps_per_s"], **row}
+    return {
+        "method": method,
+        "trainable_params": sum(p.numel() for p in params),
+        "images_per_s": row["steps_per_s"],
+        **row,
+    }
 
 
 def main() -> None:
@@ -135,26 +138,39 @@ def main() -> None:
     labels[:, : T // 2] = -100  # the prompt half is not scored, as encode_row does
     n_vis = (tower.config.image_size // tower.config.patch_size) ** 2
     name = torch.cuda.get_device_name() if cuda else "cpu (dry run)"
-    print(f"{name}: {'tiny LM + tiny SigLIP' if args.tiny else 'Phi-3.5-mini shape NF4 + SigLIP-base shape bf16'}, "
-          f"LoRA r=16 + soul frozen, batch 1, {n_vis} visual + {T} text tokens, gradient checkpointing, "
-          f"{args.warmup} warm-up + {args.steps} timed steps")
+    print(
+        f"{name}: {'tiny LM + tiny SigLIP' if args.tiny else 'Phi-3.5-mini shape NF4 + SigLIP-base shape bf16'}, "
+        f"LoRA r=16 + soul frozen, batch 1, {n_vis} visual + {T} text tokens, gradient checkpointing, "
+        f"{args.warmup} warm-up + {args.steps} timed steps"
+    )
     rows = [] if args.no_plain else [plain_row(wrapper, ids, args, cuda)]
     rows += [visual_row(wrapper, tower, m, ids, labels, args, device) for m in args.methods]
     gib = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
-    print(f"{'step':<13}{'trainable':>12}{'ms/step':>10}{'img/s':>8}{'alloc GiB':>11}{'reserved GiB':>14}"
-          f"{f'<= {TARGET_GIB:g} GiB':>10}")
+    print(
+        f"{'step':<13}{'trainable':>12}{'ms/step':>10}{'img/s':>8}{'alloc GiB':>11}{'reserved GiB':>14}"
+        f"{f'<= {TARGET_GIB:g} GiB':>10}"
+    )
     for r in rows:
         r["fits_target"] = None if r["peak_alloc_gib"] is None else r["peak_alloc_gib"] <= TARGET_GIB
         img = "-" if r["images_per_s"] is None else f"{r['images_per_s']:.2f}"
         fits = "n/a" if r["fits_target"] is None else ("yes" if r["fits_target"] else "NO")
-        print(f"{r['method']:<13}{r['trainable_params']:>12,}{r['median_ms']:>10.1f}{img:>8}"
-              f"{gib(r['peak_alloc_gib']):>11}{gib(r['peak_reserved_gib']):>14}{fits:>10}")
+        print(
+            f"{r['method']:<13}{r['trainable_params']:>12,}{r['median_ms']:>10.1f}{img:>8}"
+            f"{gib(r['peak_alloc_gib']):>11}{gib(r['peak_reserved_gib']):>14}{fits:>10}"
+        )
     if cuda and args.methods:
         ok = all(r["fits_target"] for r in rows if r["images_per_s"] is not None)
         print(f"target peak <= {TARGET_GIB:g} GiB for the adapter step: {'holds' if ok else 'MISSED'}")
     if args.out:
-        meta = {"device": name, "tiny": args.tiny, "visual_tokens": n_vis, "text_tokens": T, "warmup": args.warmup,
-                "steps": args.steps, "target_gib": TARGET_GIB}
+        meta = {
+            "device": name,
+            "tiny": args.tiny,
+            "visual_tokens": n_vis,
+            "text_tokens": T,
+            "warmup": args.warmup,
+            "steps": args.steps,
+            "target_gib": TARGET_GIB,
+        }
         Path(args.out).write_text(json.dumps({**meta, "rows": rows}, indent=2), encoding="utf-8")
 
 

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .config import NOTEBOOKS_DIR, artifacts_dir
+from so8t_core.config import artifacts_dir
 
 MANIFEST = "manifest.json"
 _VERSIONED = ("torch", "transformers", "peft", "safetensors", "numpy", "sentencepiece")
@@ -33,30 +36,103 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON through a temporary file and ``os.replace`` so readers never see half a file."""
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path next to ``path``; on success its file is fsynced and renamed over ``path``.
+
+    The one way this package writes a file that readers may open at any time: they see the old file or the
+    whole new one, never half of one, and the data is on disk before the name points at it. On an exception
+    the temporary file is removed and ``path`` is left as it was.
+
+    Args:
+        path: the file to (re)write; its folder is created.
+    Yields:
+        The temporary path to write (by this process or another, e.g. a converter).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False, default=_jsonable)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
 
 
-def _jsonable(x: Any) -> Any:
-    if hasattr(x, "item"):  # numpy / torch scalars
-        return x.item()
-    if hasattr(x, "tolist"):
-        return x.tolist()
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some file systems do not open folders
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write UTF-8 text through ``atomic_path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write ``json_ready(obj)`` as indented strict JSON through ``atomic_path``."""
+    write_text_atomic(path, json.dumps(json_ready(obj), indent=2, ensure_ascii=False, allow_nan=False))
+
+
+def write_jsonl_atomic(path: str | Path, rows: Iterable[Any]) -> None:
+    """One ``json_ready`` row per line, through ``atomic_path``."""
+    write_text_atomic(path, "".join(json.dumps(json_ready(r), ensure_ascii=False) + "\n" for r in rows))
+
+
+def json_ready(x: Any) -> Any:
+    """Plain JSON values, recursively: NaN/inf -> None, numpy/torch scalars and arrays -> numbers and lists,
+    tuples -> lists, paths -> strings, mapping keys -> strings. Raises TypeError on anything else."""
+    if isinstance(x, Mapping):
+        return {str(k): json_ready(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_ready(v) for v in x]
     if isinstance(x, Path):
         return str(x)
+    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):  # numpy / torch arrays and scalars
+        return json_ready(x.tolist())
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if x is None or isinstance(x, (str, int, bool)):
+        return x
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def model_fingerprint(model_dir: str | Path) -> dict[str, str]:
+    """SHA-256 of a model folder's ``config.json`` and each of its weight files, by file name.
+
+    Weight files are the ``*.safetensors`` files except safety heads saved next to the model
+    (``safety_heads*``), so saving heads beside a model does not change its identity. Content, not path or
+    size: a base and a fused model share a config and file sizes but not weights.
+
+    Args:
+        model_dir: a folder with ``config.json`` and ``*.safetensors``.
+    Returns:
+        ``{file name: sha256}``.
+    Raises:
+        FileNotFoundError: not a model folder.
+    """
+    folder = Path(model_dir)
+    weights = sorted(p.name for p in folder.glob("*.safetensors") if not p.name.startswith("safety_heads"))
+    if not (folder / "config.json").is_file() or not weights:
+        raise FileNotFoundError(f"{folder} is not a model folder (config.json and *.safetensors expected)")
+    return {name: sha256_file(folder / name) for name in ["config.json", *weights]}
+
+
+def fingerprint_id(fingerprint: Mapping[str, str]) -> str:
+    """A short hex id (16 characters) of a ``model_fingerprint``."""
+    return hashlib.sha256(json.dumps(dict(sorted(fingerprint.items()))).encode()).hexdigest()[:16]
 
 
 def package_versions() -> dict[str, str]:

@@ -7,7 +7,9 @@ from ``notebooks/`` and a test run from the repo root agree on where artifacts l
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,16 @@ class StageConfig:
         return asdict(self)  # type: ignore[call-overload]
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]):
+    def from_namespace(cls, namespace: Mapping[str, Any]) -> Any:
+        """The config from a notebook's ``globals()``: every field must be defined there (by the parameters cell,
+        where papermill injects its values); other names are ignored. A missing field raises ``ValueError``."""
+        names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+        missing = [n for n in names if n not in namespace]
+        check(not missing, "parameters", missing, f"not defined in the notebook's parameters cell ({cls.__name__})")
+        return cls(**{n: namespace[n] for n in names})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
         names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(d) - names)
         check(not unknown, "keys", unknown, f"not fields of {cls.__name__}")
@@ -60,6 +71,30 @@ def _threads(obj: Any) -> None:
 
 
 MAPS = ("cayley", "exp")
+GOLDEN_RATIO = (1 + math.sqrt(5)) / 2  # the design's alpha target, phi
+
+
+@dataclass(frozen=True)
+class GateSchedule:
+    """The alpha and PET schedules of the design: the one place their default numbers are written.
+
+    alpha: ``alpha_start`` for ``alpha_warmup`` steps, then linear to ``alpha_target`` over ``alpha_anneal``.
+    PET: lambda 0 -> ``pet_max_lambda`` over ``pet_warmup``, held for ``pet_main``, back to 0 over ``pet_anneal``.
+    """
+
+    alpha_start: float = -5.0
+    alpha_target: float = GOLDEN_RATIO
+    alpha_warmup: int = 50
+    alpha_anneal: int = 400
+    pet_max_lambda: float = 0.1
+    pet_warmup: int = 100
+    pet_main: int = 1000
+    pet_anneal: int = 200
+
+
+DESIGN_SCHEDULE = GateSchedule()
+# Notebook 03's runs are 300 steps: the design schedule compressed so the gate opens and PET ends within the run.
+SHORT_SCHEDULE = GateSchedule(alpha_warmup=30, alpha_anneal=150, pet_warmup=30, pet_main=200, pet_anneal=70)
 
 
 COMPUTE_DTYPES = ("bfloat16", "float16")
@@ -145,14 +180,14 @@ class AlphaStageConfig(StageConfig):
     """Stage 02: alpha annealing, the PET schedule and the learned-vs-scheduled experiment."""
 
     seed: int = 0
-    alpha_start: float = -5.0
-    alpha_target: float = 1.618033988749895
-    warmup_steps: int = 50
-    anneal_steps: int = 400
-    pet_max_lambda: float = 0.1
-    pet_warmup: int = 100
-    pet_main: int = 1000
-    pet_anneal: int = 200
+    alpha_start: float = DESIGN_SCHEDULE.alpha_start
+    alpha_target: float = DESIGN_SCHEDULE.alpha_target
+    warmup_steps: int = DESIGN_SCHEDULE.alpha_warmup
+    anneal_steps: int = DESIGN_SCHEDULE.alpha_anneal
+    pet_max_lambda: float = DESIGN_SCHEDULE.pet_max_lambda
+    pet_warmup: int = DESIGN_SCHEDULE.pet_warmup
+    pet_main: int = DESIGN_SCHEDULE.pet_main
+    pet_anneal: int = DESIGN_SCHEDULE.pet_anneal
     exp_hidden: int = 64  # synthetic experiment: width of the hidden state
     exp_steps: int = 600
     exp_batch: int = 128
@@ -182,17 +217,17 @@ class SoulStageConfig(StageConfig):
     checkpoint_every: int = 100
     map: str = "cayley"
     init_std: float = 0.0
-    alpha_start: float = -5.0
-    alpha_target: float = 1.618033988749895
-    alpha_warmup: int = 30
-    alpha_anneal: int = 150
-    alpha_targets: tuple = (0.0, 1.0, 1.618033988749895, 3.0)
+    alpha_start: float = SHORT_SCHEDULE.alpha_start
+    alpha_target: float = SHORT_SCHEDULE.alpha_target
+    alpha_warmup: int = SHORT_SCHEDULE.alpha_warmup
+    alpha_anneal: int = SHORT_SCHEDULE.alpha_anneal
+    alpha_targets: tuple = (0.0, 1.0, GOLDEN_RATIO, 3.0)
     ortho_weight: float = 1.0
     pet_kind: str = "l2"
-    pet_max_lambda: float = 0.1
-    pet_warmup: int = 30
-    pet_main: int = 200
-    pet_anneal: int = 70
+    pet_max_lambda: float = SHORT_SCHEDULE.pet_max_lambda
+    pet_warmup: int = SHORT_SCHEDULE.pet_warmup
+    pet_main: int = SHORT_SCHEDULE.pet_main
+    pet_anneal: int = SHORT_SCHEDULE.pet_anneal
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -201,24 +236,41 @@ class SoulStageConfig(StageConfig):
     noise_seeds: int = 2  # extra seeds for lora_only and soul_scheduled (seed noise of held-out ppl)
     torch_threads: int = 0  # 0 keeps torch's default (all cores); see Stage
 
-    SOUL_FIELDS = ("map", "init_std", "alpha_start", "alpha_target", "alpha_warmup", "alpha_anneal", "ortho_weight",
-                   "pet_kind", "pet_max_lambda", "pet_warmup", "pet_main", "pet_anneal")
+    SOUL_FIELDS = (
+        "map",
+        "init_std",
+        "alpha_start",
+        "alpha_target",
+        "alpha_warmup",
+        "alpha_anneal",
+        "ortho_weight",
+        "pet_kind",
+        "pet_max_lambda",
+        "pet_warmup",
+        "pet_main",
+        "pet_anneal",
+    )
 
     def soul_fields(self) -> dict:
-        """The fields this stage passes on to ``so8t_core.soul.SoulConfig`` (same names there)."""
+        """The fields this stage passes on to ``so8t_core.gate.soul.SoulConfig`` (same names there)."""
         return {k: getattr(self, k) for k in self.SOUL_FIELDS}
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "alpha_targets", tuple(float(a) for a in self.alpha_targets))
-        _positive(self, "steps", "batch_size", "seq_len", "lr", "soul_lr", "grad_accum", "lora_r", "lora_alpha",
-                  "eval_docs")
+        _positive(
+            self, "steps", "batch_size", "seq_len", "lr", "soul_lr", "grad_accum", "lora_r", "lora_alpha", "eval_docs"
+        )
         _threads(self)
         check(self.noise_seeds >= 0, "noise_seeds", self.noise_seeds, "must be >= 0")
         check(self.map in MAPS, "map", self.map, f"must be one of {MAPS}")
         check(self.seq_len >= 8, "seq_len", self.seq_len, "must be >= 8")
         check(self.alpha_target > self.alpha_start, "alpha_target", self.alpha_target, "must exceed alpha_start")
-        check(all(a > self.alpha_start for a in self.alpha_targets), "alpha_targets", self.alpha_targets,
-              "each must exceed alpha_start")
+        check(
+            all(a > self.alpha_start for a in self.alpha_targets),
+            "alpha_targets",
+            self.alpha_targets,
+            "each must exceed alpha_start",
+        )
 
 
 @dataclass(frozen=True)
@@ -252,15 +304,36 @@ class VisualStageConfig(StageConfig):
     torch_threads: int = 0  # 0 keeps torch's default (all cores); see Stage
 
     def __post_init__(self) -> None:
-        _positive(self, "image_size", "patch_size", "tower_hidden", "tower_layers", "tower_heads", "n_train",
-                  "n_heldout", "pretrain_batch", "pretrain_lr", "adapter_steps", "adapter_batch", "adapter_lr",
-                  "fusion_heads")
+        _positive(
+            self,
+            "image_size",
+            "patch_size",
+            "tower_hidden",
+            "tower_layers",
+            "tower_heads",
+            "n_train",
+            "n_heldout",
+            "pretrain_batch",
+            "pretrain_lr",
+            "adapter_steps",
+            "adapter_batch",
+            "adapter_lr",
+            "fusion_heads",
+        )
         check(self.pretrain_steps >= 0, "pretrain_steps", self.pretrain_steps, "must be >= 0")
         check(self.n_examples >= 0, "n_examples", self.n_examples, "must be >= 0")
-        check(self.image_size % self.patch_size == 0, "image_size", self.image_size,
-              f"must be a multiple of patch_size={self.patch_size}")
-        check(self.tower_hidden % self.tower_heads == 0, "tower_heads", self.tower_heads,
-              f"must divide tower_hidden={self.tower_hidden}")
+        check(
+            self.image_size % self.patch_size == 0,
+            "image_size",
+            self.image_size,
+            f"must be a multiple of patch_size={self.patch_size}",
+        )
+        check(
+            self.tower_hidden % self.tower_heads == 0,
+            "tower_heads",
+            self.tower_heads,
+            f"must divide tower_hidden={self.tower_hidden}",
+        )
         check(self.render_size >= 32, "render_size", self.render_size, "must be >= 32 pixels")
         check(0.0 <= self.word_fraction <= 1.0, "word_fraction", self.word_fraction, "must be in [0, 1]")
         check(0.0 < self.init_visual_weight < 1.0, "init_visual_weight", self.init_visual_weight, "must be in (0, 1)")
@@ -290,15 +363,29 @@ class FusionStageConfig(StageConfig):
     tied_heads: int = 4
     tied_init_range: float = 0.2  # large enough that logits are O(1) and a wrong fusion shows
     tied_soul_std: float = 0.3
-    tied_alpha: float = 1.618033988749895
+    tied_alpha: float = GOLDEN_RATIO
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gguf_types", tuple(self.gguf_types))
-        _positive(self, "check_docs", "eval_docs", "latency_prompt", "latency_new_tokens", "latency_repeats",
-                  "tied_hidden", "tied_layers", "tied_heads", "tied_init_range")
+        _positive(
+            self,
+            "check_docs",
+            "eval_docs",
+            "latency_prompt",
+            "latency_new_tokens",
+            "latency_repeats",
+            "tied_hidden",
+            "tied_layers",
+            "tied_heads",
+            "tied_init_range",
+        )
         check(self.seq_len >= 8, "seq_len", self.seq_len, "must be >= 8")
-        check(self.latency_prompt + self.latency_new_tokens <= 512, "latency_new_tokens", self.latency_new_tokens,
-              "prompt + new tokens must fit the 512-token context")
+        check(
+            self.latency_prompt + self.latency_new_tokens <= 512,
+            "latency_new_tokens",
+            self.latency_new_tokens,
+            "prompt + new tokens must fit the 512-token context",
+        )
         unknown = [t for t in self.gguf_types if t not in GGUF_TYPE_NAMES]
         check(bool(self.gguf_types) and not unknown, "gguf_types", self.gguf_types, f"each one of {GGUF_TYPE_NAMES}")
         check("f32" in self.gguf_types, "gguf_types", self.gguf_types, "must include f32 (the parity reference)")
@@ -306,6 +393,7 @@ class FusionStageConfig(StageConfig):
         check(self.n_threads >= 0, "n_threads", self.n_threads, "must be >= 0 (0: llama.cpp's default)")
         check(self.tied_hidden % 8 == 0, "tied_hidden", self.tied_hidden, "must be a multiple of 8 (SO(8) blocks)")
         check(self.tied_soul_std >= 0, "tied_soul_std", self.tied_soul_std, "must be >= 0")
+
 
 @dataclass(frozen=True)
 class SafetyEvalStageConfig(StageConfig):
@@ -327,8 +415,9 @@ class SafetyEvalStageConfig(StageConfig):
     torch_threads: int = 1
 
     def __post_init__(self) -> None:
-        _positive(self, "head_steps", "head_lr", "batch_size", "max_length", "n_boot", "examples_per_label",
-                  "max_new_tokens")
+        _positive(
+            self, "head_steps", "head_lr", "batch_size", "max_length", "n_boot", "examples_per_label", "max_new_tokens"
+        )
         _threads(self)
         check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
         check(0.0 <= self.max_over_refusal <= 1.0, "max_over_refusal", self.max_over_refusal, "must be in [0, 1]")

@@ -1,6 +1,6 @@
 """Run the notebooks in order with papermill, render each to self-contained HTML, and index the results.
 
-    python -m so8t_core.pipeline [--profile default|smoke|gpu] [--only 01,02] [-p key=value ...]
+    python -m so8t_core.pipeline [--profile default|smoke] [--only 01,02] [-p key=value ...]
 
 A profile is ``params/<profile>.yaml``: a mapping from stage name (the notebook's stem) to parameter overrides.
 ``-p key=value`` overrides ``key`` in every selected notebook that declares it; ``-p 03.key=value`` only in
@@ -17,14 +17,15 @@ import json
 import re
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .artifacts import write_json_atomic
-from .config import NOTEBOOKS_DIR, PARAMS_DIR, artifacts_dir, reports_dir
+from so8t_core.artifacts import write_json_atomic
+from so8t_core.config import NOTEBOOKS_DIR, PARAMS_DIR, artifacts_dir, reports_dir
 
 STAGE_RE = re.compile(r"^(\d\d)_[a-z0-9_]+$")
 KERNEL = "so8t"
@@ -103,7 +104,7 @@ def parse_overrides(items: list[str]) -> list[tuple[str | None, str, Any]]:
     return out
 
 
-def plan(profile: str, only: str | None = None, overrides: list[str] = ()) -> list[tuple[str, Path, dict]]:
+def plan(profile: str, only: str | None = None, overrides: Sequence[str] = ()) -> list[tuple[str, Path, dict]]:
     """Resolve stages and their parameters; every name is checked against the notebook's declarations."""
     stages = select(discover(), only)
     prof = load_profile(profile)
@@ -149,8 +150,10 @@ def _describe_failure(stage: str, exc: Exception) -> str:
     from papermill.exceptions import PapermillExecutionError
 
     if isinstance(exc, PapermillExecutionError):
-        return (f"notebooks/{stage}.ipynb failed in cell {exc.cell_index} (execution count {exc.exec_count}): "
-                f"{exc.ename}: {exc.evalue}")
+        return (
+            f"notebooks/{stage}.ipynb failed in cell {exc.cell_index} (execution count {exc.exec_count}): "
+            f"{exc.ename}: {exc.evalue}"
+        )
     return f"notebooks/{stage}.ipynb failed: {type(exc).__name__}: {exc}"
 
 
@@ -164,8 +167,14 @@ def run_stage(stage: str, notebook: Path, params: dict[str, Any], kernel: str) -
     executed = rep / f"{stage}.ipynb"
     t0 = time.time()
     try:
-        papermill.execute_notebook(str(notebook), str(executed), parameters=params, kernel_name=kernel,
-                                   cwd=str(notebook.parent), progress_bar=True)
+        papermill.execute_notebook(
+            str(notebook),
+            str(executed),
+            parameters=params,
+            kernel_name=kernel,
+            cwd=str(notebook.parent),
+            progress_bar=True,
+        )
         run.status = "ok"
     except Exception as exc:  # the notebook's own error, reported with its cell
         run.status, run.error = "failed", _describe_failure(stage, exc)
@@ -197,22 +206,24 @@ def write_index(runs: list[StageRun], profile: str) -> Path:
         link = f'<a href="{r.stage}.html">{r.stage}</a>' if (rep / f"{r.stage}.html").exists() else r.stage
         km = "<br>".join(f"{html.escape(k)} = {html.escape(_fmt(v))}" for k, v in key_metrics(r.metrics).items())
         err = f'<div class="err">{html.escape(r.error)}</div>' if r.error else ""
-        rows.append(f'<tr class="{r.status}"><td>{link}</td><td>{r.status}</td><td>{r.seconds:.1f} s</td>'
-                    f"<td>{km}{err}</td></tr>")
+        rows.append(
+            f'<tr class="{r.status}"><td>{link}</td><td>{r.status}</td><td>{r.seconds:.1f} s</td>'
+            f"<td>{km}{err}</td></tr>"
+        )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>so8t pipeline ({profile})</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
 padding:.4em .8em;vertical-align:top}}tr.ok td:nth-child(2){{color:#080}}tr.failed td:nth-child(2){{color:#b00}}
 tr.skipped td:nth-child(2){{color:#888}}.err{{color:#b00;font-family:monospace;white-space:pre-wrap}}</style>
 </head><body><h1>so8t pipeline: profile <code>{html.escape(profile)}</code></h1>
-<p>Generated {time.strftime('%Y-%m-%d %H:%M:%S')}. Artifacts in <code>{html.escape(str(artifacts_dir()))}</code>.</p>
-<table><tr><th>stage</th><th>status</th><th>duration</th><th>key metrics</th></tr>{''.join(rows)}</table>
+<p>Generated {time.strftime("%Y-%m-%d %H:%M:%S")}. Artifacts in <code>{html.escape(str(artifacts_dir()))}</code>.</p>
+<table><tr><th>stage</th><th>status</th><th>duration</th><th>key metrics</th></tr>{"".join(rows)}</table>
 </body></html>"""
     (rep / "index.html").write_text(page, encoding="utf-8")
     write_json_atomic(rep / "index.json", {"profile": profile, "stages": [r.__dict__ for r in runs]})
     return rep / "index.html"
 
 
-def run(profile: str = "default", only: str | None = None, overrides: list[str] = ()) -> list[StageRun]:
+def run(profile: str = "default", only: str | None = None, overrides: Sequence[str] = ()) -> list[StageRun]:
     """Run the selected stages in order; stop at the first failure and mark the rest skipped.
 
     Args:
@@ -244,8 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m so8t_core.pipeline", description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="default", help=f"one of {profiles()}")
     ap.add_argument("--only", help="comma-separated stage numbers or names, e.g. 01,02")
-    ap.add_argument("-p", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="parameter override (NN.KEY=VALUE for one stage); repeatable")
+    ap.add_argument(
+        "-p",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="parameter override (NN.KEY=VALUE for one stage); repeatable",
+    )
     args = ap.parse_args(argv)
     try:
         runs = run(args.profile, args.only, args.overrides)

@@ -31,20 +31,19 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 THINK_PARTS = ("observation", "deduction", "abduction", "integration")
 FINAL_TAG = "final"
+DECISIONS = ("ALLOW", "ESCALATE", "REFUSE")  # the policy's three answers, in this order everywhere
 
 FALLBACK_MESSAGE = (
     "Sorry, I could not produce an answer this time. Please try again.\n"
     "申し訳ありません。今回は回答を作成できませんでした。もう一度お試しください。"
 )
-REFUSE_MESSAGE = (
-    "I can't help with this request.\n"
-    "申し訳ありませんが、このご依頼にはお応えできません。"
-)
+REFUSE_MESSAGE = "I can't help with this request.\n申し訳ありませんが、このご依頼にはお応えできません。"
 ESCALATE_MESSAGE = (
     "This question needs a qualified person (for example a doctor, pharmacist, lawyer or your security team), "
     "so I have not answered it automatically. If you or someone else is in danger, or you are thinking about "
@@ -118,6 +117,15 @@ def lex(raw: str) -> Iterator[Tok]:
         else:
             yield Tok("text", "<")
             i = j + 1
+
+
+def leaks_thinking(text: str) -> bool:
+    """True when ``text`` holds anything the lexer reads as a think tag (``<think-x>``, ``</ think``, ``<think``).
+
+    The one leak test of the package: the audit log refuses such a final text, the safety evaluation counts
+    them. It uses the same lexer as ``extract_final``, so a spelling that would open a think part is a leak.
+    """
+    return any(t.kind != "text" and t.name.startswith("think") for t in lex(text))
 
 
 class _Malformed(Exception):
@@ -239,6 +247,17 @@ def format_quad(observation: str, deduction: str, abduction: str, integration: s
     return f"{body}<{FINAL_TAG}>{final}</{FINAL_TAG}>"
 
 
+_QUAD_LAYOUT = re.compile(
+    "".join(rf"<think-{p}>[^<]*</think-{p}>" for p in THINK_PARTS) + rf"<{FINAL_TAG}>[^<]*</{FINAL_TAG}>"
+)
+
+
+def in_quad_layout(raw: str) -> bool:
+    """True when ``raw`` begins (after white space) with exactly ``format_quad``'s form: the four think parts in
+    order, then one final part, with no tag inside any of them. What follows the final part is not judged."""
+    return _QUAD_LAYOUT.match(raw.strip()) is not None
+
+
 def build_prompt(user_text: str, system: str | None = None) -> str:
     """A Phi-3 chat prompt asking for the quad layout.
 
@@ -248,7 +267,7 @@ def build_prompt(user_text: str, system: str | None = None) -> str:
     Args:
         user_text: the user's message (non-empty).
         system: system message; ``QUAD_SYSTEM`` when ``None``; ``""`` leaves the system turn out (the layout
-            of ``so8t_core.corpus.chat_turn``, which the project's own models are trained on).
+            of ``so8t_core.lm.corpus.chat_turn``, which the project's own models are trained on).
     Returns:
         ``<|system|>\\n…<|end|>\\n<|user|>\\n…<|end|>\\n<|assistant|>\\n``.
 
@@ -304,44 +323,36 @@ def generate_raw(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 
     enc = {k: v.to(device) for k, v in enc.items()}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
-                             eos_token_id=_stop_ids(tokenizer))
-    new = out[0, enc["input_ids"].shape[1]:]  # (new tokens,)
+        out = model.generate(
+            **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=_stop_ids(tokenizer)
+        )
+    new = out[0, enc["input_ids"].shape[1] :]  # (new tokens,)
     return _strip_special(tokenizer.decode(new, skip_special_tokens=False), tokenizer)
 
 
-def respond(model: Any, tokenizer: Any, prompt: str, heads: Any = None,
-            decide_fn: Callable[[str], str] | None = None, max_new_tokens: int = 128,
-            thresholds: Any = None) -> Response:
+def respond(
+    model: Any, tokenizer: Any, prompt: str, decide: Callable[[str], str], max_new_tokens: int = 128
+) -> Response:
     """Answer one prompt under the safety policy, letting out only the final part.
 
-    The decision comes from exactly one source: ``heads`` (a ``SafetyHeads``: pooled hidden states of
-    ``prompt`` -> head probabilities -> ``decide`` with ``thresholds``, default 0.5 / 0.5) or ``decide_fn``
-    (any callable prompt -> label, e.g. a baseline). REFUSE and ESCALATE return their fixed messages without
-    calling ``generate``; ALLOW generates greedily and passes the new text through ``extract_final``.
+    The decision comes from ``decide`` (prompt -> ``ALLOW``/``ESCALATE``/``REFUSE``): a baseline, safety heads
+    (``so8t_core.safety.heads.heads_decider``) or any combination; this module knows none of them. REFUSE and
+    ESCALATE return their fixed messages without calling ``generate``; ALLOW generates greedily and passes the
+    new text through ``extract_final``.
 
     Args:
         model, tokenizer: a causal LM and its tokenizer.
         prompt: the user's message.
-        heads: trained ``so8t_core.safety_heads.SafetyHeads`` or ``None``.
-        decide_fn: callable returning one of ``ALLOW``/``ESCALATE``/``REFUSE``, used when ``heads`` is ``None``.
+        decide: the decision source.
         max_new_tokens: generation budget for ALLOW.
-        thresholds: ``so8t_core.safety_heads.Thresholds`` for the heads.
     Returns:
         ``Response(final, decision, thinking_hash)``.
 
     Explained in notebooks/06_safety_eval.ipynb.
     """
-    from .safety_heads import LABELS, predict_with_heads
-
-    if (heads is None) == (decide_fn is None):
-        raise ValueError("respond: pass exactly one of heads= or decide_fn= (the policy must be explicit)")
-    if heads is not None:
-        decision = predict_with_heads(model, tokenizer, heads, [prompt], thresholds)[0][0]
-    else:
-        decision = decide_fn(prompt)
-    if decision not in LABELS:
-        raise ValueError(f"decision={decision!r}: must be one of {LABELS}")
+    decision = decide(prompt)
+    if decision not in DECISIONS:
+        raise ValueError(f"decision={decision!r}: must be one of {DECISIONS}")
     if decision == "REFUSE":
         return Response(REFUSE_MESSAGE, decision, None)
     if decision == "ESCALATE":

@@ -1,11 +1,41 @@
+"""Shared fixtures: isolated outputs, one tiny-LM factory, and automatic skips for GPU and Tesseract tests."""
+
+from __future__ import annotations
+
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``@pytest.mark.gpu`` tests skip themselves without CUDA; ``@pytest.mark.tesseract`` without Tesseract."""
+    import torch
+
+    no_cuda = pytest.mark.skip(reason="needs a CUDA device (the real check lives in bench/)")
+    no_tesseract = pytest.mark.skip(reason=tesseract_missing() or "")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_cuda)
+        if "tesseract" in item.keywords and tesseract_missing():
+            item.add_marker(no_tesseract)
+
+
+def tesseract_missing() -> str | None:
+    """Why OCR tests cannot run here (``make setup`` installs Tesseract with jpn+eng), or None when they can."""
+    if shutil.which("tesseract") is None:
+        return "tesseract is not installed (make setup installs tesseract-ocr)"
+    langs = subprocess.run(["tesseract", "--list-langs"], capture_output=True, text=True).stdout.split()
+    missing = [lang for lang in ("eng", "jpn") if lang not in langs]
+    return f"Tesseract language data missing: {missing} (make setup)" if missing else None
 
 
 @pytest.fixture
@@ -19,5 +49,67 @@ def isolated_outputs(tmp_path, monkeypatch):
 def run_module(module: str, *args: str, env_extra: dict | None = None, timeout: int = 900):
     """Run ``python -m module args`` from the repo root; returns the CompletedProcess."""
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@dataclass(frozen=True)
+class TinyLM:
+    """A tiny SentencePiece tokenizer, a random Phi-3 on it, and the folder both are saved in."""
+
+    model: Any
+    tok: Any
+    dir: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory) -> Callable[..., TinyLM]:
+    """The one tiny-LM factory of the suite: ``tiny_lm(texts, vocab_size=..., hidden=..., layers=..., heads=...)``.
+
+    The tokenizer is the project's own (``lm.base_model.train_tokenizer``: Phi-3 chat tokens and quad tags as
+    single pieces), the model ``lm.base_model.build_model`` on ``tiny_phi3_config``, saved with ``save_model``
+    like a real checkpoint. Built once per set of arguments per session; tests must not train it in place (use
+    ``copy.deepcopy`` or reload from ``.dir``).
+    """
+    from so8t_core.lm.base_model import MIN_VOCAB, build_model, special_ids, tiny_phi3_config, train_tokenizer
+    from so8t_core.lm.loading import save_model
+
+    cache: dict[tuple, TinyLM] = {}
+
+    def make(
+        texts: Sequence[str],
+        vocab_size: int = MIN_VOCAB,
+        hidden: int = 32,
+        layers: int = 1,
+        heads: int = 2,
+        seed: int = 0,
+        max_positions: int = 512,
+    ) -> TinyLM:
+        key = (tuple(texts), vocab_size, hidden, layers, heads, seed, max_positions)
+        if key not in cache:
+            d = tmp_path_factory.mktemp("tiny_lm")
+            tok = train_tokenizer(list(texts), d / "tok", vocab_size=vocab_size)
+            cfg = tiny_phi3_config(
+                len(tok),
+                hidden_size=hidden,
+                num_layers=layers,
+                num_heads=heads,
+                max_positions=max_positions,
+                **special_ids(tok),
+            )
+            model = build_model(cfg, seed=seed)
+            cache[key] = TinyLM(model, tok, save_model(model, tok, d / "model"))
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def corpus_tok(tmp_path_factory):
+    """``(tokenizer, corpus)``: the project's tokenizer trained on a small generated corpus (120 documents)."""
+    from so8t_core.lm.base_model import train_tokenizer
+    from so8t_core.lm.corpus import build_corpus
+
+    corpus = build_corpus(seed=0, n_docs=120, heldout_fraction=0.1)
+    return train_tokenizer(corpus.train, tmp_path_factory.mktemp("corpus_tok"), vocab_size=600), corpus

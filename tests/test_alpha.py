@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from so8t_core.alpha import GOLDEN_RATIO, AlphaGate, LinearSchedule, SigmoidSchedule, phase_status
+from so8t_core.config import GOLDEN_RATIO
+from so8t_core.gate.alpha import AlphaGate, LinearSchedule, SigmoidSchedule, phase_status
 
 
 def test_golden_ratio_value():
@@ -29,11 +30,20 @@ def test_sigmoid_schedule_endpoints_and_monotone():
     assert abs(s(200) - (-5.0 + GOLDEN_RATIO) / 2) < 0.2  # near the middle at the midpoint
 
 
-@pytest.mark.parametrize("alpha, phase", [
-    (-5.0, "stable"), (-3.0, "stable"), (math.log(0.05 / 0.95) - 1e-9, "stable"),
-    (math.log(0.05 / 0.95) + 1e-3, "transitioning"), (0.0, "transitioning"), (1.5, "transitioning"),
-    (1.618, "golden"), (GOLDEN_RATIO + 0.049, "golden"), (3.0, "transitioning"),
-])
+@pytest.mark.parametrize(
+    "alpha, phase",
+    [
+        (-5.0, "stable"),
+        (-3.0, "stable"),
+        (math.log(0.05 / 0.95) - 1e-9, "stable"),
+        (math.log(0.05 / 0.95) + 1e-3, "transitioning"),
+        (0.0, "transitioning"),
+        (1.5, "transitioning"),
+        (1.618, "golden"),
+        (GOLDEN_RATIO + 0.049, "golden"),
+        (3.0, "transitioning"),
+    ],
+)
 def test_phase_status(alpha, phase):
     assert phase_status(alpha) == phase
 
@@ -57,10 +67,13 @@ def test_gate_mix_and_modes():
     torch.testing.assert_close(learned.alpha.grad, (s * (1 - s) * rh.sum()))
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    (dict(mode="sometimes"), "mode='sometimes'"),
-    (dict(mode="scheduled"), "schedule=None"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(mode="sometimes"), "mode='sometimes'"),
+        (dict(mode="scheduled"), "schedule=None"),
+    ],
+)
 def test_gate_bad_arguments(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         AlphaGate(**kwargs)

@@ -16,15 +16,23 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from so8t_core.audit import (GENESIS, SCHEMA_VERSION, AuditConfig, AuditError, AuditLog, SchemaVersionError,
-                             canonical_json, doc_diff, row_hash)
+from so8t_core.ops.audit import (
+    GENESIS,
+    SCHEMA_VERSION,
+    AuditConfig,
+    AuditError,
+    AuditLog,
+    SchemaVersionError,
+    canonical_json,
+    doc_diff,
+    row_hash,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 H1 = hashlib.sha256(b"input").hexdigest()
@@ -33,8 +41,14 @@ DAY = 86400.0
 
 
 def _decide(log: AuditLog, i: int, **kw) -> int:
-    args = dict(request_id=f"req-{i}", decision="ALLOW", input_hash=H1, thinking_hash=H2,
-                final_text=f"answer {i}", model_id="tiny-phi3")
+    args = dict(
+        request_id=f"req-{i}",
+        decision="ALLOW",
+        input_hash=H1,
+        thinking_hash=H2,
+        final_text=f"answer {i}",
+        model_id="tiny-phi3",
+    )
     return log.log_decision(**{**args, **kw})
 
 
@@ -96,9 +110,25 @@ def test_row_hash_follows_the_documented_encoding(tmp_path):
     with AuditLog(tmp_path / "a.db", clock=lambda: 0.5) as log:
         _decide(log, 1, final_text="こんにちは", reason="r1")
         row = log.decision(1)
-    fields = {k: row[k] for k in ("id", "ts", "request_id", "decision", "reason", "input_hash", "thinking_hash",
-                                  "final_text", "policy_version", "contract_version", "model_id", "image_sha256",
-                                  "ocr_digest", "prev_hash")}
+    fields = {
+        k: row[k]
+        for k in (
+            "id",
+            "ts",
+            "request_id",
+            "decision",
+            "reason",
+            "input_hash",
+            "thinking_hash",
+            "final_text",
+            "policy_version",
+            "contract_version",
+            "model_id",
+            "image_sha256",
+            "ocr_digest",
+            "prev_hash",
+        )
+    }
     fields["table"] = "decisions"
     text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert "こんにちは" in text and row["ts"] == "1970-01-01T00:00:00.500000Z" and row["prev_hash"] == GENESIS
@@ -106,9 +136,11 @@ def test_row_hash_follows_the_documented_encoding(tmp_path):
 
 
 # ---- tampering -----------------------------------------------------------------------------------------------
-_COPY_COLS = ("ts, request_id, decision, reason, input_hash, thinking_hash, final_text, policy_version, "
-              "contract_version, model_id, image_sha256, ocr_digest, ocr_summary, ocr_nonce, ocr_purged_at, "
-              "prev_hash, row_hash")
+_COPY_COLS = (
+    "ts, request_id, decision, reason, input_hash, thinking_hash, final_text, policy_version, "
+    "contract_version, model_id, image_sha256, ocr_digest, ocr_summary, ocr_nonce, ocr_purged_at, "
+    "prev_hash, row_hash"
+)
 
 
 def _copy_row(src: int, dst: int) -> str:
@@ -121,15 +153,30 @@ TAMPER = {
     # a replayed copy of row 4 appended as id 8: its prev_hash points at row 3, not row 7
     "inserted_at_end": ([_copy_row(4, 8)], ("decisions", 8), "prev_hash"),
     # rows 5.. moved up by one and a copy of row 3 put in at id 5: the copy links to row 2, not row 4
-    "inserted_in_middle": (["UPDATE decisions SET id = -id WHERE id >= 5",
-                            "UPDATE decisions SET id = 1 - id WHERE id < 0",
-                            _copy_row(3, 5)],
-                           ("decisions", 5), "prev_hash"),
-    "reordered_pair": (["UPDATE decisions SET id = -1 WHERE id = 4", "UPDATE decisions SET id = 4 WHERE id = 5",
-                        "UPDATE decisions SET id = 5 WHERE id = -1"], ("decisions", 4), "reordered"),
+    "inserted_in_middle": (
+        [
+            "UPDATE decisions SET id = -id WHERE id >= 5",
+            "UPDATE decisions SET id = 1 - id WHERE id < 0",
+            _copy_row(3, 5),
+        ],
+        ("decisions", 5),
+        "prev_hash",
+    ),
+    "reordered_pair": (
+        [
+            "UPDATE decisions SET id = -1 WHERE id = 4",
+            "UPDATE decisions SET id = 4 WHERE id = 5",
+            "UPDATE decisions SET id = 5 WHERE id = -1",
+        ],
+        ("decisions", 4),
+        "reordered",
+    ),
     "policy_edited": (["UPDATE policy_state SET doc = '{\"refuse\":[]}' WHERE id = 1"], ("policy_state", 1), "edited"),
-    "ocr_summary_edited": (["UPDATE decisions SET ocr_summary = 'invoice, total 99 EUR' WHERE id = 6"],
-                           ("decisions", 6), "digest"),
+    "ocr_summary_edited": (
+        ["UPDATE decisions SET ocr_summary = 'invoice, total 99 EUR' WHERE id = 6"],
+        ("decisions", 6),
+        "digest",
+    ),
     "tail_cut": (["DELETE FROM decisions WHERE id = 7"], ("chain_head", 7), "cut off"),
 }
 
@@ -170,8 +217,10 @@ def test_anchor_catches_a_fully_rewritten_chain(tmp_path):
         row["final_text"] = "rewritten" if row["id"] == 4 else row["final_text"]
         row["prev_hash"] = prev or row["prev_hash"]
         prev = row_hash("decisions", row)
-        updates.append(f"UPDATE decisions SET final_text = '{row['final_text']}', prev_hash = '{row['prev_hash']}', "
-                       f"row_hash = '{prev}' WHERE id = {row['id']}")
+        updates.append(
+            f"UPDATE decisions SET final_text = '{row['final_text']}', prev_hash = '{row['prev_hash']}', "
+            f"row_hash = '{prev}' WHERE id = {row['id']}"
+        )
     _raw(path, *updates, f"UPDATE chain_head SET row_hash = '{prev}'")
     assert _verify(path).ok  # what a keyless chain cannot see...
     result = _verify(path, anchor=anchor)  # ...and what a copy of an old head does
@@ -181,9 +230,13 @@ def test_anchor_catches_a_fully_rewritten_chain(tmp_path):
 def test_triggers_refuse_plain_edits(tmp_path):
     path = _standard_log(tmp_path / "a.db")
     con = sqlite3.connect(path)
-    for sql in ("UPDATE decisions SET final_text = 'x' WHERE id = 3", "DELETE FROM decisions WHERE id = 3",
-                "UPDATE decisions SET ocr_summary = 'x' WHERE id = 6", "DELETE FROM policy_state",
-                "UPDATE identity_contract SET doc = '{}'"):
+    for sql in (
+        "UPDATE decisions SET final_text = 'x' WHERE id = 3",
+        "DELETE FROM decisions WHERE id = 3",
+        "UPDATE decisions SET ocr_summary = 'x' WHERE id = 6",
+        "DELETE FROM policy_state",
+        "UPDATE identity_contract SET doc = '{}'",
+    ):
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             con.execute(sql)
     con.close()
@@ -223,11 +276,20 @@ def test_policy_versions_and_hand_made_diffs(tmp_path):
         assert log.set_identity_contract({"name": "so8t"}) == 1  # its own numbering
         hist = log.policy_history()
         assert [h.version for h in hist] == [1, 2] and log.policy().doc == v2
-        assert hist[0].diff == {"added": {"/a": 1, "/b": {"c": 2, "d": 3}, "/e": [1], "/flag": 1},
-                                "removed": {}, "changed": {}}
-        assert hist[1].diff == {"added": {"/f~1g": "x"}, "removed": {"/b/d": 3},
-                                "changed": {"/b/c": {"old": 2, "new": 5}, "/e": {"old": [1], "new": [1, 2]},
-                                            "/flag": {"old": 1, "new": True}}}
+        assert hist[0].diff == {
+            "added": {"/a": 1, "/b": {"c": 2, "d": 3}, "/e": [1], "/flag": 1},
+            "removed": {},
+            "changed": {},
+        }
+        assert hist[1].diff == {
+            "added": {"/f~1g": "x"},
+            "removed": {"/b/d": 3},
+            "changed": {
+                "/b/c": {"old": 2, "new": 5},
+                "/e": {"old": [1], "new": [1, 2]},
+                "/flag": {"old": 1, "new": True},
+            },
+        }
         row = log.decision(_decide(log, 0))
         assert (row["policy_version"], row["contract_version"]) == (2, 1)  # defaults: the versions in force
         assert log.decision(_decide(log, 1, policy_version=1))["policy_version"] == 1
@@ -248,9 +310,11 @@ def _apply(doc: dict, diff: dict) -> dict:
     return out
 
 
-_json = st.recursive(st.none() | st.booleans() | st.integers(-3, 3) | st.text(max_size=3),
-                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text("ab/~", max_size=2), inner,
-                                                                                  max_size=3), max_leaves=8)
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 3) | st.text(max_size=3),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text("ab/~", max_size=2), inner, max_size=3),
+    max_leaves=8,
+)
 _docs = st.dictionaries(st.text("ab/~", max_size=2), _json, max_size=4)
 
 
@@ -265,7 +329,7 @@ def test_diff_applied_to_the_old_doc_gives_the_new_one(old, new):
 # ---- concurrency and crashes ---------------------------------------------------------------------------------
 WRITER = r"""
 import hashlib, sys
-from so8t_core.audit import AuditLog
+from so8t_core.ops.audit import AuditLog
 path, n, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 h = hashlib.sha256(tag.encode()).hexdigest()
 with AuditLog(path) as log:
@@ -282,8 +346,14 @@ with AuditLog(path) as log:
 
 def _writer(path: Path, n: int, tag: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(n), tag], env=env, text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path), str(n), tag],
+        env=env,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _stored(path: Path) -> dict[int, str]:
@@ -375,10 +445,15 @@ def test_log_decision_rejects_bad_field(tmp_path, field):
         assert secret not in str(e.value)
 
 
-@pytest.mark.parametrize("call, arg, field", [
-    ("set_policy", [1], "doc"), ("set_identity_contract", {"x": float("nan")}, "doc"),
-    ("purge", -1, "older_than_days"), ("purge", float("inf"), "older_than_days"),
-])
+@pytest.mark.parametrize(
+    "call, arg, field",
+    [
+        ("set_policy", [1], "doc"),
+        ("set_identity_contract", {"x": float("nan")}, "doc"),
+        ("purge", -1, "older_than_days"),
+        ("purge", float("inf"), "older_than_days"),
+    ],
+)
 def test_other_calls_reject_bad_input(tmp_path, call, arg, field):
     with AuditLog(tmp_path / "a.db") as log:
         with pytest.raises(ValueError, match=f"^{field}"):

@@ -10,9 +10,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from so8t_core import base_model, config, loading
+from so8t_core import config
 from so8t_core.config import BaseModelConfig
-from so8t_core.base_model import (
+from so8t_core.lm import base_model, loading
+from so8t_core.lm.base_model import (
     build_model,
     encode_documents,
     lr_at,
@@ -24,15 +25,27 @@ from so8t_core.base_model import (
     train_tokenizer,
     unigram_perplexity,
 )
-from so8t_core.corpus import build_corpus
-from so8t_core.loading import load_model_and_tokenizer, read_model_ref, resolve_base, save_model, write_model_ref
-from so8t_core.lora import LoraSettings, apply_lora
+from so8t_core.lm.corpus import build_corpus
+from so8t_core.lm.loading import load_model_and_tokenizer, read_model_ref, resolve_base, save_model, write_model_ref
+from so8t_core.lm.lora import LoraSettings, apply_lora
 
 # written out here rather than imported, so a renamed or dropped token fails the test
 SPECIALS = [
-    "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>",
-    "<think-observation>", "</think-observation>", "<think-deduction>", "</think-deduction>",
-    "<think-abduction>", "</think-abduction>", "<think-integration>", "</think-integration>", "<final>", "</final>",
+    "<|endoftext|>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|end|>",
+    "<think-observation>",
+    "</think-observation>",
+    "<think-deduction>",
+    "</think-deduction>",
+    "<think-abduction>",
+    "</think-abduction>",
+    "<think-integration>",
+    "</think-integration>",
+    "<final>",
+    "</final>",
 ]
 JAPANESE = ["空の色は青です。", "太郎はりんごを3個持っています。", "月曜日の次は火曜日です。\n3 + 4 = 7です。"]
 
@@ -175,7 +188,6 @@ def test_4bit_without_cuda_says_it_needs_a_gpu(saved):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_4bit_loads_nf4_and_prepares_for_training(saved):
     import bitsandbytes as bnb
 

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from so8t_core.corpus import Corpus, build_corpus, chat_turn, generate_documents, load_text_files, split_documents
+from so8t_core.lm.corpus import Corpus, build_corpus, chat_turn, generate_documents, load_text_files, split_documents
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,17 @@ def test_chat_turn_prompt_is_the_reply_prefix():
     assert chat_turn("hi", "yo") == "<|user|>\nhi<|end|>\n<|assistant|>\nyo<|end|>"
 
 
-OPS = {"+": operator.add, "-": operator.sub, "×": operator.mul, "plus": operator.add, "minus": operator.sub,
-       "times": operator.mul, "たす": operator.add, "ひく": operator.sub, "かける": operator.mul}
+OPS = {
+    "+": operator.add,
+    "-": operator.sub,
+    "×": operator.mul,
+    "plus": operator.add,
+    "minus": operator.sub,
+    "times": operator.mul,
+    "たす": operator.add,
+    "ひく": operator.sub,
+    "かける": operator.mul,
+}
 EQUATIONS = (
     re.compile(r"(\d+) ([+\-×]) (\d+) = (\d+)"),
     re.compile(r"(\d+) (plus|minus|times) (\d+) is (\d+)"),

@@ -11,32 +11,46 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from so8t_core import fusion
-from so8t_core.base_model import train_tokenizer
-from so8t_core.corpus import build_corpus
-from so8t_core.fusion import (
-    FusionError, card_info, causal_logits, compare_logits, fuse_soul_into_lm_head, fused_head_weight, is_tied,
-    load_soul_folder, save_fused, tiny_tied_llama,
+from so8t_core.export import fusion
+from so8t_core.export.fusion import (
+    FusionError,
+    card_info,
+    causal_logits,
+    compare_logits,
+    fuse_soul_into_lm_head,
+    fused_head_weight,
+    is_tied,
+    load_soul_folder,
+    save_fused,
+    tiny_tied_llama,
 )
-from so8t_core.loading import save_model
-from so8t_core.rotation import ComposedSO8Rotation
-from so8t_core.soul import SoulConfig, SoulWrapper
+from so8t_core.gate.rotation import ComposedSO8Rotation
+from so8t_core.gate.soul import SoulConfig, SoulWrapper
+from so8t_core.lm.loading import save_model
 
 H = 32
 SPECIAL = {"bos_token_id": 1, "eos_token_id": 3, "pad_token_id": 3}  # <|endoftext|> pads, as in base_model
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    corpus = build_corpus(seed=0, n_docs=120, heldout_fraction=0.1)
-    return train_tokenizer(corpus.train, tmp_path_factory.mktemp("tok"), vocab_size=600)
+def tok(corpus_tok):
+    return corpus_tok[0]
 
 
 def phi3_untied(vocab: int, hidden: int = H, seed: int = 0):
     torch.manual_seed(seed)
-    cfg = Phi3Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                     num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
-                     initializer_range=0.2, tie_word_embeddings=False, **SPECIAL)
+    cfg = Phi3Config(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        initializer_range=0.2,
+        tie_word_embeddings=False,
+        **SPECIAL,
+    )
     return Phi3ForCausalLM(cfg).eval()
 
 
@@ -46,22 +60,35 @@ def llama_tied(vocab: int, hidden: int = H, seed: int = 0):
 
 def qwen2_tied(vocab: int, hidden: int = H, seed: int = 0):
     torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
-                      initializer_range=0.2, tie_word_embeddings=True, **SPECIAL)
+    cfg = Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+        initializer_range=0.2,
+        tie_word_embeddings=True,
+        **SPECIAL,
+    )
     return Qwen2ForCausalLM(cfg).eval()
 
 
 ARCHS = {"phi3_untied": (phi3_untied, False), "llama_tied": (llama_tied, True), "qwen2_tied": (qwen2_tied, True)}
-LORA_TARGETS = {"phi3_untied": ["qkv_proj", "down_proj"], "llama_tied": ["q_proj", "v_proj", "down_proj"],
-                "qwen2_tied": ["q_proj", "v_proj", "down_proj"]}
+LORA_TARGETS = {
+    "phi3_untied": ["qkv_proj", "down_proj"],
+    "llama_tied": ["q_proj", "v_proj", "down_proj"],
+    "qwen2_tied": ["q_proj", "v_proj", "down_proj"],
+}
 
 
 def with_soul(model, lora_targets=None, alpha: float = 0.9, seed: int = 1) -> SoulWrapper:
     if lora_targets:
         torch.manual_seed(seed)  # init_lora_weights=False: B is random too, so the merge changes the weights
-        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=lora_targets,
-                                                 init_lora_weights=False))
+        model = get_peft_model(
+            model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=lora_targets, init_lora_weights=False)
+        )
     torch.manual_seed(seed)
     cfg = SoulConfig(hidden_size=H, init_std=0.3, alpha_mode="fixed", alpha_start=alpha)
     return SoulWrapper.build(model, cfg).eval()
@@ -174,6 +201,7 @@ def test_nan_in_lora_raises_fusion_error(tok):
     with pytest.raises(FusionError, match="merging LoRA failed"):
         fuse_soul_into_lm_head(w.model, w, *prompts(len(tok)))
 
+
 def test_soul_of_another_hidden_size_is_refused(tok):
     model = phi3_untied(len(tok), hidden=64)
     w = with_soul(phi3_untied(len(tok)))  # H = 32
@@ -193,7 +221,8 @@ def test_saved_folder_reloads_untied_with_the_same_logits(arch, tok, tmp_path):
     parity = compare_logits(causal_logits(w, ids, mask), causal_logits(fused, ids, mask), mask)
     out = save_fused(fused, tok, tmp_path / "fused", card_info(w, "tiny", parity, is_tied(model)), ids, mask)
     assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.model", "README.md"} <= {
-        p.name for p in out.iterdir()}
+        p.name for p in out.iterdir()
+    }
     assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
     assert json.loads((out / "config.json").read_text())["architectures"] == [type(model).__name__]
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
@@ -214,6 +243,7 @@ def test_verify_saved_refuses_a_folder_that_would_re_tie(tok, tmp_path):
     (out / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
     with pytest.raises(FusionError, match="tie_word_embeddings"):
         fusion.verify_saved(out, fused, ids, mask)
+
 
 def test_existing_output_is_refused_unless_overwrite(tok, tmp_path):
     model = phi3_untied(len(tok))
@@ -275,8 +305,10 @@ def test_soul_folder_of_another_hidden_size_is_refused(base_and_soul, tok, tmp_p
     (soul_dir / "adapter_config.json").unlink()  # the soul alone: the size check must still fire
     with pytest.raises(ValueError, match="soul hidden_size=32.*model hidden size is 64"):
         load_soul_folder(wide, soul_dir)
-    save_file({"r_cmd.generators": torch.zeros(2, 28), "r_safe.generators": torch.zeros(4, 28),
-               "alpha": torch.zeros(1)}, soul_dir / "soul.safetensors")
+    save_file(
+        {"r_cmd.generators": torch.zeros(2, 28), "r_safe.generators": torch.zeros(4, 28), "alpha": torch.zeros(1)},
+        soul_dir / "soul.safetensors",
+    )
     with pytest.raises(ValueError, match="r_cmd.generators.shape"):
         load_soul_folder(tmp_path / "base", soul_dir)
 
@@ -295,8 +327,8 @@ def test_quantised_path_fuses_a_full_precision_reload_and_measures_the_gap(base_
     gap = out["qlora_gap"]
     assert 1e-4 < gap["max_abs_diff"] < 1.0  # bf16 rounding shows, but the models agree
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (bitsandbytes NF4); notebook 04 measures the gap on a GPU")
+
+@pytest.mark.gpu  # bitsandbytes NF4; notebook 04 measures the gap on a GPU
 def test_4bit_soul_is_fused_on_a_full_precision_reload(base_and_soul, tok):
     base, soul_dir, _ = base_and_soul
     ids, mask = prompts(len(tok))

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from so8t_core import gguf, latency
-from so8t_core.base_model import encode_documents, train_tokenizer
-from so8t_core.corpus import build_corpus
-from so8t_core.fusion import fuse_soul_into_lm_head, save_fused, tiny_tied_llama
-from so8t_core.latency import interleaved_tokens_per_second, speed_ratio
-from so8t_core.loading import save_model
-from so8t_core.soul import SoulConfig, SoulWrapper
+from so8t_core import timing
+from so8t_core.export import gguf
+from so8t_core.export.fusion import fuse_soul_into_lm_head, save_fused, tiny_tied_llama
+from so8t_core.export.latency import interleaved_tokens_per_second, speed_ratio
+from so8t_core.gate.soul import SoulConfig, SoulWrapper
+from so8t_core.lm.base_model import encode_documents
+from so8t_core.lm.loading import save_model
 
 MISSING = gguf.missing_setup()
 needs_llama_cpp = pytest.mark.skipif(MISSING is not None, reason=f"{MISSING} (make setup installs it)")
@@ -83,7 +83,7 @@ def test_interleaving_alternates_the_order_and_ratio_is_other_over_base():
 
 def test_each_sample_repeats_a_short_run_until_it_lasts_min_seconds(monkeypatch):
     clock = {"now": 0.0}
-    monkeypatch.setattr(latency.time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock["now"])
     calls = {"a": 0, "b": 0}
 
     def run(name, seconds):
@@ -91,6 +91,7 @@ def test_each_sample_repeats_a_short_run_until_it_lasts_min_seconds(monkeypatch)
             calls[name] += 1
             clock["now"] += seconds
             return 1
+
         return f
 
     a, b = 2.0**-9, 2.0**-8  # binary fractions: the fake clock's sums stay exact
@@ -103,9 +104,8 @@ def test_each_sample_repeats_a_short_run_until_it_lasts_min_seconds(monkeypatch)
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    corpus = build_corpus(seed=0, n_docs=120, heldout_fraction=0.1)
-    return train_tokenizer(corpus.train, tmp_path_factory.mktemp("tok"), vocab_size=600), corpus
+def tok(corpus_tok):
+    return corpus_tok
 
 
 def rows_of(tok, texts, n=4, T=40):
@@ -122,7 +122,7 @@ def fused_folder(model, tok, out, H):
 
 @pytest.fixture(scope="module")
 def phi3_gguf(tok, tmp_path_factory):
-    from so8t_core.base_model import build_model, special_ids, tiny_phi3_config
+    from so8t_core.lm.base_model import build_model, special_ids, tiny_phi3_config
 
     t, corpus = tok
     cfg = tiny_phi3_config(len(t), hidden_size=32, num_layers=2, num_heads=2, max_positions=128, **special_ids(t))

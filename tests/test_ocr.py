@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import io
-import shutil
 import struct
 import zlib
 
 import numpy as np
-import pytest
 import pytesseract
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from so8t_core import ocr
-from so8t_core.ocr import (
+from so8t_core.ops import ocr
+from so8t_core.ops.ocr import (
     ImageTooLargeError,
     InvalidImageError,
     LanguageMissingError,
@@ -29,22 +28,19 @@ from so8t_core.ocr import (
     load_gray,
     ocr_summary,
     preprocess,
-    summarize,
 )
-from so8t_core.ocr_eval import (
+from so8t_core.ops.ocr_eval import (
     KINDS,
     EvalSample,
     cer_table,
     character_error_rate,
     levenshtein,
-    normalize_text,
     render_eval_set,
     render_line,
     rotate_image,
 )
+from so8t_core.text import normalize_text, summarize
 
-needs_tesseract = pytest.mark.skipif(shutil.which("tesseract") is None,
-                                     reason="tesseract not installed: run `make setup`")
 EN_LINE = "The quick brown fox reads 1234 letters"
 JA_LINE = "東京の図書館で新聞を読みます。"
 
@@ -56,29 +52,45 @@ def _png(a: np.ndarray) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------- CER
-@pytest.mark.parametrize("ref, hyp, want", [
-    ("kitten", "sitting", 3 / 6),  # k→s, e→i, +g
-    ("abc", "abc", 0.0),
-    ("abc", "", 1.0),  # three deletions / three characters
-    ("", "ab", 2.0),  # empty reference divides by 1
-    ("flaw", "lawn", 2 / 4),  # -f, +n
-    ("a  b\n c", "a b c", 0.0),  # whitespace runs collapse
-    ("日本語です", "日 本 語 で す", 0.0),  # spaces next to CJK characters are dropped
-    ("ABC 12", "ＡＢＣ　１２", 0.0),  # NFKC: full-width Latin and ideographic space
-    ("東京都", "京都", 1 / 3),
-    ("ab cd", "abcd", 1 / 5),  # a lost Latin word space counts
-])
+@pytest.mark.parametrize(
+    "ref, hyp, want",
+    [
+        ("kitten", "sitting", 3 / 6),  # k→s, e→i, +g
+        ("abc", "abc", 0.0),
+        ("abc", "", 1.0),  # three deletions / three characters
+        ("", "ab", 2.0),  # empty reference divides by 1
+        ("flaw", "lawn", 2 / 4),  # -f, +n
+        ("a  b\n c", "a b c", 0.0),  # whitespace runs collapse
+        ("日本語です", "日 本 語 で す", 0.0),  # spaces next to CJK characters are dropped
+        ("ABC 12", "ＡＢＣ　１２", 0.0),  # NFKC: full-width Latin and ideographic space
+        ("東京都", "京都", 1 / 3),
+        ("ab cd", "abcd", 1 / 5),  # a lost Latin word space counts
+    ],
+)
 def test_cer_hand_computed(ref: str, hyp: str, want: float) -> None:
     assert character_error_rate(ref, hyp) == pytest.approx(want)
 
 
 def test_cer_table_micro_averages_each_group() -> None:
     blank = np.zeros((1, 1), np.uint8)
-    samples = [EvalSample(blank, "abcd", "clean", "en", 0.0), EvalSample(blank, "日本", "clean", "ja", 0.0),
-               EvalSample(blank, "xy", "noisy", "en", 0.0)]
+    samples = [
+        EvalSample(blank, "abcd", "clean", "en", 0.0),
+        EvalSample(blank, "日本", "clean", "ja", 0.0),
+        EvalSample(blank, "xy", "noisy", "en", 0.0),
+    ]
     table = cer_table(samples, ["abXd", "日本", ""])  # 1, 0 and 2 edits over 4, 2 and 2 characters
-    assert table == pytest.approx({"clean": 1 / 6, "noisy": 1.0, "en": 3 / 6, "ja": 0.0, "clean/en": 1 / 4,
-                                   "clean/ja": 0.0, "noisy/en": 1.0, "all": 3 / 8})
+    assert table == pytest.approx(
+        {
+            "clean": 1 / 6,
+            "noisy": 1.0,
+            "en": 3 / 6,
+            "ja": 0.0,
+            "clean/en": 1 / 4,
+            "clean/ja": 0.0,
+            "noisy/en": 1.0,
+            "all": 3 / 8,
+        }
+    )
     assert list(table)[:2] == ["clean", "noisy"] and list(table)[-1] == "all"
 
 
@@ -166,18 +178,21 @@ def test_preprocess_denoises_before_measuring() -> None:
 
 
 # ------------------------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("bad", [
-    b"definitely not an image",
-    b"",
-    bytearray(b"\x89PNG\r\n\x1a\n"),  # a PNG signature and nothing else
-    np.zeros((0, 10), np.uint8),
-    np.zeros((10, 0, 3), np.uint8),
-    np.zeros((4, 4, 5), np.uint8),  # five channels
-    np.full((4, 4), np.nan, np.float32),
-    np.zeros(7, np.uint8),  # 1-D
-    [[0, 255], [255, 0]],  # a list, not an array
-    "/nonexistent/dir/page.png",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"definitely not an image",
+        b"",
+        bytearray(b"\x89PNG\r\n\x1a\n"),  # a PNG signature and nothing else
+        np.zeros((0, 10), np.uint8),
+        np.zeros((10, 0, 3), np.uint8),
+        np.zeros((4, 4, 5), np.uint8),  # five channels
+        np.full((4, 4), np.nan, np.float32),
+        np.zeros(7, np.uint8),  # 1-D
+        [[0, 255], [255, 0]],  # a list, not an array
+        "/nonexistent/dir/page.png",
+    ],
+)
 def test_bad_input_raises_invalid_image(bad: object) -> None:
     with pytest.raises(InvalidImageError):
         load_gray(bad)
@@ -199,8 +214,9 @@ def _chunk(kind: bytes, body: bytes) -> bytes:
 def _png_header_only(width: int, height: int) -> bytes:
     # A PNG whose IHDR announces a huge greyscale image but whose IDAT holds a few bytes: a bomb's header.
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b"")
+    )
 
 
 def test_zero_size_header_is_invalid() -> None:
@@ -230,14 +246,17 @@ def test_huge_jpeg_is_decoded_at_reduced_scale() -> None:
     assert load_gray(buf.getvalue(), OCRConfig(max_pixels=500_000))[0].shape == (1000, 1000)
 
 
-@pytest.mark.parametrize("convert", [
-    lambda g: g.astype(np.uint16) * 257,  # 16-bit
-    lambda g: g.astype(np.float32) / 255,  # float in [0, 1]
-    lambda g: g.astype(np.float64),  # float in [0, 255]
-    lambda g: np.repeat(g[..., None], 3, axis=2),  # RGB
-    lambda g: g[..., None],  # (H, W, 1)
-    lambda g: g.astype(np.int32),
-])
+@pytest.mark.parametrize(
+    "convert",
+    [
+        lambda g: g.astype(np.uint16) * 257,  # 16-bit
+        lambda g: g.astype(np.float32) / 255,  # float in [0, 1]
+        lambda g: g.astype(np.float64),  # float in [0, 255]
+        lambda g: np.repeat(g[..., None], 3, axis=2),  # RGB
+        lambda g: g[..., None],  # (H, W, 1)
+        lambda g: g.astype(np.int32),
+    ],
+)
 def test_array_dtypes_and_layouts_give_the_same_grey(convert) -> None:
     g = np.arange(0, 256, dtype=np.uint8).reshape(16, 16)
     assert np.abs(load_gray(convert(g))[0].astype(int) - g).max() <= 1
@@ -297,19 +316,23 @@ def test_words_lines_and_confidence_from_tesseract_data(monkeypatch) -> None:
     assert confs == [90, 70, 80, 60]
 
 
-@pytest.mark.parametrize("raised, match", [
-    (pytesseract.TesseractError(1, "Error in pixReadMem"), "status 1"),
-    (RuntimeError("Tesseract process timeout"), "timeout_s=5.0"),
-])
+@pytest.mark.parametrize(
+    "raised, match",
+    [
+        (pytesseract.TesseractError(1, "Error in pixReadMem"), "status 1"),
+        (RuntimeError("Tesseract process timeout"), "timeout_s=5.0"),
+    ],
+)
 def test_tesseract_failures_are_typed(monkeypatch, raised: Exception, match: str) -> None:
     def fail(*args, **kwargs):
         raise raised
+
     monkeypatch.setattr(pytesseract, "image_to_data", fail)
     with pytest.raises(TesseractFailedError, match=match):
         ocr.run_tesseract(np.zeros((4, 4), np.uint8), "eng", 7, 5.0)
 
 
-@needs_tesseract
+@pytest.mark.tesseract
 def test_missing_language_names_the_package() -> None:
     with pytest.raises(LanguageMissingError, match=r"tesseract-ocr-xyz.*make setup"):
         ocr_summary(render_line("abc", 20), lang="eng+xyz")
@@ -317,7 +340,7 @@ def test_missing_language_names_the_package() -> None:
         ocr_summary(render_line("abc", 20), lang="eng; rm -rf /")
 
 
-@needs_tesseract
+@pytest.mark.tesseract
 @pytest.mark.parametrize("text, px", [(EN_LINE, 32), (JA_LINE, 32), (JA_LINE, 11)])
 def test_clean_line_reads_back(text: str, px: int) -> None:
     image = render_line(text, px)
@@ -328,7 +351,7 @@ def test_clean_line_reads_back(text: str, px: int) -> None:
     assert result.image_sha256 == load_gray(image)[1]
 
 
-@needs_tesseract
+@pytest.mark.tesseract
 def test_two_lines_are_read_as_a_block() -> None:
     a, b = render_line(EN_LINE, 30), render_line(JA_LINE, 30)
     width = max(a.shape[1], b.shape[1])
@@ -339,14 +362,14 @@ def test_two_lines_are_read_as_a_block() -> None:
     assert character_error_rate(EN_LINE + " " + JA_LINE, result.text) <= 0.05, result.text
 
 
-@needs_tesseract
+@pytest.mark.tesseract
 @pytest.mark.parametrize("shape, value", [((50, 200), 255), ((50, 200), 0), ((1, 1), 0)])
 def test_blank_page_reads_as_no_text(shape: tuple[int, int], value: int) -> None:
     result = ocr_summary(np.full(shape, value, np.uint8))
     assert (result.text, result.summary, result.n_words, result.mean_confidence) == ("", "", 0, 0.0)
 
 
-@needs_tesseract
+@pytest.mark.tesseract
 def test_rotated_line_is_recovered_by_deskew() -> None:
     image = rotate_image(render_line(JA_LINE, 32), -7.0)
     result = ocr_summary(image)
@@ -354,7 +377,7 @@ def test_rotated_line_is_recovered_by_deskew() -> None:
     assert character_error_rate(JA_LINE, result.text) <= 0.1, result.text
 
 
-@needs_tesseract
+@pytest.mark.tesseract
 def test_bytes_path_and_inverted_input_read_the_same(tmp_path) -> None:
     image = render_line(EN_LINE, 28)
     (tmp_path / "line.png").write_bytes(_png(image))
@@ -364,7 +387,7 @@ def test_bytes_path_and_inverted_input_read_the_same(tmp_path) -> None:
     assert character_error_rate(EN_LINE, from_path.text) <= 0.05
 
 
-@needs_tesseract
+@pytest.mark.tesseract
 def test_noisy_line_is_denoised() -> None:
     rng = np.random.default_rng(1)
     clean = render_line(EN_LINE, 32).astype(np.float32)

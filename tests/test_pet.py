@@ -2,9 +2,10 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from so8t_core.pet import PETSchedule, pet_loss
+from so8t_core.gate.pet import PETSchedule, pet_loss
 
 
 @settings(max_examples=40, deadline=None)

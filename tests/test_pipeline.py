@@ -8,8 +8,13 @@ from tests.conftest import run_module
 
 def test_parse_overrides_types_and_stage_prefix():
     got = pipeline.parse_overrides(["steps=10", "03.lr=1e-3", "name=abc", "flag=true", "x=2.5"])
-    assert got == [(None, "steps", 10), ("03", "lr", 0.001), (None, "name", "abc"), (None, "flag", True),
-                   (None, "x", 2.5)]
+    assert got == [
+        (None, "steps", 10),
+        ("03", "lr", 0.001),
+        (None, "name", "abc"),
+        (None, "flag", True),
+        (None, "x", 2.5),
+    ]
     for bad in ("steps", "=3", "3bad=1"):
         with pytest.raises(ValueError, match="-p"):
             pipeline.parse_overrides([bad])
@@ -84,7 +89,12 @@ def test_smoke_pipeline_model_stages_00_03_04_05_06(isolated_outputs):
     assert (art / "04_fusion_and_gguf" / "fused" / "config.json").exists()
     assert (art / "04_fusion_and_gguf" / "manifest.json").exists()
     m5 = json.loads((art / "05_visual_adapter" / "metrics.json").read_text())
-    assert m5["frozen_lm_unchanged"] and {"visual_weighted", "visual_attention", "text_only_blind_weighted", "text_only_blind_attention"} <= set(m5["results"])
+    assert m5["frozen_lm_unchanged"] and {
+        "visual_weighted",
+        "visual_attention",
+        "text_only_blind_weighted",
+        "text_only_blind_attention",
+    } <= set(m5["results"])
     assert (art / "05_visual_adapter" / "visual_weighted" / "visual.safetensors").exists()
     assert (art / "05_visual_adapter" / "manifest.json").exists()
     m6 = json.loads((art / "06_safety_eval" / "metrics.json").read_text())

@@ -2,7 +2,6 @@
 
 import ast
 import re
-from pathlib import Path
 
 import nbformat
 import pytest
@@ -25,6 +24,7 @@ def test_notebook_is_clean_and_parametrised(path):
         ast.literal_eval(node.value)
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "strip outputs"
     assert f'Stage("{path.stem}"' in "".join(c.source for c in code), "writes its own artifact folder"
+    assert ".from_namespace(globals())" in code[1].source, "the cell after parameters builds the stage config"
 
 
 def _pins_pyproject() -> dict[str, str]:
@@ -76,10 +76,15 @@ def test_stage_applies_and_logs_torch_threads(isolated_outputs):
 def _stage_configs() -> dict:
     from so8t_core import config
 
-    return {"00_base_model": config.BaseModelConfig, "01_so8_rotation_math": config.RotationMathConfig,
-            "02_alpha_annealing": config.AlphaStageConfig, "03_soul_injection": config.SoulStageConfig,
-            "04_fusion_and_gguf": config.FusionStageConfig, "05_visual_adapter": config.VisualStageConfig,
-            "06_safety_eval": config.SafetyEvalStageConfig}
+    return {
+        "00_base_model": config.BaseModelConfig,
+        "01_so8_rotation_math": config.RotationMathConfig,
+        "02_alpha_annealing": config.AlphaStageConfig,
+        "03_soul_injection": config.SoulStageConfig,
+        "04_fusion_and_gguf": config.FusionStageConfig,
+        "05_visual_adapter": config.VisualStageConfig,
+        "06_safety_eval": config.SafetyEvalStageConfig,
+    }
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

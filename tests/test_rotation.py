@@ -2,11 +2,23 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from so8t_core.rotation import (
-    BlockSO8Rotation, ComposedSO8Rotation, cayley, commutator_norm, determinants, eigen_angles,
-    inverse_cayley, orthogonality_error, rotate_blocks, rotation_from_skew, skew, so8_basis, unskew,
+from so8t_core.gate.rotation import (
+    BlockSO8Rotation,
+    ComposedSO8Rotation,
+    cayley,
+    commutator_norm,
+    determinants,
+    eigen_angles,
+    inverse_cayley,
+    orthogonality_error,
+    rotate_blocks,
+    rotation_from_skew,
+    skew,
+    so8_basis,
+    unskew,
 )
 
 MAPS = ("cayley", "exp")
@@ -115,12 +127,15 @@ def test_composition_order_is_cmd_after_safe():
     assert (gate(h) - swapped).abs().max() > 1e-3  # order matters
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    (dict(hidden_size=30), "hidden_size=30"),
-    (dict(hidden_size=0), "hidden_size=0"),
-    (dict(hidden_size=16, map="qr"), "map='qr'"),
-    (dict(hidden_size=16, init_std=-1.0), "init_std=-1.0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(hidden_size=30), "hidden_size=30"),
+        (dict(hidden_size=0), "hidden_size=0"),
+        (dict(hidden_size=16, map="qr"), "map='qr'"),
+        (dict(hidden_size=16, init_std=-1.0), "init_std=-1.0"),
+    ],
+)
 def test_bad_arguments_name_the_value(kwargs, needle):
     with pytest.raises(ValueError, match=needle.replace("(", r"\(")):
         BlockSO8Rotation(**kwargs)

@@ -26,13 +26,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import so8t_core.think as think_mod
-from so8t_core import serve
-from so8t_core.audit import AuditLog
-from so8t_core.base_model import MIN_VOCAB, build_model, special_ids, tiny_phi3_config, train_tokenizer
-from so8t_core.loading import load_model_and_tokenizer, save_model
-from so8t_core.ocr import ImageTooLargeError, InvalidImageError, TesseractFailedError, TesseractMissingError
-from so8t_core.think import (ESCALATE_MESSAGE, QUAD_SYSTEM, REFUSE_MESSAGE, THINK_PARTS, extract_final,
-                             format_quad, generate_raw)
+from so8t_core.lm.loading import load_model_and_tokenizer
+from so8t_core.ops import answer, models, server
+from so8t_core.ops.audit import AuditLog
+from so8t_core.ops.ocr import ImageTooLargeError, InvalidImageError, TesseractFailedError, TesseractMissingError
+from so8t_core.think import (
+    ESCALATE_MESSAGE,
+    QUAD_SYSTEM,
+    REFUSE_MESSAGE,
+    THINK_PARTS,
+    extract_final,
+    format_quad,
+    generate_raw,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 NO_THINKING = hashlib.sha256(b"[]").hexdigest()  # think.thinking_hash's documented form of "no thinking"
@@ -41,19 +47,16 @@ QUAD = format_quad("SECRETOBS", "SECRETDED", "SECRETABD", "SECRETINT", "hello wo
 
 def hand_input_hash(prompt: str, image_sha: str | None) -> str:
     image = "null" if image_sha is None else f'"{image_sha}"'
-    return hashlib.sha256(f'{{"image_sha256":{image},"prompt":{json.dumps(prompt, ensure_ascii=False)}}}'
-                          .encode()).hexdigest()
+    return hashlib.sha256(
+        f'{{"image_sha256":{image},"prompt":{json.dumps(prompt, ensure_ascii=False)}}}'.encode()
+    ).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    """A tiny SentencePiece tokenizer and a random 1-layer Phi-3, saved as one HF folder."""
-    d = tmp_path_factory.mktemp("serve")
-    lines = [QUAD, QUAD_SYSTEM, "hello world how are you today", "the cat sat on the mat"] * 20
-    tok = train_tokenizer(lines, d / "tok", vocab_size=MIN_VOCAB)
-    model = build_model(tiny_phi3_config(len(tok), hidden_size=32, num_layers=1, num_heads=2, **special_ids(tok)))
-    return save_model(model, tok, d / "model")
+def tiny_dir(tiny_lm) -> Path:
+    """A tiny tokenizer and a random 1-layer Phi-3, saved as one HF folder (the suite's factory)."""
+    return tiny_lm([QUAD, QUAD_SYSTEM, "hello world how are you today", "the cat sat on the mat"] * 20).dir
 
 
 @pytest.fixture(scope="module")
@@ -67,25 +70,26 @@ def audit(tmp_path):
         yield log
 
 
-def state_for(model, tok, audit, decide=lambda text: "REFUSE", **kw) -> serve.AppState:
-    return serve.AppState(model, tok, audit, "tiny@test", "test_decider", decide_fn=decide, **kw)
+def state_for(model, tok, audit, decide=lambda text: "REFUSE", **kw) -> answer.AppState:
+    return answer.AppState(model, tok, audit, "tiny@test", "test_decider", decide, **kw)
 
 
 @contextmanager
-def running(state: serve.AppState):
-    server = serve.make_server(state, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+def running(state: answer.AppState):
+    httpd = server.make_server(state, "127.0.0.1", 0)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield server.server_address[1]
+        yield httpd.server_address[1]
     finally:
-        server.shutdown()
-        server.server_close()
+        httpd.shutdown()
+        httpd.server_close()
         thread.join()
 
 
-def call(port: int, method: str, path: str, body: bytes | dict | None = None,
-         headers: dict | None = None) -> tuple[int, dict, bytes]:
+def call(
+    port: int, method: str, path: str, body: bytes | dict | None = None, headers: dict | None = None
+) -> tuple[int, dict, bytes]:
     """One request with http.client; returns (status, headers, raw body)."""
     if isinstance(body, dict):
         body = json.dumps(body).encode()
@@ -110,8 +114,12 @@ def test_healthz_names_model_decider_and_audit(audit) -> None:
         status, headers, raw = call(port, "GET", "/healthz")
         head = call(port, "HEAD", "/healthz")
     assert status == 200 and headers["Content-Type"].startswith("application/json")
-    assert json.loads(raw) == {"status": "ok", "model_id": "tiny@test", "decision_source": "test_decider",
-                               "audit_path": str(audit.path)}
+    assert json.loads(raw) == {
+        "status": "ok",
+        "model_id": "tiny@test",
+        "decision_source": "test_decider",
+        "audit_path": str(audit.path),
+    }
     assert head[0] == 200 and head[2] == b"" and head[1]["Content-Length"] == str(len(raw))
 
 
@@ -175,12 +183,16 @@ def test_a_model_that_writes_thinking_never_leaks_it(tiny, audit) -> None:
 # Raw outputs where SECRET only ever stands inside a think part (right after its opening tag).
 MARKER = st.from_regex(r"SECRET[A-Z0-9]{4}", fullmatch=True)
 FILLER = st.text(alphabet="abc xyz.<>/", max_size=8)  # cannot spell a tag name or a marker
-THINK = st.builds(lambda n, m, bait, close: f"<think-{n}>{m}{bait}" + (f"</think-{n}>" if close else ""),
-                  st.sampled_from(THINK_PARTS), MARKER,
-                  st.sampled_from(["", "<final>SECRETBAIT</final>", "<final>", "</final>", "</think-other>"]),
-                  st.booleans())
-RAW = st.lists(st.one_of(THINK, FILLER, st.just("<final>ok</final>"), st.just("<final>"), st.just("</final>")),
-               max_size=6).map("".join)
+THINK = st.builds(
+    lambda n, m, bait, close: f"<think-{n}>{m}{bait}" + (f"</think-{n}>" if close else ""),
+    st.sampled_from(THINK_PARTS),
+    MARKER,
+    st.sampled_from(["", "<final>SECRETBAIT</final>", "<final>", "</final>", "</think-other>"]),
+    st.booleans(),
+)
+RAW = st.lists(
+    st.one_of(THINK, FILLER, st.just("<final>ok</final>"), st.just("<final>"), st.just("</final>")), max_size=6
+).map("".join)
 
 
 def test_no_response_ever_contains_thinking(audit, caplog) -> None:
@@ -244,8 +256,12 @@ def test_concurrent_requests_share_the_model_one_at_a_time(tiny, audit) -> None:
 
 # ---------------------------------------------------------------------------------------------- bad requests
 def fake_ocr(image: bytes, lang: str):
-    errors = {b"invalid": InvalidImageError("not a decodable image"), b"toolarge": ImageTooLargeError("too big"),
-              b"tessfail": TesseractFailedError("tesseract exited"), b"notess": TesseractMissingError("no binary")}
+    errors = {
+        b"invalid": InvalidImageError("not a decodable image"),
+        b"toolarge": ImageTooLargeError("too big"),
+        b"tessfail": TesseractFailedError("tesseract exited"),
+        b"notess": TesseractMissingError("no binary"),
+    }
     raise errors[image]
 
 
@@ -271,8 +287,14 @@ BAD = [  # (method, path, headers, body, status, words in the error)
     ("POST", "/think", J, b'{"prompt": "hi", "image_base64": "no base64!"}', 400, "not valid base64"),
     ("POST", "/think", J, b'{"prompt": "hi", "image_base64": "aGk"}', 400, "not valid base64"),  # unpadded
     ("POST", "/think", J, b'{"prompt": "hi", "image_base64": ""}', 400, "empty"),
-    ("POST", "/think", J, json.dumps({"prompt": "hi", "image_base64": b64(b"invalid")}).encode(), 400,
-     "not a readable image"),
+    (
+        "POST",
+        "/think",
+        J,
+        json.dumps({"prompt": "hi", "image_base64": b64(b"invalid")}).encode(),
+        400,
+        "not a readable image",
+    ),
     ("POST", "/think", J, json.dumps({"prompt": "hi", "image_base64": b64(b"toolarge")}).encode(), 413, "too large"),
     ("POST", "/think", J, json.dumps({"prompt": "hi", "image_base64": b64(b"tessfail")}).encode(), 422, "OCR failed"),
     ("POST", "/think", J, json.dumps({"prompt": "hi", "image_base64": b64(b"notess")}).encode(), 503, "OCR is not"),
@@ -291,18 +313,21 @@ BAD = [  # (method, path, headers, body, status, words in the error)
 @pytest.fixture(scope="module")
 def refusing_server(tmp_path_factory):
     """A server whose decider fails the test if any bad request reaches it."""
+
     def never(text: str) -> str:
         raise AssertionError("a bad request reached the decider")
 
     with AuditLog(tmp_path_factory.mktemp("bad") / "audit.db") as log:
-        with running(state_for(None, None, log, decide=never, ocr_fn=fake_ocr, read_timeout_s=10.0,
-                               max_body=1 << 20)) as port:
+        with running(
+            state_for(None, None, log, decide=never, ocr_fn=fake_ocr, read_timeout_s=10.0, max_body=1 << 20)
+        ) as port:
             yield port, log
 
 
 @pytest.mark.parametrize("method,path,headers,body,status,words", BAD, ids=[f"{c[4]}-{i}" for i, c in enumerate(BAD)])
-def test_bad_request_gets_a_json_error_and_the_server_keeps_serving(refusing_server, method, path, headers, body,
-                                                                    status, words) -> None:
+def test_bad_request_gets_a_json_error_and_the_server_keeps_serving(
+    refusing_server, method, path, headers, body, status, words
+) -> None:
     port, log = refusing_server
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     conn.putrequest(method, path, skip_accept_encoding=True)
@@ -334,20 +359,50 @@ def raw_exchange(port: int, head: bytes, body: bytes = b"", half_close: bool = F
     return data, time.perf_counter() - t0
 
 
-@pytest.mark.parametrize("head,body,half_close,status,words", [
-    (b"POST /think HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n", b"", False, 413, "exceeds the limit"),
-    (b"POST /think HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1000000000\r\n\r\n", b"", False,
-     413, "exceeds the limit"),  # refused instead of "100 Continue": the client never sends the body
-    (b"POST /think HTTP/1.1\r\nHost: x\r\n\r\n", b'{"prompt": "hi"}', False, 411, "Content-Length header"),
-    (b"POST /think HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"5\r\nhello\r\n0\r\n\r\n", False,
-     411, "chunked"),
-    (b"POST /think HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", b"{}", False, 400,
-     "one non-negative integer"),
-    (b"POST /think HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n", b'{"prompt": ', True, 400,
-     "ended after 11 of 100"),
-])
-def test_body_framing_errors_are_answered_without_waiting(refusing_server, head, body, half_close, status,
-                                                          words) -> None:
+@pytest.mark.parametrize(
+    "head,body,half_close,status,words",
+    [
+        (
+            b"POST /think HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n",
+            b"",
+            False,
+            413,
+            "exceeds the limit",
+        ),
+        (
+            b"POST /think HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1000000000\r\n\r\n",
+            b"",
+            False,
+            413,
+            "exceeds the limit",
+        ),  # refused instead of "100 Continue": the client never sends the body
+        (b"POST /think HTTP/1.1\r\nHost: x\r\n\r\n", b'{"prompt": "hi"}', False, 411, "Content-Length header"),
+        (
+            b"POST /think HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n\r\n",
+            False,
+            411,
+            "chunked",
+        ),
+        (
+            b"POST /think HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            b"{}",
+            False,
+            400,
+            "one non-negative integer",
+        ),
+        (
+            b"POST /think HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n",
+            b'{"prompt": ',
+            True,
+            400,
+            "ended after 11 of 100",
+        ),
+    ],
+)
+def test_body_framing_errors_are_answered_without_waiting(
+    refusing_server, head, body, half_close, status, words
+) -> None:
     port, _ = refusing_server
     data, seconds = raw_exchange(port, head, body, half_close)
     status_line, _, rest = data.partition(b"\r\n")
@@ -360,7 +415,8 @@ def test_body_framing_errors_are_answered_without_waiting(refusing_server, head,
 def _png_of_line(text: str) -> bytes:
     from PIL import Image
 
-    from so8t_core.ocr_eval import FontMissingError, render_line
+    from so8t_core.ops.ocr_eval import render_line
+    from so8t_core.text import FontMissingError
 
     try:
         image = render_line(text, 32)
@@ -371,16 +427,18 @@ def _png_of_line(text: str) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract not installed: run `make setup`")
+@pytest.mark.tesseract
 def test_image_summary_reaches_the_model_and_the_log_keeps_only_hashes(audit) -> None:
-    from so8t_core.ocr import ocr_summary
+    from so8t_core.ops.ocr import ocr_summary
 
     png = _png_of_line("Invoice 4217 is paid")
     summary = ocr_summary(png, lang="eng").summary  # what the server must pass on, computed independently
     assert "4217" in summary
     seen, prompts = [], []
-    with pytest.MonkeyPatch.context() as mp, running(
-            state_for(None, None, audit, decide=lambda t: seen.append(t) or "ALLOW", ocr_lang="eng")) as port:
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        running(state_for(None, None, audit, decide=lambda t: seen.append(t) or "ALLOW", ocr_lang="eng")) as port,
+    ):
         mp.setattr(think_mod, "generate_raw", lambda m, t, prompt, n: prompts.append(prompt) or QUAD)
         b64png = b64(png)
         status, _, raw = call(port, "POST", "/think", {"prompt": "What does this say?", "image_base64": b64png})
@@ -397,30 +455,41 @@ def test_image_summary_reaches_the_model_and_the_log_keeps_only_hashes(audit) ->
 
 
 def test_model_text_appends_the_summary_only_with_an_image() -> None:
-    assert serve.model_text("q", None) == "q"
-    assert serve.model_text("q", "abc") == "q\n\n[Text read from the attached image by OCR: abc]"
-    assert serve.model_text("q", "  ") == "q\n\n[The attached image has no readable text.]"
+    assert answer.model_text("q", None) == "q"
+    assert answer.model_text("q", "abc") == "q\n\n[Text read from the attached image by OCR: abc]"
+    assert answer.model_text("q", "  ") == "q\n\n[The attached image has no readable text.]"
 
 
 # ---------------------------------------------------------------------------------------------- start-up
-@pytest.mark.parametrize("host,ok", [("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("localhost", True),
-                                     ("0.0.0.0", False), ("", False), ("::", False), ("192.168.1.20", False),
-                                     ("example.com", False)])
+@pytest.mark.parametrize(
+    "host,ok",
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("", False),
+        ("::", False),
+        ("192.168.1.20", False),
+        ("example.com", False),
+    ],
+)
 def test_only_loopback_hosts_without_allow_remote(host: str, ok: bool) -> None:
-    assert serve.is_loopback(host) is ok
+    assert server.is_loopback(host) is ok
     if not ok:
         with pytest.raises(ValueError, match="no authentication"):
-            serve.check_host(host)
-        serve.check_host(host, allow_remote=True)
+            server.check_host(host)
+        server.check_host(host, allow_remote=True)
         with pytest.raises(ValueError, match="--allow-remote"):
-            serve.make_server(None, host, 0)  # refused before anything binds
+            server.make_server(None, host, 0)  # refused before anything binds
 
 
 def test_cli_refuses_a_remote_host_and_a_missing_model(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("SO8T_ARTIFACTS", str(tmp_path / "empty"))
-    assert serve.main(["--host", "0.0.0.0", "--audit", str(tmp_path / "a.db")]) == 2
+    assert server.main(["--host", "0.0.0.0", "--audit", str(tmp_path / "a.db")]) == 2
     assert "--allow-remote" in capsys.readouterr().err
-    assert serve.main(["--port", "0", "--audit", str(tmp_path / "a.db")]) == 2
+    assert server.main(["--port", "0", "--audit", str(tmp_path / "a.db")]) == 2
     err = capsys.readouterr().err
     assert "notebooks/00_base_model.ipynb" in err and "--model" in err
 
@@ -435,35 +504,35 @@ def _fake_stage(root: Path, stage: str, model_sub: str, complete: bool = True) -
 def test_model_choice_order(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("SO8T_ARTIFACTS", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="00_base_model.ipynb"):
-        serve.resolve_model()
+        models.resolve_model()
     _fake_stage(tmp_path, "00_base_model", "model")
-    assert serve.resolve_model() == serve.ModelChoice(str(tmp_path / "00_base_model" / "model"), "base")
+    assert models.resolve_model() == models.ModelChoice(str(tmp_path / "00_base_model" / "model"), "base")
     _fake_stage(tmp_path, "04_fusion_and_gguf", "fused", complete=False)
     with pytest.raises(FileNotFoundError, match="04_fusion_and_gguf.ipynb"):  # crashed fusion: no silent fallback
-        serve.resolve_model()
+        models.resolve_model()
     (tmp_path / "04_fusion_and_gguf" / "manifest.json").write_text("{}")
-    assert serve.resolve_model().label == "fused"
-    assert serve.resolve_model(tmp_path / "00_base_model" / "model").label == "model"
+    assert models.resolve_model().label == "fused"
+    assert models.resolve_model(tmp_path / "00_base_model" / "model").label == "model"
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        serve.resolve_model(tmp_path)
+        models.resolve_model(tmp_path)
 
 
 def test_model_id_follows_the_weights(tiny_dir, tmp_path) -> None:
     copy = shutil.copytree(tiny_dir, tmp_path / "model")
-    same = serve.model_identity(serve.ModelChoice(str(copy), "model"))
-    assert same == serve.model_identity(serve.ModelChoice(str(tiny_dir), "model"))
+    same = models.model_identity(models.ModelChoice(str(copy), "model"))
+    assert same == models.model_identity(models.ModelChoice(str(tiny_dir), "model"))
     assert re.fullmatch(r"model:model@[0-9a-f]{16}", same)
     weights = next(copy.glob("*.safetensors"))
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
-    assert serve.model_identity(serve.ModelChoice(str(copy), "model")) != same
-    assert serve.model_identity(serve.ModelChoice("org/name", "base")) == "base:org/name"
+    assert models.model_identity(models.ModelChoice(str(copy), "model")) != same
+    assert models.model_identity(models.ModelChoice("org/name", "base")) == "base:org/name"
 
 
 def allow_or_refuse_heads(hidden: int, refuse: bool):
     """Heads that refuse every prompt (or allow every prompt): P(refuse), P(escalate) ~ 1 or ~ 0."""
-    from so8t_core.safety_heads import SafetyHeads
+    from so8t_core.safety.heads import SafetyHeads
 
     heads = SafetyHeads(hidden)
     with torch.no_grad():
@@ -476,8 +545,8 @@ def allow_or_refuse_heads(hidden: int, refuse: bool):
 
 
 def test_decision_source_heads_next_to_the_model_else_tfidf(tiny, tiny_dir, tmp_path, audit, monkeypatch) -> None:
-    import so8t_core.safety as safety
-    from so8t_core.safety_heads import SafetyHeads, save_heads
+    import so8t_core.safety.baselines as baselines
+    from so8t_core.safety.heads import SafetyHeads, save_heads
 
     model, tok = tiny
     fitted = []
@@ -486,59 +555,86 @@ def test_decision_source_heads_next_to_the_model_else_tfidf(tiny, tiny_dir, tmp_
         def predict(self, texts):
             return ["ESCALATE" if "doctor" in t else "ALLOW" for t in texts]
 
-    monkeypatch.setattr(safety, "make_baseline", lambda name: fitted.append(name) or FakeBaseline())
-    fallback = serve.load_decider(model, tiny_dir)
-    assert fallback["decision_source"] == "tfidf_baseline" and "heads" not in fallback and fitted == ["tfidf"]
-    assert [fallback["decide_fn"](t) for t in ("ask a doctor", "hi")] == ["ESCALATE", "ALLOW"]
+    monkeypatch.setattr(baselines, "make_baseline", lambda name: fitted.append(name) or FakeBaseline())
+    fallback = models.load_decider(model, tok, tiny_dir)
+    assert fallback["decision_source"] == "tfidf_baseline" and not fallback["decide_uses_model"] and fitted == ["tfidf"]
+    assert [fallback["decide"](t) for t in ("ask a doctor", "hi")] == ["ESCALATE", "ALLOW"]
     save_heads(allow_or_refuse_heads(model.config.hidden_size, refuse=True), tmp_path)  # the folder around it
     copy = shutil.copytree(tiny_dir, tmp_path / "model")
-    chosen = serve.load_decider(model, copy)
-    assert chosen["decision_source"] == "safety_heads" and "decide_fn" not in chosen and fitted == ["tfidf"]
-    with running(serve.AppState(model, tok, audit, "tiny@test", **chosen)) as port:
+    chosen = models.load_decider(model, tok, copy)
+    assert chosen["decision_source"] == "safety_heads" and chosen["decide_uses_model"] and fitted == ["tfidf"]
+    with running(answer.AppState(model, tok, audit, "tiny@test", **chosen)) as port:
         out = json.loads(call(port, "POST", "/think", {"prompt": "say hello"})[2])
     assert (out["decision"], out["final"]) == ("REFUSE", REFUSE_MESSAGE)
     save_heads(SafetyHeads(16), copy)  # wrong width, and nearer than the folder around it
     with pytest.raises(ValueError, match="hidden_size"):
-        serve.load_decider(model, copy)
+        models.load_decider(model, tok, copy)
 
 
-@pytest.mark.parametrize("text,want", [("2MB", 2 << 20), ("512KB", 512 << 10), ("100", 100), ("1MiB", 1 << 20),
-                                       ("3k", 3072), ("1G", 1 << 30)])
+@pytest.mark.parametrize(
+    "text,want",
+    [("2MB", 2 << 20), ("512KB", 512 << 10), ("100", 100), ("1MiB", 1 << 20), ("3k", 3072), ("1G", 1 << 30)],
+)
 def test_parse_size(text: str, want: int) -> None:
-    assert serve.parse_size(text) == want
+    assert server.parse_size(text) == want
 
 
 @pytest.mark.parametrize("text", ["0", "-1", "2TB", "MB", "1.5MB"])
 def test_parse_size_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="max_body"):
-        serve.parse_size(text)
+        server.parse_size(text)
 
 
-def test_app_state_needs_exactly_one_decision_source(audit) -> None:
-    with pytest.raises(ValueError, match="exactly one"):
-        serve.AppState(None, None, audit, "m", "s")
-    with pytest.raises(ValueError, match="exactly one"):
-        serve.AppState(None, None, audit, "m", "s", decide_fn=str, heads=object())
+def test_app_state_needs_a_callable_decision_source(audit) -> None:
+    with pytest.raises(TypeError):
+        answer.AppState(None, None, audit, "m", "s")  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="decide"):
+        answer.AppState(None, None, audit, "m", "s", "REFUSE")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_new_tokens"):
         state_for(None, None, audit, max_new_tokens=0)
 
 
 # ---------------------------------------------------------------------------------------------- real CLI
 def test_cli_serves_purges_old_ocr_and_stops_cleanly(tiny_dir, tmp_path) -> None:
-    from so8t_core.safety_heads import save_heads
+    from so8t_core.safety.heads import save_heads
 
     model_dir = shutil.copytree(tiny_dir, tmp_path / "model")
     save_heads(allow_or_refuse_heads(32, refuse=False), model_dir)  # heads: the TF-IDF fit would cost seconds
     db = tmp_path / "audit.db"
     h = hashlib.sha256(b"x").hexdigest()
     with AuditLog(db, clock=lambda: time.time() - 8 * 86400) as old:  # a row from 8 days ago, past retention
-        old.log_decision(request_id="old", decision="ALLOW", input_hash=h, thinking_hash=h, final_text="a",
-                         model_id="m", ocr_summary="receipt total 12", image_sha256=h)
+        old.log_decision(
+            request_id="old",
+            decision="ALLOW",
+            input_hash=h,
+            thinking_hash=h,
+            final_text="a",
+            model_id="m",
+            ocr_summary="receipt total 12",
+            image_sha256=h,
+        )
     env = {**os.environ, "SO8T_ARTIFACTS": str(tmp_path / "art"), "PYTHONPATH": str(REPO)}
     with open(tmp_path / "stderr.txt", "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "so8t_core.serve", "--model", str(model_dir), "--port", "0",
-                                 "--audit", str(db), "--max-new-tokens", "4"], cwd=REPO, env=env,
-                                stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "so8t_core.serve",
+                "--model",
+                str(model_dir),
+                "--port",
+                "0",
+                "--audit",
+                str(db),
+                "--max-new-tokens",
+                "4",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
     try:
         line = proc.stdout.readline()
         m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)

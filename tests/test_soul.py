@@ -5,25 +5,40 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import Phi3Config, Phi3ForCausalLM
 
-from so8t_core.inject import (
-    InjectConfig, export_soul_weights, inject, latest_checkpoint, read_timeline,
+from so8t_core.gate.soul import SoulConfig, SoulWrapper
+from so8t_core.lm.inject import (
+    InjectConfig,
+    export_soul_weights,
+    inject,
+    latest_checkpoint,
+    read_timeline,
 )
-from so8t_core.soul import SoulConfig, SoulWrapper
 
 V, H = 96, 32
 
 
 def tiny_phi3(seed: int = 0, hidden: int = H) -> Phi3ForCausalLM:
     torch.manual_seed(seed)
-    cfg = Phi3Config(vocab_size=V, hidden_size=hidden, intermediate_size=64, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
-                     pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    cfg = Phi3Config(
+        vocab_size=V,
+        hidden_size=hidden,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
     return Phi3ForCausalLM(cfg)
 
 
 def with_lora(model, dropout: float = 0.1):
-    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout,
-                     target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])
+    cfg = LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=dropout, target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+    )
     return get_peft_model(model, cfg)
 
 
@@ -72,7 +87,8 @@ def test_save_load_round_trip_and_bad_soul_files(tmp_path):
     w = SoulWrapper.build(with_lora(tiny_phi3()), soul_cfg(alpha_mode="learned", alpha_start=0.3))
     w.save(tmp_path / "soul")
     assert {"soul.safetensors", "soul_config.json", "adapter_model.safetensors"} <= {
-        p.name for p in (tmp_path / "soul").iterdir()}
+        p.name for p in (tmp_path / "soul").iterdir()
+    }
     w2 = SoulWrapper.load(tmp_path / "soul", with_lora(tiny_phi3(seed=5)))
     for k, v in w.soul_state().items():
         assert torch.equal(v, w2.soul_state()[k])

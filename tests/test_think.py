@@ -9,9 +9,20 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from so8t_core.think import (ESCALATE_MESSAGE, FALLBACK_MESSAGE, QUAD_SYSTEM, REFUSE_MESSAGE, THINK_PARTS,
-                             _strip_special, build_prompt, extract_final, format_quad, lex, respond,
-                             thinking_hash)
+from so8t_core.think import (
+    ESCALATE_MESSAGE,
+    FALLBACK_MESSAGE,
+    QUAD_SYSTEM,
+    REFUSE_MESSAGE,
+    THINK_PARTS,
+    _strip_special,
+    build_prompt,
+    extract_final,
+    format_quad,
+    lex,
+    respond,
+    thinking_hash,
+)
 
 FB = FALLBACK_MESSAGE
 
@@ -94,7 +105,10 @@ def think_part(draw, depth: int = 0) -> str:
     others = [n for n in THINK_NAMES if n.replace("_", "-") != canon]
     nested = [think_part(depth + 1)] if depth < 2 else []
     inner = st.one_of(
-        MARKER, FILLER, spelled("final", False), spelled("final", True),
+        MARKER,
+        FILLER,
+        spelled("final", False),
+        spelled("final", True),
         whole_final(MARKER),  # a complete final part inside thinking is still thinking
         st.sampled_from(others).flatmap(lambda n: spelled(n, True)),  # stray close of another part
         *nested,
@@ -106,8 +120,13 @@ def think_part(draw, depth: int = 0) -> str:
 
 
 TOP = st.one_of(
-    think_part(), FILLER, whole_final(FILLER), spelled("final", False), spelled("final", True),
-    st.sampled_from(THINK_NAMES).flatmap(lambda n: spelled(n, True)), st.just("<|end|>"),
+    think_part(),
+    FILLER,
+    whole_final(FILLER),
+    spelled("final", False),
+    spelled("final", True),
+    st.sampled_from(THINK_NAMES).flatmap(lambda n: spelled(n, True)),
+    st.just("<|end|>"),
 )
 
 
@@ -128,11 +147,12 @@ def test_a_final_inside_thinking_is_never_the_answer(part: str, tail: str) -> No
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(MARKER, min_size=4, max_size=4), st.text(alphabet="abc xyz.", min_size=1, max_size=20),
-       st.data())
+@given(st.lists(MARKER, min_size=4, max_size=4), st.text(alphabet="abc xyz.", min_size=1, max_size=20), st.data())
 def test_well_formed_output_returns_exactly_the_final(thoughts: list[str], final: str, data) -> None:
-    body = "".join(data.draw(spelled(f"think-{p}", False, sloppy=False)) + t
-                   + data.draw(spelled(f"think-{p}", True)) for p, t in zip(THINK_PARTS, thoughts))
+    body = "".join(
+        data.draw(spelled(f"think-{p}", False, sloppy=False)) + t + data.draw(spelled(f"think-{p}", True))
+        for p, t in zip(THINK_PARTS, thoughts)
+    )
     raw = body + data.draw(spelled("final", False, sloppy=False)) + final + data.draw(spelled("final", True))
     # Closes may lack '>': each is followed by '<' or the end of the text, so it still ends right there.
     assert extract_final(raw) == (final.strip() or FB)
@@ -141,7 +161,7 @@ def test_well_formed_output_returns_exactly_the_final(thoughts: list[str], final
 # --- thinking_hash ---------------------------------------------------------------------------------------
 def test_thinking_hash_matches_the_documented_canonical_form() -> None:
     raw = "<think-observation> abc </think-observation><final>x</final>"
-    expected = hashlib.sha256('[["think-observation","abc"]]'.encode()).hexdigest()
+    expected = hashlib.sha256(b'[["think-observation","abc"]]').hexdigest()
     assert thinking_hash(raw) == expected
     assert thinking_hash("<final>no thinking</final>") == hashlib.sha256(b"[]").hexdigest()
 
@@ -190,22 +210,11 @@ QUAD_EXAMPLE = format_quad("SECRETOBS", "SECRETDED", "SECRETABD", "SECRETINT", "
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny SentencePiece tokenizer (trained here, offline) and a random 2-layer Phi3ForCausalLM."""
-    import sentencepiece as spm
-    from transformers import LlamaTokenizer, Phi3Config, Phi3ForCausalLM
-
-    d = tmp_path_factory.mktemp("tok")
+def tiny(tiny_lm):
+    """A tiny tokenizer and a random 2-layer Phi-3 (the suite's factory)."""
     lines = [QUAD_EXAMPLE, QUAD_SYSTEM, "hello world how are you", "kill a python process", "|<>/-_.,:"] * 10
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(d / "tokenizer"),
-                                   vocab_size=90, hard_vocab_limit=False, character_coverage=1.0,
-                                   user_defined_symbols=["<|end|>"], minloglevel=2)
-    tok = LlamaTokenizer.from_pretrained(str(d))  # a folder holding tokenizer.model (not vocab_file=)
-    torch.manual_seed(0)
-    cfg = Phi3Config(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
-                     pad_token_id=0, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    return Phi3ForCausalLM(cfg).eval(), tok
+    lm = tiny_lm(lines, hidden=64, layers=2, heads=4, max_positions=1024)
+    return lm.model.eval(), lm.tok
 
 
 class Counting(torch.nn.Module):
@@ -226,12 +235,13 @@ class Counting(torch.nn.Module):
         return torch.cat([input_ids, torch.tensor([self.script])], dim=1)
 
 
-@pytest.mark.parametrize("label,message", [("REFUSE", REFUSE_MESSAGE), ("ESCALATE", ESCALATE_MESSAGE)],
-                         ids=["refuse", "escalate"])
+@pytest.mark.parametrize(
+    "label,message", [("REFUSE", REFUSE_MESSAGE), ("ESCALATE", ESCALATE_MESSAGE)], ids=["refuse", "escalate"]
+)
 def test_refuse_and_escalate_never_generate(tiny, label: str, message: str) -> None:
     model, tok = tiny
     wrapped = Counting(model)
-    r = respond(wrapped, tok, "anything", decide_fn=lambda p: label)
+    r = respond(wrapped, tok, "anything", lambda p: label)
     assert (r.final, r.decision, r.thinking_hash, wrapped.calls) == (message, label, None, 0)
 
 
@@ -241,7 +251,7 @@ def test_allow_passes_generation_through_extract_final(tiny) -> None:
     decoded = tok.decode(script, skip_special_tokens=False)
     assert "SECRETOBS" in decoded and "<final>" in decoded  # the tokenizer round-trips the tags
     wrapped = Counting(model, script)
-    r = respond(wrapped, tok, "say hello", decide_fn=lambda p: "ALLOW")
+    r = respond(wrapped, tok, "say hello", lambda p: "ALLOW")
     assert wrapped.calls == 1 and r.decision == "ALLOW"
     assert tok.convert_tokens_to_ids("<|end|>") in wrapped.kwargs["eos_token_id"]  # stops at end of turn
     assert wrapped.kwargs["do_sample"] is False
@@ -251,15 +261,15 @@ def test_allow_passes_generation_through_extract_final(tiny) -> None:
 
 def test_allow_with_real_generation_matches_independent_decode(tiny) -> None:
     model, tok = tiny
-    r = respond(model, tok, "say hello", decide_fn=lambda p: "ALLOW", max_new_tokens=12)
+    r = respond(model, tok, "say hello", lambda p: "ALLOW", max_new_tokens=12)
     enc = tok(build_prompt("say hello"), return_tensors="pt")
     out = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=0)
-    new_text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    new_text = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     assert r.final == extract_final(new_text)
 
 
 def test_respond_with_heads_uses_their_decision(tiny) -> None:
-    from so8t_core.safety_heads import SafetyHeads
+    from so8t_core.safety.heads import SafetyHeads, heads_decider
 
     model, tok = tiny
     heads = SafetyHeads(model.config.hidden_size)
@@ -268,16 +278,15 @@ def test_respond_with_heads_uses_their_decision(tiny) -> None:
             head.weight.zero_()
         heads.refuse.bias.fill_(8.0)  # P(refuse) ~ 1 for every prompt
     wrapped = Counting(model)
-    assert respond(wrapped, tok, "x", heads=heads).decision == "REFUSE" and wrapped.calls == 0
+    decide = heads_decider(wrapped, tok, heads)
+    assert respond(wrapped, tok, "x", decide).decision == "REFUSE" and wrapped.calls == 0
     with torch.no_grad():
         heads.refuse.bias.fill_(-8.0)
         heads.escalate.bias.fill_(-8.0)
-    assert respond(wrapped, tok, "x", heads=heads, max_new_tokens=4).decision == "ALLOW" and wrapped.calls == 1
+    assert respond(wrapped, tok, "x", decide, max_new_tokens=4).decision == "ALLOW" and wrapped.calls == 1
 
 
-def test_respond_needs_exactly_one_policy_and_a_known_label(tiny) -> None:
+def test_respond_refuses_an_unknown_label(tiny) -> None:
     model, tok = tiny
-    with pytest.raises(ValueError, match="exactly one"):
-        respond(model, tok, "x")
     with pytest.raises(ValueError, match="decision"):
-        respond(model, tok, "x", decide_fn=lambda p: "MAYBE")
+        respond(model, tok, "x", lambda p: "MAYBE")

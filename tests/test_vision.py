@@ -9,16 +9,24 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import CLIPVisionConfig, CLIPVisionModel, Phi3Config, Phi3ForCausalLM
 
-from so8t_core import vision_data as vd
-from so8t_core import vision_train as vt
-from so8t_core.base_model import train_tokenizer
-from so8t_core.corpus import build_corpus
-from so8t_core.soul import SoulConfig, SoulWrapper
-from so8t_core.vision import (
-    AdapterFusionLayer, VisionTowerUnavailable, VisualConfig, VisualLM, VisualProjectionAdapter, build_vision_tower,
-    load_visual, load_vision_tower, save_visual, tiny_siglip_config,
+from so8t_core.gate.soul import SoulConfig, SoulWrapper
+from so8t_core.lm.base_model import train_tokenizer
+from so8t_core.lm.corpus import build_corpus
+from so8t_core.vision import data as vd
+from so8t_core.vision import train as vt
+from so8t_core.vision.data import ImageInputError, ImageSpec, to_pixels
+from so8t_core.vision.model import (
+    AdapterFusionLayer,
+    VisionTowerUnavailable,
+    VisualConfig,
+    VisualLM,
+    VisualProjectionAdapter,
+    build_vision_tower,
+    load_vision_tower,
+    load_visual,
+    save_visual,
+    tiny_siglip_config,
 )
-from so8t_core.vision_data import ImageInputError, ImageSpec, to_pixels
 
 H, DV, S = 32, 16, 16  # LM hidden, tower hidden, image side
 
@@ -36,11 +44,21 @@ def tok(tmp_path_factory):
 
 def soul_lm(tok, seed: int = 0) -> SoulWrapper:
     torch.manual_seed(seed)
-    cfg = Phi3Config(vocab_size=len(tok), hidden_size=H, intermediate_size=64, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-                     pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    model = get_peft_model(Phi3ForCausalLM(cfg), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1,
-                                                            target_modules=["qkv_proj", "o_proj"]))
+    cfg = Phi3Config(
+        vocab_size=len(tok),
+        hidden_size=H,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    model = get_peft_model(
+        Phi3ForCausalLM(cfg), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["qkv_proj", "o_proj"])
+    )
     with torch.no_grad():  # nonzero LoRA B and soul so that "frozen" is tested on values that matter
         for n, p in model.named_parameters():
             if "lora_B" in n:
@@ -50,8 +68,9 @@ def soul_lm(tok, seed: int = 0) -> SoulWrapper:
 
 
 def tower(seed: int = 0):
-    return build_vision_tower(tiny_siglip_config(image_size=S, patch_size=8, hidden_size=DV, num_layers=1,
-                                                 num_heads=2), seed)
+    return build_vision_tower(
+        tiny_siglip_config(image_size=S, patch_size=8, hidden_size=DV, num_layers=1, num_heads=2), seed
+    )
 
 
 def vlm(tok, method="weighted", seed=0) -> VisualLM:
@@ -86,14 +105,23 @@ def _colour_name(rgb: np.ndarray) -> str:
     if v < 0.3:
         return "black"
     deg = h * 360
-    return ("red" if deg < 20 or deg >= 330 else "yellow" if deg < 70 else "green" if deg < 170
-            else "blue" if deg < 260 else "purple")
+    return (
+        "red"
+        if deg < 20 or deg >= 330
+        else "yellow"
+        if deg < 70
+        else "green"
+        if deg < 170
+        else "blue"
+        if deg < 260
+        else "purple"
+    )
 
 
 def _shape_name(mask: np.ndarray) -> str:
     ys, xs = np.nonzero(mask)
     fill = mask.sum() / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))  # square 1, circle pi/4, triangle 1/2
-    rows = mask[ys.min(): ys.max() + 1].sum(1)  # width of each row, top to bottom
+    rows = mask[ys.min() : ys.max() + 1].sum(1)  # width of each row, top to bottom
     q = max(len(rows) // 4, 1)
     top_vs_bottom = rows[:q].mean() / rows[-q:].mean()  # ~1 for a circle, small for an apex-up triangle
     return "square" if fill > 0.9 else "triangle" if top_vs_bottom < 0.6 else "circle"
@@ -150,17 +178,20 @@ def test_to_pixels_converts_size_grey_rgba_channels_first_and_dtypes():
     assert px.new_tensor(to_pixels([rgb], spec)[0, :, 0, 0].tolist()).tolist() == [1.0, -1.0, -1.0]  # RGB order kept
 
 
-@pytest.mark.parametrize("bad, match", [
-    ([], "empty batch"),
-    ([np.zeros((S, S, 2), np.uint8)], "2 channels"),
-    ([np.zeros((S, S, 3), bool)], "dtype bool"),
-    ([np.zeros((S, S, 3), np.int32)], "dtype int32"),
-    ([np.full((S, S, 3), 200.0, np.float32)], r"expected \[0, 1\]"),
-    ([np.full((S, S, 3), np.nan, np.float32)], "NaN"),
-    ([np.zeros((0, S, 3), np.uint8)], "empty"),
-    ([np.zeros((2, 2, S, S), np.uint8)], "shape"),
-    (np.zeros((S, S, 3), np.uint8), "pass a list"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ([], "empty batch"),
+        ([np.zeros((S, S, 2), np.uint8)], "2 channels"),
+        ([np.zeros((S, S, 3), bool)], "dtype bool"),
+        ([np.zeros((S, S, 3), np.int32)], "dtype int32"),
+        ([np.full((S, S, 3), 200.0, np.float32)], r"expected \[0, 1\]"),
+        ([np.full((S, S, 3), np.nan, np.float32)], "NaN"),
+        ([np.zeros((0, S, 3), np.uint8)], "empty"),
+        ([np.zeros((2, 2, S, S), np.uint8)], "shape"),
+        (np.zeros((S, S, 3), np.uint8), "pass a list"),
+    ],
+)
 def test_to_pixels_rejects_bad_images(bad, match):
     with pytest.raises(ImageInputError, match=match):
         to_pixels(bad, ImageSpec(S))
@@ -256,7 +287,7 @@ def test_prefix_enters_as_inputs_embeds_with_extended_mask(tok):
         lm = m.soul.model.get_base_model()
         embeds = torch.cat([P, lm.get_input_embeddings()(ids)], 1)
         h = lm.model(inputs_embeds=embeds, attention_mask=torch.ones(2, embeds.shape[1])).last_hidden_state
-        expected = lm.lm_head(m.fusion(m.soul.mix(h[:, P.shape[1]:]), P))
+        expected = lm.lm_head(m.fusion(m.soul.mix(h[:, P.shape[1] :]), P))
         torch.testing.assert_close(m(ids, pixel_values=px).logits, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -270,17 +301,28 @@ def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("method", ["weighted", "attention"])
 def test_training_moves_only_adapter_and_fusion(tok, method):
     m = vlm(tok, method)
-    frozen = {"lm_base_lora": _snapshot(m.soul.model), "soul_rotation": _snapshot(m.soul.rotation),
-              "soul_alpha": _snapshot(m.soul.alpha), "tower": _snapshot(m.tower)}
+    frozen = {
+        "lm_base_lora": _snapshot(m.soul.model),
+        "soul_rotation": _snapshot(m.soul.rotation),
+        "soul_alpha": _snapshot(m.soul.alpha),
+        "tower": _snapshot(m.tower),
+    }
     assert any("lora_B" in k for k in frozen["lm_base_lora"])
     trained = _snapshot(m.adapter) | {f"f.{k}": v for k, v in _snapshot(m.fusion).items()}
     samples = vd.generate(seed=1, n=6)
-    recs = vt.train_adapter(m, tok, to_pixels([s.image for s in samples], m.spec), vd.text_tasks(samples), steps=3,
-                            batch_size=4, lr=1e-2)
+    recs = vt.train_adapter(
+        m, tok, to_pixels([s.image for s in samples], m.spec), vd.text_tasks(samples), steps=3, batch_size=4, lr=1e-2
+    )
     assert len(recs) == 3 and all(math.isfinite(r["loss"]) for r in recs)
     for name, snap in frozen.items():
-        now = _snapshot({"lm_base_lora": m.soul.model, "soul_rotation": m.soul.rotation, "soul_alpha": m.soul.alpha,
-                         "tower": m.tower}[name])
+        now = _snapshot(
+            {
+                "lm_base_lora": m.soul.model,
+                "soul_rotation": m.soul.rotation,
+                "soul_alpha": m.soul.alpha,
+                "tower": m.tower,
+            }[name]
+        )
         assert all(torch.equal(snap[k], now[k]) for k in snap), f"{name} changed"
     after = _snapshot(m.adapter) | {f"f.{k}": v for k, v in _snapshot(m.fusion).items()}
     assert sum(not torch.equal(trained[k], after[k]) for k in trained) >= len(trained) // 2
@@ -324,14 +366,19 @@ def test_teacher_forced_exact_match_equals_greedy_decoding(tok):
     vt.train_adapter(m, tok, px, rows, steps=200, batch_size=6, lr=2e-2)  # fit these rows so some become exact
     scores = vt.score_rows(m, tok, px, rows)
     for (i, q, a, _), s in zip(rows, scores):
-        greedy = vt.greedy_answer(m, tok, q, px[i: i + 1], max_new_tokens=8)
+        greedy = vt.greedy_answer(m, tok, q, px[i : i + 1], max_new_tokens=8)
         assert s["exact"] == (greedy == a), (q, a, greedy)
     assert any(s["exact"] for s in scores)
 
 
 def test_paired_difference_by_hand_and_resamples_images():
-    rows = [(0, "q", "a", "colour"), (0, "q", "a", "count"), (1, "q", "a", "count"), (1, "c", "a", "caption"),
-            (2, "q", "a", "word")]
+    rows = [
+        (0, "q", "a", "colour"),
+        (0, "q", "a", "count"),
+        (1, "q", "a", "count"),
+        (1, "c", "a", "caption"),
+        (2, "q", "a", "word"),
+    ]
     a = [{"exact": e} for e in (False, False, True, False, True)]
     b = [{"exact": e} for e in (True, True, True, True, False)]
     out = vt.paired_difference(a, b, rows, n_boot=2000)
@@ -358,10 +405,12 @@ def test_visual_path_weight_of_weighted_fusion_is_its_softmax_weight(tok):
 
 
 def test_summarise_by_hand():
-    scores = [{"kind": "count", "exact": True, "correct": 2, "tokens": 2},
-              {"kind": "count", "exact": False, "correct": 1, "tokens": 2},
-              {"kind": "word", "exact": True, "correct": 3, "tokens": 3},
-              {"kind": "caption", "exact": False, "correct": 3, "tokens": 4}]
+    scores = [
+        {"kind": "count", "exact": True, "correct": 2, "tokens": 2},
+        {"kind": "count", "exact": False, "correct": 1, "tokens": 2},
+        {"kind": "word", "exact": True, "correct": 3, "tokens": 3},
+        {"kind": "caption", "exact": False, "correct": 3, "tokens": 4},
+    ]
     assert vt.summarise(scores) == {"em_count": 0.5, "em_word": 1.0, "em_all": 2 / 3, "caption_token_acc": 0.75}
 
 
@@ -400,8 +449,11 @@ def test_save_load_round_trip_and_mismatch(tmp_path, tok):
 def test_load_vision_tower_from_folders_and_clear_error_offline(tmp_path):
     tower().save_pretrained(tmp_path / "siglip")
     torch.manual_seed(0)
-    CLIPVisionModel(CLIPVisionConfig(image_size=S, patch_size=8, hidden_size=DV, intermediate_size=32,
-                                     num_hidden_layers=1, num_attention_heads=2)).save_pretrained(tmp_path / "clip")
+    CLIPVisionModel(
+        CLIPVisionConfig(
+            image_size=S, patch_size=8, hidden_size=DV, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+        )
+    ).save_pretrained(tmp_path / "clip")
     sig, clip = load_vision_tower(tmp_path / "siglip"), load_vision_tower(tmp_path / "clip")
     assert type(sig).__name__ == "SiglipVisionModel" and type(clip).__name__ == "CLIPVisionModel"
     assert clip.config.hidden_size == DV
@@ -412,11 +464,19 @@ def test_load_vision_tower_from_folders_and_clear_error_offline(tmp_path):
 # --- stage config ---
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"image_size": 30}, "image_size=30"), ({"tower_heads": 5}, "tower_heads=5"), ({"render_size": 16}, "render_size"),
-    ({"word_fraction": 1.5}, "word_fraction"), ({"init_visual_weight": 1.0}, "init_visual_weight"),
-    ({"map": "qr"}, "map='qr'"), ({"adapter_steps": 0}, "adapter_steps=0"), ({"torch_threads": -1}, "torch_threads"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"image_size": 30}, "image_size=30"),
+        ({"tower_heads": 5}, "tower_heads=5"),
+        ({"render_size": 16}, "render_size"),
+        ({"word_fraction": 1.5}, "word_fraction"),
+        ({"init_visual_weight": 1.0}, "init_visual_weight"),
+        ({"map": "qr"}, "map='qr'"),
+        ({"adapter_steps": 0}, "adapter_steps=0"),
+        ({"torch_threads": -1}, "torch_threads"),
+    ],
+)
 def test_stage_config_rejects_bad_values_by_name(bad, match):
     from so8t_core.config import VisualStageConfig
 

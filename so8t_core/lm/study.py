@@ -1,0 +1,169 @@
+"""The comparisons of notebook 03: base, LoRA-only, soul (scheduled / learned alpha) and alpha-target ablations,
+each trained from the same base, LoRA init, data order and seed, and scored by held-out perplexity.
+
+Explained in notebooks/03_soul_injection.ipynb.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from so8t_core.gate.soul import SoulConfig, SoulWrapper, describe
+from so8t_core.lm.base_model import encode_documents, pack_rows, perplexity, token_batches
+from so8t_core.lm.corpus import Corpus
+from so8t_core.lm.inject import InjectConfig, inject
+from so8t_core.lm.loading import load_model_and_tokenizer, read_model_ref
+from so8t_core.lm.lora import LoraSettings, apply_lora
+from so8t_core.verdicts import lower, need
+
+
+def load_base(stage00: Path):
+    """(model, tokenizer, ref) of the base notebook 00 chose (embedded default or a real checkpoint)."""
+    ref = read_model_ref(stage00)
+    model, tok = load_model_and_tokenizer(ref["base_model"], load_in_4bit=bool(ref.get("load_in_4bit", False)))
+    return model, tok, ref
+
+
+def corpus_tensors(stage00: Path, tokenizer, seq_len: int, batch_size: int, max_eval_docs: int):
+    """Packed training rows and held-out evaluation batches from notebook 00's corpus."""
+    corpus = Corpus.load(stage00 / "corpus")
+    train = pack_rows(encode_documents(tokenizer, corpus.train), seq_len, tokenizer.pad_token_id)
+    heldout = token_batches(tokenizer, corpus.heldout[:max_eval_docs], seq_len, batch_size)
+    return train, heldout
+
+
+def build_variant(variant: str, stage00: Path, lora: LoraSettings, soul: SoulConfig, seed: int) -> SoulWrapper:
+    """A fresh base + LoRA (+ soul unless ``variant == "lora_only"``), initialised identically for every variant.
+
+    ``scale_only`` keeps the rotation frozen at the identity, so its gate is the pure norm gain 1 + sigmoid(alpha):
+    the control that tells a rotation's effect from a softmax-temperature effect.
+    """
+    model, _, _ = load_base(stage00)
+    torch.manual_seed(seed)  # same LoRA init in every variant
+    model = apply_lora(model, lora)
+    w = SoulWrapper.build(model, soul, use_gate=variant != "lora_only")
+    if variant == "scale_only":
+        w.rotation.requires_grad_(False)
+    return w
+
+
+def variant_configs(soul: SoulConfig, targets: list[float]) -> dict[str, SoulConfig]:
+    """Name -> soul config: lora_only, soul_scheduled (the design's target), scale_only (same schedule, identity
+    rotation), soul_learned, and target_<x> ablations."""
+    out = {
+        "lora_only": soul,
+        "soul_scheduled": replace(soul, alpha_mode="scheduled"),
+        "scale_only": replace(soul, alpha_mode="scheduled", init_std=0.0),
+        "soul_learned": replace(soul, alpha_mode="learned"),
+    }
+    for t in targets:
+        if abs(t - soul.alpha_target) > 1e-9:
+            out[f"target_{t:g}"] = replace(soul, alpha_mode="scheduled", alpha_target=float(t))
+    return out
+
+
+@torch.no_grad()
+def heldout_ppl(model, batches) -> float:
+    device = next(model.parameters()).device
+    moved = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    return perplexity(model, moved)
+
+
+def run_variant(
+    name: str,
+    stage00: Path,
+    lora: LoraSettings,
+    soul: SoulConfig,
+    cfg: InjectConfig,
+    train_data,
+    heldout,
+    out_dir: Path | None = None,
+) -> tuple[SoulWrapper, dict[str, Any]]:
+    """Train one variant and score it; returns the trained wrapper and a result row."""
+    t0 = time.time()
+    w = build_variant(name, stage00, lora, soul, cfg.seed)
+    recs = inject(w, train_data, cfg, out_dir=out_dir)
+    w.eval()
+    row = {
+        **describe(w),
+        "variant": name,
+        "heldout_ppl": heldout_ppl(w, heldout),
+        "alpha_mode": soul.alpha_mode if w.use_gate else "-",
+        "alpha_target": soul.alpha_target if w.use_gate and soul.alpha_mode == "scheduled" else None,
+        "final_alpha": recs[-1]["alpha"] if w.use_gate else None,
+        "final_phase": recs[-1]["phase"] if w.use_gate else None,
+        "final_train_lm_loss": sum(r["lm_loss"] for r in recs[-10:]) / len(recs[-10:]),
+        "seconds": round(time.time() - t0, 1),
+        "seed": cfg.seed,
+    }
+    return w, row
+
+
+def seed_repeats(
+    names: list[str],
+    seeds: list[int],
+    variants: dict[str, SoulConfig],
+    stage00: Path,
+    lora: LoraSettings,
+    cfg: InjectConfig,
+    train_data,
+    heldout,
+) -> dict[str, list[float]]:
+    """Held-out perplexity of ``names`` re-trained under each of ``seeds`` (LoRA init and data order change):
+    how far a variant moves between seeds, the yardstick for the differences between variants.
+
+    Returns:
+        ``{name: [ppl under seeds[0], ppl under seeds[1], ...]}``.
+    """
+    return {
+        n: [
+            run_variant(n, stage00, lora, variants[n], replace(cfg, seed=s), train_data, heldout)[1]["heldout_ppl"]
+            for s in seeds
+        ]
+        for n in names
+    }
+
+
+def soul_verdicts(
+    trained: Mapping[str, float], base_ppl: float, seed_noise: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Notebook 03's findings from held-out perplexities (lower is better).
+
+    Args:
+        trained: variant name -> held-out perplexity; needs ``soul_scheduled`` (the design, target phi),
+            ``lora_only`` and ``scale_only``; ``target_*`` runs are the same gate with another alpha target.
+        base_ppl: the untouched base's held-out perplexity.
+        seed_noise: ``{"soul_minus_lora": [per seed], "spread": float}`` or None when not measured.
+    Returns:
+        ``best_variant``, ``best_target_run``, ``soul_beats_lora_only``, ``rotation_beats_scale_only``,
+        ``golden_ratio_best_target``, ``finetune_beats_base`` and, with ``seed_noise``,
+        ``soul_beats_lora_only_every_seed``, ``soul_loses_every_seed``, ``seed_spread``.
+    Raises:
+        KeyError: a variant the verdicts need is missing.
+    """
+    what = "soul_verdicts"
+    need(trained, "soul_scheduled", what)
+    targets = {k: v for k, v in trained.items() if k.startswith("target_") or k == "soul_scheduled"}
+    best, best_target = min(trained, key=trained.__getitem__), min(targets, key=targets.__getitem__)
+    out: dict[str, Any] = {
+        "best_variant": best,
+        "best_target_run": best_target,
+        "soul_beats_lora_only": lower(trained, "soul_scheduled", "lora_only", what),
+        "rotation_beats_scale_only": lower(trained, "soul_scheduled", "scale_only", what),
+        "golden_ratio_best_target": best_target == "soul_scheduled",
+        "finetune_beats_base": trained[best] < base_ppl,
+    }
+    if seed_noise is not None:
+        d = list(need(seed_noise, "soul_minus_lora", "seed_noise"))
+        out |= {
+            "soul_beats_lora_only_every_seed": bool(d) and all(x < 0 for x in d),
+            "soul_loses_every_seed": bool(d) and all(x > 0 for x in d),
+            "seed_spread": float(need(seed_noise, "spread", "seed_noise")),
+        }
+    return out

@@ -1,0 +1,226 @@
+"""The answer logic behind ``/think``: validate a request, read an image by OCR, decide, answer, audit.
+
+No HTTP here (that is ``ops.server``) and no model loading (``ops.models``): ``think`` takes an ``AppState`` that
+holds the model, the decision source and the audit log, so it runs the same in tests, benchmarks and the server.
+
+An image is read locally by ``ocr.ocr_summary`` and only its summary is appended to the prompt (``model_text``);
+decision and answer both see that text. The answer comes only from ``think.respond`` (``extract_final`` or a
+fixed message). Every answered request is one ``AuditLog.log_decision`` row (see ``ops.server``).
+
+Explained in notebooks/06_safety_eval.ipynb.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from so8t_core.config import check
+from so8t_core.ops.audit import AuditLog
+from so8t_core.ops.audit_chain import canonical_json
+from so8t_core.ops.ocr import (
+    ImageTooLargeError,
+    InvalidImageError,
+    OCRResult,
+    TesseractFailedError,
+    TesseractMissingError,
+    ocr_summary,
+)
+from so8t_core.think import Response, respond, strip_control, thinking_hash
+
+FIELDS = ("prompt", "image_base64")
+NO_THINKING_HASH = thinking_hash("")  # logged for REFUSE/ESCALATE: nothing was generated
+OCR_NOTE = "[Text read from the attached image by OCR: {summary}]"
+OCR_EMPTY_NOTE = "[The attached image has no readable text.]"
+
+
+class RequestError(Exception):
+    """A request the server refuses: ``status`` (4xx/5xx) and a message safe to send back."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+@dataclass(frozen=True)
+class ThinkRequest:
+    """A validated ``/think`` body: the prompt and the decoded image bytes (``None`` without an image)."""
+
+    prompt: str
+    image: bytes | None
+
+
+def _default_ocr(image: bytes, lang: str) -> OCRResult:
+    return ocr_summary(image, lang=lang)
+
+
+@dataclass(frozen=True)
+class AppState:
+    """Everything a request needs, with one decision source ``decide``.
+
+    Args:
+        model, tokenizer: the causal LM and its tokenizer.
+        audit: the open audit log.
+        model_id: identifier written to every audit row (at most 200 chars).
+        decision_source: name of the policy shown by ``/healthz`` and logged as the reason.
+        decide: text -> ALLOW/ESCALATE/REFUSE (a baseline, heads via ``safety.heads.heads_decider``, ...).
+        decide_uses_model: ``decide`` runs the model (heads), so it must hold the model lock.
+        max_new_tokens, max_body, read_timeout_s: generation budget, body limit (bytes), socket timeout.
+        ocr_lang, ocr_fn: Tesseract languages and the OCR function ``(bytes, lang) -> OCRResult``.
+    """
+
+    model: Any
+    tokenizer: Any
+    audit: AuditLog
+    model_id: str
+    decision_source: str
+    decide: Callable[[str], str]
+    decide_uses_model: bool = False
+    max_new_tokens: int = 128
+    max_body: int = 2 << 20
+    read_timeout_s: float = 30.0
+    ocr_lang: str = "jpn+eng"
+    ocr_fn: Callable[[bytes, str], OCRResult] = _default_ocr
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check(callable(self.decide), "decide", self.decide, "must be a callable text -> decision")
+        for name in ("model_id", "decision_source"):  # both go into every audit row
+            v = getattr(self, name)
+            check(isinstance(v, str) and 0 < len(v) <= 200, name, v, "must be a non-empty string of at most 200 chars")
+        for name in ("max_new_tokens", "max_body", "read_timeout_s"):
+            check(getattr(self, name) > 0, name, getattr(self, name), "must be > 0")
+
+
+# ---------------------------------------------------------------------------------------------- request logic
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    dup = sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)  # linear: bodies may hold many keys
+    if dup:
+        raise ValueError(f"duplicate key(s) {[k[:40] for k in dup[:5]]}")
+    return dict(pairs)
+
+
+def parse_think_request(body: bytes) -> ThinkRequest:
+    """Validate a ``/think`` body.
+
+    Args:
+        body: the raw request body.
+    Returns:
+        ``ThinkRequest``. Raises ``RequestError(400, ...)`` naming what is wrong.
+    """
+    try:
+        obj = json.loads(body.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except UnicodeDecodeError:
+        raise RequestError(400, "body is not UTF-8 text") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError; deep nesting recurses
+        raise RequestError(400, f"body is not valid JSON: {str(e)[:200]}") from None
+    if not isinstance(obj, dict):
+        raise RequestError(400, 'body must be a JSON object like {"prompt": "..."}')
+    unknown = sorted(set(obj) - set(FIELDS))
+    if unknown:
+        raise RequestError(400, f"unknown field(s) {[k[:40] for k in unknown[:5]]}: allowed are {list(FIELDS)}")
+    prompt, image = obj.get("prompt"), obj.get("image_base64")
+    if not isinstance(prompt, str):
+        raise RequestError(400, f"field 'prompt' is required and must be a string (got {type(prompt).__name__})")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError(400, "field 'prompt' holds invalid Unicode (a lone surrogate)") from None
+    if not strip_control(prompt).strip():
+        raise RequestError(400, "field 'prompt' is empty (after removing chat control tokens)")
+    if image is not None and not isinstance(image, str):
+        raise RequestError(400, f"field 'image_base64' must be a base64 string (got {type(image).__name__})")
+    return ThinkRequest(prompt, None if image is None else _decode_base64(image))
+
+
+def _decode_base64(text: str) -> bytes:
+    try:
+        data = base64.b64decode(re.sub(r"\s+", "", text), validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(400, "field 'image_base64' is not valid base64 (standard alphabet, padded)") from None
+    if not data:
+        raise RequestError(400, "field 'image_base64' is empty")
+    return data
+
+
+def model_text(prompt: str, ocr_summary_text: str | None) -> str:
+    """The text the decision and the model see: the prompt, plus the OCR summary when an image came with it."""
+    if ocr_summary_text is None:
+        return prompt
+    note = OCR_NOTE.format(summary=ocr_summary_text) if ocr_summary_text.strip() else OCR_EMPTY_NOTE
+    return f"{prompt}\n\n{note}"
+
+
+def input_hash(prompt: str, image_sha256: str | None) -> str:
+    """SHA-256 of the canonical JSON ``{"image_sha256": ..., "prompt": ...}``: whoever holds the request can
+    recompute it, while the audit log keeps neither the prompt nor the image."""
+    canon = canonical_json({"image_sha256": image_sha256, "prompt": prompt})
+    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+
+def _run_ocr(state: AppState, image: bytes) -> OCRResult:
+    try:
+        return state.ocr_fn(image, state.ocr_lang)
+    except ImageTooLargeError as e:
+        raise RequestError(413, f"image too large: {e}") from None
+    except InvalidImageError as e:
+        raise RequestError(400, f"field 'image_base64' is not a readable image: {e}") from None
+    except TesseractFailedError:
+        raise RequestError(422, "OCR failed on this image (Tesseract error or timeout)") from None
+    except TesseractMissingError as e:  # the server's installation, not the client's image
+        raise RequestError(503, f"OCR is not available on this server: {e}") from None
+
+
+def _answer(state: AppState, text: str) -> Response:
+    if state.decide_uses_model:
+        with state.lock:  # the heads' forward pass and generate share the model
+            return respond(state.model, state.tokenizer, text, state.decide, state.max_new_tokens)
+    label = state.decide(text)  # a baseline does not touch the model: no lock needed
+    if label != "ALLOW":
+        return respond(state.model, state.tokenizer, text, lambda _: label)
+    with state.lock:
+        return respond(state.model, state.tokenizer, text, lambda _: label, state.max_new_tokens)
+
+
+def think(state: AppState, req: ThinkRequest, request_id: str) -> dict[str, str]:
+    """Answer one validated request and append its audit row; the response holds only the final answer.
+
+    Args:
+        state: the server's ``AppState``.
+        req: from ``parse_think_request``.
+        request_id: a fresh id (the handler uses ``uuid4().hex``).
+    Returns:
+        ``{"request_id", "decision", "final"}``. Raises ``RequestError`` for an image OCR refuses.
+    """
+    ocr = _run_ocr(state, req.image) if req.image is not None else None
+    r = _answer(state, model_text(req.prompt, ocr.summary if ocr else None))
+    state.audit.log_decision(
+        request_id=request_id,
+        decision=r.decision,
+        reason=state.decision_source,
+        input_hash=input_hash(req.prompt, ocr.image_sha256 if ocr else None),
+        thinking_hash=r.thinking_hash or NO_THINKING_HASH,
+        final_text=r.final,
+        model_id=state.model_id,
+        ocr_summary=ocr.summary if ocr else None,
+        image_sha256=ocr.image_sha256 if ocr else None,
+    )
+    return {"request_id": request_id, "decision": r.decision, "final": r.final}
+
+
+def health(state: AppState) -> dict[str, str]:
+    """What ``GET /healthz`` returns: model id, decision source and audit log path."""
+    return {
+        "status": "ok",
+        "model_id": state.model_id,
+        "decision_source": state.decision_source,
+        "audit_path": str(state.audit.path),
+    }

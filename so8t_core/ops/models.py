@@ -1,0 +1,98 @@
+"""Which model the server answers with, its audit identity, and which decision source it uses.
+
+Explained in notebooks/06_safety_eval.ipynb.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from so8t_core.artifacts import fingerprint_id, model_fingerprint, notebook_for, require
+from so8t_core.config import artifacts_dir, check
+
+FUSED_STAGE, FUSED_DIR, BASE_STAGE = "04_fusion_and_gguf", "fused", "00_base_model"
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model to serve: ``source`` (a folder or hub id), ``label`` (fused/base/model), 4-bit flag."""
+
+    source: str
+    label: str
+    load_in_4bit: bool = False
+
+
+def resolve_model(override: str | Path | None = None) -> ModelChoice:
+    """``--model DIR``, else notebook 04's fused model, else notebook 00's base model, else a clear error.
+
+    Args:
+        override: a model folder given on the command line.
+    Returns:
+        ``ModelChoice``. Raises ``FileNotFoundError`` naming the folder or the notebook to run.
+    """
+    from so8t_core.lm.loading import read_model_ref
+
+    if override is not None:
+        if not (Path(override) / "config.json").is_file():
+            raise FileNotFoundError(f"--model {override}: not a model folder (no config.json)")
+        return ModelChoice(str(Path(override).resolve()), "model")
+    if (artifacts_dir() / FUSED_STAGE / FUSED_DIR).exists():  # half-written fusion: an error, not a silent fallback
+        return ModelChoice(str(require(FUSED_STAGE, f"{FUSED_DIR}/config.json") / FUSED_DIR), "fused")
+    try:
+        ref = read_model_ref(require(BASE_STAGE))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"no model to serve: run {notebook_for(BASE_STAGE)} (python -m so8t_core.pipeline "
+            f"--only 00) or {notebook_for(FUSED_STAGE)}, or pass --model DIR ({e})"
+        ) from e
+    return ModelChoice(str(ref["base_model"]), "base", bool(ref.get("load_in_4bit", False)))
+
+
+def model_identity(choice: ModelChoice) -> str:
+    """``label:name@hash``: the hash is ``artifacts.model_fingerprint`` (config.json and the weight files, not
+    safety heads saved beside them), so a changed model is a different id in the audit log; a hub id is used as
+    it is."""
+    folder = Path(choice.source)
+    if not folder.is_dir():
+        return f"{choice.label}:{choice.source}"[:200]
+    return f"{choice.label}:{folder.name[:100]}@{fingerprint_id(model_fingerprint(folder))}"
+
+
+def find_heads(model_dir: str | Path) -> Path | None:
+    """The folder holding ``safety_heads.safetensors``: the model folder or the folder around it, else None."""
+    from so8t_core.safety.heads import HEADS_WEIGHTS
+
+    folder = Path(model_dir)
+    return next((d for d in (folder, folder.parent) if (d / HEADS_WEIGHTS).is_file()), None)
+
+
+def load_decider(model: Any, tokenizer: Any, model_dir: str | Path) -> dict[str, Any]:
+    """The safety heads next to the model, or (documented fallback) the TF-IDF baseline fitted on the shipped
+    train split. Returns ``AppState`` keyword arguments: ``decision_source``, ``decide`` and
+    ``decide_uses_model``."""
+    from so8t_core.safety.baselines import make_baseline
+    from so8t_core.safety.heads import HEADS_NOTEBOOK, find_heads_for_model, heads_decider, load_heads
+
+    # beside the model, else the heads notebook 06 recorded for these exact weights
+    folder = (find_heads(model_dir) or find_heads_for_model(model_dir)) if Path(model_dir).is_dir() else None
+    if folder is None:
+        baseline = make_baseline("tfidf")
+        return {
+            "decision_source": "tfidf_baseline",
+            "decide": lambda text: baseline.predict([text])[0],
+            "decide_uses_model": False,
+        }
+    heads, thresholds = load_heads(folder)
+    check(
+        heads.hidden_size == model.config.hidden_size,
+        "safety_heads.hidden_size",
+        heads.hidden_size,
+        f"the model has {model.config.hidden_size}: retrain the heads on this model ({HEADS_NOTEBOOK})",
+    )
+    return {
+        "decision_source": "safety_heads",
+        "decide": heads_decider(model, tokenizer, heads, thresholds),
+        "decide_uses_model": True,
+    }

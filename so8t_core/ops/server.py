@@ -1,0 +1,280 @@
+"""The ``/think`` HTTP endpoint: a prompt (and optionally an image) in, a policy decision and a final answer out.
+
+    python -m so8t_core.serve [--model DIR] [--host 127.0.0.1] [--port 8088] [--audit artifacts/audit/audit.db]
+        [--max-body 2MB] [--max-new-tokens 128] [--allow-remote]
+
+    POST /think    {"prompt": str, "image_base64": str (optional)} -> 200 {"request_id", "decision", "final"}
+    GET  /healthz  -> 200 {"status", "model_id", "decision_source", "audit_path"}
+    errors         -> 4xx/5xx {"error": "..."}: 400 bad JSON, fields, base64 or image; 404 path; 405 method;
+                      411 no Content-Length; 413 body or image too large; 415 not JSON; 422 OCR failed on the
+                      image; 500 internal; 503 OCR not installed. The server keeps serving.
+
+The standard library's ``ThreadingHTTPServer`` (no new dependency), one thread per connection. A model lock lets
+one request at a time use the model (safety heads, ``generate``); parsing, OCR, a baseline decision, the fixed
+REFUSE/ESCALATE answers and audit writes run in parallel.
+
+An image is read locally by ``ocr.ocr_summary`` and only its summary is appended to the prompt (``model_text``);
+decision and answer both see that text. The answer comes only from ``think.respond`` (``extract_final`` or a
+fixed message), and error messages and the server log never include model output.
+
+Every answered request is one ``AuditLog.log_decision`` row: decision, decision source (as reason), ``input_hash``,
+thinking hash (for REFUSE/ESCALATE, which generate nothing, the hash of no thinking), final text, model id and,
+with an image, its SHA-256 and the OCR summary (purged after ``audit.RETENTION_DAYS``, at start-up). A rejected
+request (4xx) reached no decision and is not logged as one. If the audit write fails the answer is withheld (500).
+
+Explained in notebooks/06_safety_eval.ipynb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import re
+import signal
+import socket
+import sys
+import traceback
+import uuid
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from so8t_core.config import artifacts_dir
+from so8t_core.ops.answer import AppState, RequestError, health, parse_think_request, think
+from so8t_core.ops.audit import AuditError, AuditLog
+from so8t_core.ops.models import load_decider, model_identity, resolve_model
+
+log = logging.getLogger("so8t_core.serve")  # also when run as __main__
+
+ROUTES = {"/think": "POST", "/healthz": "GET"}
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+# ---------------------------------------------------------------------------------------------- HTTP
+class _Handler(BaseHTTPRequestHandler):
+    server: ThinkServer
+    server_version = "so8t-serve/1"
+    protocol_version = "HTTP/1.1"  # keep-alive: every response carries a Content-Length
+
+    def setup(self) -> None:
+        # socketserver reads the per-connection timeout from the instance; a client that stops sending frees its thread
+        self.timeout = self.server.state.read_timeout_s  # type: ignore[misc]
+        super().setup()
+
+    def _send_json(self, status: int, obj: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        body = json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        self.send_response(status)
+        for k, v in {
+            "Content-Type": "application/json; charset=utf-8",
+            "Content-Length": str(len(body)),
+            "Cache-Control": "no-store",
+            **(headers or {}),
+        }.items():
+            self.send_header(k, v)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # The stdlib calls this for bad request lines, oversized headers and unknown methods: answer in JSON too.
+        self.close_connection = True
+        self._send_json(code, {"error": message or HTTPStatus(code).phrase})
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.info("%s %s", self.address_string(), format % args)
+
+    def _content_length(self) -> int:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            raise RequestError(411, "chunked bodies are not accepted: send a Content-Length")
+        lengths = set(self.headers.get_all("Content-Length") or [])
+        if not lengths:
+            raise RequestError(411, "a Content-Length header is required")
+        raw = lengths.pop()
+        if lengths or not re.fullmatch(r"\s*[0-9]{1,18}\s*", raw):
+            raise RequestError(400, "Content-Length must be one non-negative integer")
+        n, limit = int(raw), self.server.state.max_body
+        if n > limit:  # refused before reading a byte of it
+            raise RequestError(413, f"body of {n} bytes exceeds the limit of {limit} bytes (--max-body)")
+        return n
+
+    def handle_expect_100(self) -> bool:
+        # curl asks before sending a large body: refuse it here, so it is never sent
+        try:
+            self._content_length()
+        except RequestError as e:
+            self.close_connection = True
+            self._send_json(e.status, {"error": e.message})
+            return False
+        return super().handle_expect_100()
+
+    def _read_body(self) -> bytes:
+        n = self._content_length()
+        body = self.rfile.read(n)
+        if len(body) < n:
+            raise RequestError(400, f"body ended after {len(body)} of {n} bytes")
+        return body
+
+    def _route(self) -> str:
+        path = urlsplit(self.path).path
+        if path not in ROUTES:
+            raise RequestError(404, f"unknown path: use {', '.join(f'{m} {p}' for p, m in ROUTES.items())}")
+        allowed = ROUTES[path] + (", HEAD" if ROUTES[path] == "GET" else "")  # HEAD: a GET without the body
+        if self.command not in allowed.split(", "):
+            raise RequestError(405, f"{path} accepts {allowed} only", {"Allow": allowed})
+        return path
+
+    def _handle(self) -> tuple[int, dict[str, Any], dict[str, str]]:
+        request_id = uuid.uuid4().hex
+        try:
+            if self._route() == "/healthz":
+                return 200, health(self.server.state), {}
+            if self.headers.get("Content-Type") is not None and self.headers.get_content_type() != "application/json":
+                raise RequestError(415, "Content-Type must be application/json")
+            return 200, think(self.server.state, parse_think_request(self._read_body()), request_id), {}
+        except RequestError as e:
+            self.close_connection = True  # the body may be unread: do not parse it as the next request
+            return e.status, {"error": e.message}, e.headers
+        except Exception as e:  # its message may hold model output: log the type and frames, send a fixed text
+            log.error(
+                "request %s failed with %s:\n%s",
+                request_id,
+                type(e).__name__,
+                "".join(traceback.format_tb(e.__traceback__)),
+            )
+            self.close_connection = True
+            return 500, {"error": f"internal error; see the server log for request {request_id}"}, {}
+
+    def _dispatch(self) -> None:
+        status, obj, headers = self._handle()
+        try:
+            self._send_json(status, obj, headers)
+        except ConnectionError:  # the client left; an answered request is already in the audit log
+            self.close_connection = True
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _dispatch
+
+
+class ThinkServer(ThreadingHTTPServer):
+    """A ``ThreadingHTTPServer`` carrying the ``AppState`` its handlers read."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], state: AppState) -> None:
+        self.state = state
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_host(host: str, allow_remote: bool = False) -> None:
+    """Refuse a non-loopback bind address unless ``allow_remote``, and say why."""
+    if not allow_remote and not is_loopback(host):
+        raise ValueError(
+            f"host={host!r} is not a loopback address: /think has no authentication and no TLS, and every call "
+            "runs the model and writes the audit log, so anyone who can reach the port could use it. Keep "
+            "127.0.0.1 (put an authenticating TLS proxy in front), or pass --allow-remote to accept that risk"
+        )
+
+
+def make_server(state: AppState, host: str = "127.0.0.1", port: int = 0, allow_remote: bool = False) -> ThinkServer:
+    """A bound, not yet serving ``ThinkServer``; run ``serve_forever()`` (e.g. in a thread), then ``shutdown()``.
+
+    Args:
+        state: the ``AppState``.
+        host, port: where to listen (port 0 picks a free one: read ``server.server_address``).
+        allow_remote: allow a non-loopback ``host`` (see ``check_host``).
+    Returns:
+        The server.
+    """
+    check_host(host, allow_remote)
+    return ThinkServer((host, port), state)
+
+
+def parse_size(text: str) -> int:
+    """``"2MB"`` -> 2097152: an integer with an optional K/M/G unit (binary multiples; ``B``, ``iB`` optional)."""
+    m = re.fullmatch(r"\s*([0-9]+)\s*([kmg]?)(?:i?b)?\s*", str(text), re.IGNORECASE)
+    if m is None or int(m.group(1)) <= 0:
+        raise ValueError(f"max_body={text!r}: must be a positive size like 2MB, 512KB or 1048576")
+    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m so8t_core.serve", description="Serve POST /think on the model.")
+    p.add_argument("--model", help="model folder (default: notebook 04's fused model, else notebook 00's)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8088, help="0 picks a free port")
+    p.add_argument("--audit", help="audit log file (default: artifacts/audit/audit.db)")
+    p.add_argument("--max-body", default="2MB")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host (no auth, no TLS)")
+    return p
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends serve_forever like Ctrl-C, so the audit log is closed cleanly
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; returns the exit code (2 with a one-line message for bad settings)."""
+    from so8t_core.lm.loading import load_model_and_tokenizer
+
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    audit = None
+    try:
+        check_host(args.host, args.allow_remote)
+        max_body = parse_size(args.max_body)
+        choice = resolve_model(args.model)
+        audit = AuditLog(args.audit or artifacts_dir() / "audit" / "audit.db")
+        purged = audit.purge()
+        model, tok = load_model_and_tokenizer(choice.source, load_in_4bit=choice.load_in_4bit)
+        state = AppState(
+            model,
+            tok,
+            audit,
+            model_identity(choice),
+            max_new_tokens=args.max_new_tokens,
+            max_body=max_body,
+            **load_decider(model, tok, choice.source),
+        )
+        server = make_server(state, args.host, args.port, args.allow_remote)
+    except (ValueError, OSError, AuditError) as e:
+        if audit is not None:
+            audit.close()
+        print(f"so8t_core.serve: {e}", file=sys.stderr)
+        return 2
+    host, port = str(server.server_address[0]), server.server_address[1]
+    host = f"[{host}]" if ":" in host else host
+    print(
+        f"so8t serve: {state.model_id} ({state.decision_source}); audit {audit.path} ({purged} OCR summaries "
+        f"purged); listening on http://{host}:{port}",
+        flush=True,
+    )
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        audit.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""The findings notebooks log come from these functions: table-driven cases, and missing inputs raise."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from so8t_core.config import AlphaStageConfig, SoulStageConfig
+from so8t_core.export.gguf import parity_targets
+from so8t_core.lm.study import soul_verdicts
+from so8t_core.safety.evaluation import system_verdicts
+from so8t_core.think import format_quad, in_quad_layout
+from so8t_core.verdicts import higher, lower, need
+from so8t_core.vision.train import random_tower_verdicts, text_only_baselines, tower_verdicts, visual_verdicts
+
+
+def test_need_names_the_missing_key_and_what_needed_it() -> None:
+    assert need({"a": 1}, "a", "x") == 1
+    with pytest.raises(KeyError, match=r"soul_verdicts: no 'b' among \['a'\]"):
+        need({"a": 1}, "b", "soul_verdicts")
+    assert lower({"a": 1.0, "b": 2.0}, "a", "b", "x") and not higher({"a": 1.0, "b": 2.0}, "a", "b", "x")
+    assert not lower({"a": 2.0, "b": 2.0}, "a", "b", "x")  # a tie is no win
+
+
+# --- notebook 03 ---
+PPL = {"soul_scheduled": 1.80, "lora_only": 1.78, "scale_only": 1.81, "target_0.0": 1.79, "target_3.0": 1.82}
+
+
+@pytest.mark.parametrize(
+    "trained,base,key,want",
+    [
+        (PPL, 1.71, "soul_beats_lora_only", False),
+        (PPL | {"soul_scheduled": 1.77}, 1.71, "soul_beats_lora_only", True),
+        (PPL, 1.71, "rotation_beats_scale_only", True),
+        (PPL, 1.71, "best_variant", "lora_only"),
+        (PPL, 1.71, "best_target_run", "target_0.0"),
+        (PPL, 1.71, "golden_ratio_best_target", False),
+        (PPL | {"target_0.0": 1.9}, 1.71, "golden_ratio_best_target", True),
+        (PPL, 1.71, "finetune_beats_base", False),
+        (PPL, 1.90, "finetune_beats_base", True),
+    ],
+)
+def test_soul_verdicts(trained, base, key, want) -> None:
+    assert soul_verdicts(trained, base)[key] == want
+
+
+@pytest.mark.parametrize("missing", ["soul_scheduled", "lora_only", "scale_only"])
+def test_soul_verdicts_raise_on_a_missing_variant(missing: str) -> None:
+    with pytest.raises(KeyError, match=missing):
+        soul_verdicts({k: v for k, v in PPL.items() if k != missing}, 1.7)
+
+
+@pytest.mark.parametrize(
+    "diffs,every,loses", [([-0.1, -0.2], True, False), ([0.1, 0.2], False, True), ([0.1, -0.1], False, False)]
+)
+def test_soul_verdicts_over_seeds(diffs, every, loses) -> None:
+    v = soul_verdicts(PPL, 1.7, {"soul_minus_lora": diffs, "spread": 0.002})
+    assert (v["soul_beats_lora_only_every_seed"], v["soul_loses_every_seed"], v["seed_spread"]) == (every, loses, 0.002)
+    with pytest.raises(KeyError, match="spread"):
+        soul_verdicts(PPL, 1.7, {"soul_minus_lora": diffs})
+
+
+# --- notebook 04 ---
+def row(t, diff, top1, ppl):
+    return {"type": t, "max_abs_diff": diff, "top1_agreement": top1, "ppl": ppl}
+
+
+@pytest.mark.parametrize(
+    "wrapper,table,key,want",
+    [
+        ({"max_abs_diff": 5e-5}, [row("f32", 1e-4, 1.0, 10.0)], "fused_vs_wrapper_max_abs_le_1e-4", True),
+        ({"max_abs_diff": 2e-4}, [row("f32", 1e-4, 1.0, 10.0)], "fused_vs_wrapper_max_abs_le_1e-4", False),
+        ({"max_abs_diff": 0.0}, [row("f32", 2e-3, 1.0, 10.0)], "f32_max_abs_le_1e-3_and_top1_100", False),
+        ({"max_abs_diff": 0.0}, [row("f32", 1e-4, 0.99, 10.0)], "f32_max_abs_le_1e-3_and_top1_100", False),
+        ({"max_abs_diff": 0.0}, [row("f32", 0, 1, 10.0)], "f16_top1_ge_99", None),
+        ({"max_abs_diff": 0.0}, [row("f32", 0, 1, 10.0), row("f16", 0.1, 0.985, 10.0)], "f16_top1_ge_99", False),
+        (
+            {"max_abs_diff": 0},
+            [row("f32", 0, 1, 10.0), row("q8_0", 1, 0.9, 10.05)],
+            "q8_0_ppl_within_1pct_of_f32",
+            True,
+        ),
+        ({"max_abs_diff": 0}, [row("f32", 0, 1, 10.0), row("q8_0", 1, 0.9, 9.8)], "q8_0_ppl_within_1pct_of_f32", False),
+    ],
+)
+def test_parity_targets(wrapper, table, key, want) -> None:
+    assert parity_targets(wrapper, table)[key] == want
+
+
+def test_parity_targets_need_f32_and_the_wrapper_check() -> None:
+    with pytest.raises(KeyError, match="f32"):
+        parity_targets({"max_abs_diff": 0.0}, [row("f16", 0, 1, 1)])
+    with pytest.raises(KeyError, match="max_abs_diff"):
+        parity_targets({}, [row("f32", 0, 1, 1)])
+
+
+# --- notebook 05 ---
+def em(all_, word):
+    return {"em_all": all_, "em_word": word}
+
+
+RESULTS = {
+    "visual_weighted": em(0.6, 0.5),
+    "visual_attention": em(0.4, 0.1),
+    "text_only_zero_shot": em(0.3, 0.2),
+    "text_only_blind_weighted": em(0.5, 0.1),
+    "text_only_blind_attention": em(0.2, 0.3),
+}
+GAINS = {"weighted": {"ci95": [0.01, 0.2]}, "attention": {"ci95": [-0.1, 0.3]}}
+METHODS = ("weighted", "attention")
+
+
+def test_text_only_rival_is_the_better_of_zero_shot_and_the_blind_twin() -> None:
+    assert text_only_baselines(RESULTS, METHODS) == {
+        "weighted": "text_only_blind_weighted",
+        "attention": "text_only_zero_shot",
+    }
+
+
+@pytest.mark.parametrize(
+    "results,key,want",
+    [
+        (RESULTS, "weighted_beats_text_only", True),  # 0.6 > blind twin 0.5
+        (RESULTS, "attention_beats_text_only", True),  # 0.4 > zero-shot 0.3
+        (RESULTS | {"visual_attention": em(0.3, 0.1)}, "attention_beats_text_only", False),
+        (RESULTS, "weighted_beats_text_only_on_words", True),
+        (RESULTS, "attention_beats_text_only_on_words", False),  # 0.1 < blind 0.3
+        (RESULTS, "better_fusion", "weighted"),
+        (RESULTS, "weighted_beats_text_only_ci95_above_zero", True),
+        (RESULTS, "attention_beats_text_only_ci95_above_zero", False),
+        (RESULTS | {"ocr_path": em(0.0, 0.45)}, "weighted_beats_ocr_on_words", True),
+        (RESULTS | {"ocr_path": em(0.0, 0.55)}, "weighted_beats_ocr_on_words", False),
+    ],
+)
+def test_visual_verdicts(results, key, want) -> None:
+    assert visual_verdicts(results, GAINS, METHODS)[key] == want
+
+
+def test_visual_verdicts_raise_on_missing_variants() -> None:
+    with pytest.raises(KeyError, match="text_only_blind_attention"):
+        visual_verdicts({k: v for k, v in RESULTS.items() if k != "text_only_blind_attention"}, GAINS, METHODS)
+    with pytest.raises(KeyError, match="attention"):
+        visual_verdicts(RESULTS, {"weighted": GAINS["weighted"]}, METHODS)
+    assert "weighted_beats_ocr_on_words" not in visual_verdicts(RESULTS, GAINS, METHODS)  # OCR not run: no verdict
+
+
+@pytest.mark.parametrize(
+    "r,rand,n,want",
+    [(0.5, 0.2, 10, (True, True)), (0.05, 0.2, 10, (False, False)), (0.15, 0.2, 10, (False, True))],
+)
+def test_tower_verdicts(r, rand, n, want) -> None:
+    v = tower_verdicts(r, rand, n)
+    assert (v["pretraining_beats_random_tower_retrieval"], v["pretraining_beats_chance"]) == want
+
+
+def test_random_tower_verdicts() -> None:
+    res = {"visual_weighted": em(0.6, 0), "random_tower_weighted": em(0.5, 0)}
+    assert random_tower_verdicts(res, {"ci95": [-0.01, 0.2]}, "weighted") == {
+        "pretrained_tower_beats_random": True,
+        "pretrained_tower_beats_random_ci95_above_zero": False,
+    }
+    with pytest.raises(KeyError, match="visual_attention"):
+        random_tower_verdicts(res, {"ci95": [0, 1]}, "attention")
+
+
+# --- notebook 06 ---
+def test_system_verdicts() -> None:
+    m = {"heads_fused": {"macro_f1": 0.5}, "keyword": {"macro_f1": 0.4}, "tfidf": {"macro_f1": 0.6}}
+    assert system_verdicts(m) == {"best_system": "tfidf", "heads_beat_keyword": True, "heads_beat_tfidf": False}
+    with pytest.raises(KeyError, match="tfidf"):
+        system_verdicts({k: v for k, v in m.items() if k != "tfidf"})
+    with pytest.raises(KeyError, match="macro_f1"):
+        system_verdicts(m | {"keyword": {"f1": 0.1}})
+
+
+# --- notebook 00 ---
+QUAD = format_quad("o", "d", "a", "i", "answer")
+
+
+@pytest.mark.parametrize(
+    "text,want",
+    [
+        (QUAD, True),
+        ("  " + QUAD + " trailing", True),
+        (QUAD.replace("<final>answer</final>", ""), False),
+        (QUAD.replace("<think-observation>o</think-observation>", ""), False),
+        (format_quad("o", "<b>", "a", "i", "x"), False),  # a tag inside a part
+        ("<final>answer</final>", False),
+        ("", False),
+    ],
+)
+def test_in_quad_layout(text: str, want: bool) -> None:
+    assert in_quad_layout(text) is want
+
+
+def test_in_quad_layout_needs_the_parts_in_order() -> None:
+    swapped = QUAD.replace("observation", "TMP").replace("deduction", "observation").replace("TMP", "deduction")
+    assert not in_quad_layout(swapped)
+
+
+# --- configs from a notebook's namespace ---
+def test_from_namespace_takes_the_fields_and_ignores_the_rest() -> None:
+    ns = {f: getattr(AlphaStageConfig(), f) for f in AlphaStageConfig.__dataclass_fields__} | {"plt": object()}
+    assert AlphaStageConfig.from_namespace(ns | {"exp_steps": 7}).exp_steps == 7
+    with pytest.raises(ValueError, match="exp_lr"):
+        AlphaStageConfig.from_namespace({k: v for k, v in ns.items() if k != "exp_lr"})
+    with pytest.raises(ValueError, match="steps"):
+        SoulStageConfig.from_namespace(
+            {f: getattr(SoulStageConfig(), f) for f in SoulStageConfig.__dataclass_fields__} | {"steps": 0}
+        )
+    assert math.isclose(SoulStageConfig().alpha_target, (1 + 5**0.5) / 2)
