@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from so8t_core.artifacts import Stage, json_ready
 from so8t_core.config import SafetyEvalStageConfig
 from so8t_core.safety import evaluation as se
-from so8t_core.safety import heads as heads_lib
+from so8t_core.safety import registry
 from so8t_core.safety.heads import HEADS_WEIGHTS, SafetyHeads, Thresholds, decide, save_heads
 from so8t_core.safety.labels import LABELS, metrics
 from so8t_core.think import REFUSE_MESSAGE, leaks_thinking
@@ -213,14 +213,14 @@ def test_heads_are_found_by_model_content(tiny, tmp_path) -> None:
     model, tok, model_dir, _ = tiny
     stage_dir = tmp_path / "06"
     heads = SafetyHeads(32).eval()
-    record = heads_lib.save_heads_for_model(heads, Thresholds(0.3, 0.6), stage_dir / "heads", model_dir, "04_x")
+    record = registry.save_heads_for_model(heads, Thresholds(0.3, 0.6), stage_dir / "heads", model_dir, "04_x")
     info = json.loads(record.read_text())
     assert info["model_dir"] == str(model_dir.resolve()) and info["model_stage"] == "04_x"
     assert set(info["fingerprint"]) == {"config.json", "model.safetensors"}
-    assert heads_lib.find_heads_for_model(model_dir, stage_dir) == stage_dir / "heads"
+    assert registry.find_heads_for_model(model_dir, stage_dir) == stage_dir / "heads"
     copy = tmp_path / "copy"
     shutil.copytree(model_dir, copy)  # moved or copied: still the same weights
-    loaded, th, where = heads_lib.load_heads_for_model(copy, stage_dir)
+    loaded, th, where = registry.load_heads_for_model(copy, stage_dir)
     assert where == stage_dir / "heads" and th == Thresholds(0.3, 0.6)
     assert torch.equal(loaded.safety.weight, heads.safety.weight)
 
@@ -228,18 +228,18 @@ def test_heads_are_found_by_model_content(tiny, tmp_path) -> None:
     torch.manual_seed(1)
     type(model)(model.config).save_pretrained(other)
     assert (other / "model.safetensors").stat().st_size == (model_dir / "model.safetensors").stat().st_size
-    assert heads_lib.find_heads_for_model(other, stage_dir) is None
+    assert registry.find_heads_for_model(other, stage_dir) is None
     with pytest.raises(FileNotFoundError, match="pipeline --only 06"):
-        heads_lib.load_heads_for_model(other, stage_dir)
+        registry.load_heads_for_model(other, stage_dir)
     save_heads(heads, other)  # heads saved next to a model win without any record
-    assert heads_lib.find_heads_for_model(other, stage_dir) == other
+    assert registry.find_heads_for_model(other, stage_dir) == other
 
 
 def test_default_lookup_trusts_only_a_finished_stage(tiny, isolated_outputs) -> None:
     _, _, model_dir, _ = tiny
     stage = Stage(se.STAGE, {"seed": 0})
-    heads_lib.save_heads_for_model(SafetyHeads(32), Thresholds(), stage.path("heads"), model_dir)
-    assert heads_lib.find_heads_for_model(model_dir) is None  # stage still running (or crashed): no manifest
+    registry.save_heads_for_model(SafetyHeads(32), Thresholds(), stage.path("heads"), model_dir)
+    assert registry.find_heads_for_model(model_dir) is None  # stage still running (or crashed): no manifest
     stage.finish()
-    assert heads_lib.find_heads_for_model(model_dir) == stage.path("heads")
+    assert registry.find_heads_for_model(model_dir) == stage.path("heads")
     assert (stage.path("heads") / HEADS_WEIGHTS).is_file()

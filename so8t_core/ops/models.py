@@ -73,7 +73,8 @@ def load_decider(model: Any, tokenizer: Any, model_dir: str | Path) -> dict[str,
     train split. Returns ``AppState`` keyword arguments: ``decision_source``, ``decide`` and
     ``decide_uses_model``."""
     from so8t_core.safety.baselines import make_baseline
-    from so8t_core.safety.heads import HEADS_NOTEBOOK, find_heads_for_model, heads_decider, load_heads
+    from so8t_core.safety.heads import HEADS_NOTEBOOK, heads_decider, load_heads
+    from so8t_core.safety.registry import find_heads_for_model
 
     # beside the model, else the heads notebook 06 recorded for these exact weights
     folder = (find_heads(model_dir) or find_heads_for_model(model_dir)) if Path(model_dir).is_dir() else None

@@ -35,7 +35,8 @@ def parse_label_map(text: str | None) -> dict[str, str]:
 
 
 def _predict_model(model_dir: Path, prompts: Sequence[str]) -> tuple[list[str], list[dict], list[float], dict]:
-    from so8t_core.safety.heads import load_heads_for_model, predict_with_heads
+    from so8t_core.safety.heads import predict_with_heads
+    from so8t_core.safety.registry import load_heads_for_model
 
     if not model_dir.is_dir():
         raise ValueError(f"--model {model_dir}: no such folder")
