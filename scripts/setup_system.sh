@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# System packages the OCR stage needs: Tesseract with Japanese + English data, and Noto CJK fonts for the
-# rendered evaluation images. Installs them with apt-get when run as root, else prints the exact command.
+# System packages: Tesseract with Japanese + English data and Noto CJK fonts (OCR, rendered images), and the
+# freely licensed vocabularies the embedded base's corpus is built from (WordNet, IPAdic, EDICT; see
+# so8t_core/lm/lexicon.py). Installs them with apt-get when run as root, else prints the exact command.
 set -euo pipefail
-pkgs=(tesseract-ocr tesseract-ocr-jpn tesseract-ocr-eng fonts-noto-cjk)
+pkgs=(tesseract-ocr tesseract-ocr-jpn tesseract-ocr-eng fonts-noto-cjk wordnet-base mecab-ipadic edict)
 missing=()
 command -v tesseract >/dev/null 2>&1 || missing+=(tesseract-ocr)
 if command -v tesseract >/dev/null 2>&1; then
@@ -11,6 +12,9 @@ if command -v tesseract >/dev/null 2>&1; then
   grep -qx eng <<<"$langs" || missing+=(tesseract-ocr-eng)
 fi
 if ! fc-list 2>/dev/null | grep -qi "Noto Sans CJK"; then missing+=(fonts-noto-cjk); fi
+[ -f /usr/share/wordnet/data.noun ] || missing+=(wordnet-base)
+[ -f /usr/share/mecab/dic/ipadic/Verb.csv ] || missing+=(mecab-ipadic)
+[ -f /usr/share/edict/edict ] || missing+=(edict)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing system packages: ${pkgs[*]}"

@@ -111,9 +111,9 @@ class BaseModelConfig(StageConfig):
     """
 
     seed: int = 0
-    n_docs: int = 10000
+    n_docs: int = 30000
     heldout_fraction: float = 0.1
-    vocab_size: int = 2000
+    vocab_size: int = 5000
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
@@ -124,7 +124,13 @@ class BaseModelConfig(StageConfig):
     lr: float = 3e-3
     warmup_steps: int = 50
     eval_batch_size: int = 32
+    eval_every: int = 100  # held-out perplexity every this many steps (the curve); 0 = only before and after
     gen_tokens: int = 96
+    probe: bool = True  # the precondition check: a linear probe on the base's pooled states vs baselines
+    probe_batch_size: int = 64
+    probe_max_length: int = 96
+    max_over_refusal: float = 0.05  # the dev rule every safety system is thresholded by
+    n_boot: int = 1000  # bootstrap resamples of translation pairs
     base_model: str = ""
     corpus_files: str = ""
     load_in_4bit: bool = False
@@ -133,7 +139,19 @@ class BaseModelConfig(StageConfig):
 
     def __post_init__(self) -> None:
         _positive(self, "n_docs", "vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size")
-        _positive(self, "steps", "batch_size", "lr", "eval_batch_size", "gen_tokens")
+        _positive(
+            self,
+            "steps",
+            "batch_size",
+            "lr",
+            "eval_batch_size",
+            "gen_tokens",
+            "probe_batch_size",
+            "probe_max_length",
+            "n_boot",
+        )
+        check(self.eval_every >= 0, "eval_every", self.eval_every, "must be >= 0 (0: no curve)")
+        check(0.0 <= self.max_over_refusal <= 1.0, "max_over_refusal", self.max_over_refusal, "must be in [0, 1]")
         check(self.vocab_size >= MIN_VOCAB, "vocab_size", self.vocab_size, f"must be >= {MIN_VOCAB}")
         check(0.0 < self.heldout_fraction < 1.0, "heldout_fraction", self.heldout_fraction, "must be in (0, 1)")
         check(self.hidden_size % 8 == 0, "hidden_size", self.hidden_size, "must be a multiple of 8 (SO(8) blocks)")

@@ -112,4 +112,4 @@ def corpus_tok(tmp_path_factory):
     from so8t_core.lm.corpus import build_corpus
 
     corpus = build_corpus(seed=0, n_docs=120, heldout_fraction=0.1)
-    return train_tokenizer(corpus.train, tmp_path_factory.mktemp("corpus_tok"), vocab_size=600), corpus
+    return train_tokenizer(corpus.train, tmp_path_factory.mktemp("corpus_tok"), vocab_size=2500), corpus

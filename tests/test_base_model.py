@@ -57,7 +57,7 @@ def corpus():
 
 @pytest.fixture(scope="module")
 def tok(corpus, tmp_path_factory):
-    return train_tokenizer(corpus.train, tmp_path_factory.mktemp("tok"), vocab_size=600)
+    return train_tokenizer(corpus.train, tmp_path_factory.mktemp("tok"), vocab_size=2500)
 
 
 def tiny(tok, seed=0, hidden=32, layers=2):
@@ -113,7 +113,7 @@ def test_tokenizer_folder_keeps_the_sentencepiece_model(tok):
 
 
 def test_tokenizer_training_is_deterministic(corpus, tok, tmp_path):
-    again = train_tokenizer(corpus.train, tmp_path, vocab_size=600)
+    again = train_tokenizer(corpus.train, tmp_path, vocab_size=2500)
     assert (tmp_path / "tokenizer.model").read_bytes() == Path(tok.vocab_file).read_bytes()
     assert again.get_vocab() == tok.get_vocab()
 
@@ -220,11 +220,24 @@ def test_pretraining_lowers_loss_and_is_deterministic(tok, corpus):
     model = tiny(tok)
     batches = token_batches(tok, corpus.heldout, seq_len=64, batch_size=16)
     before = perplexity(model, batches)
-    records = pretrain(model, tok, corpus.train, steps=25, batch_size=8, seq_len=64, lr=5e-3, seed=1)
+    records = pretrain(
+        model,
+        tok,
+        corpus.train,
+        steps=40,
+        batch_size=8,
+        seq_len=64,
+        lr=1e-2,
+        seed=1,
+        eval_batches=batches[:2],
+        eval_every=20,
+    )
     assert sum(r["loss"] for r in records[-5:]) / 5 < records[0]["loss"] - 1.0
     assert perplexity(model, batches) < before / 2 and not model.training
-    again = pretrain(tiny(tok), tok, corpus.train, steps=3, batch_size=8, seq_len=64, lr=5e-3, seed=1)
-    assert [r["loss"] for r in again] == [r["loss"] for r in records[:3]]
+    curve = [(r["step"], r["heldout_ppl"]) for r in records if "heldout_ppl" in r]
+    assert [s for s, _ in curve] == [19, 39] and curve[1][1] < curve[0][1]  # measured during training, falling
+    again = pretrain(tiny(tok), tok, corpus.train, steps=40, batch_size=8, seq_len=64, lr=1e-2, seed=1)
+    assert [r["loss"] for r in again] == [r["loss"] for r in records]  # evaluation does not disturb training
 
 
 class ShiftModel:

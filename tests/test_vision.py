@@ -39,7 +39,7 @@ def tok(tmp_path_factory):
     samples = vd.generate(seed=5, n=40)
     texts = build_corpus(seed=0, n_docs=150).train + [t for s in samples for t in (s.caption_en, s.caption_ja)]
     texts += [q.question + " " + q.answer for s in samples for q in s.qa]
-    return train_tokenizer(texts, tmp_path_factory.mktemp("tok"), vocab_size=500)
+    return train_tokenizer(texts, tmp_path_factory.mktemp("tok"), vocab_size=2500)
 
 
 def soul_lm(tok, seed: int = 0) -> SoulWrapper:

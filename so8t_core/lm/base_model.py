@@ -28,6 +28,7 @@ from transformers import LlamaTokenizer, Phi3Config, Phi3ForCausalLM, PreTrained
 from so8t_core.artifacts import atomic_path
 from so8t_core.config import check
 from so8t_core.lm.corpus import chat_turn
+from so8t_core.lm.tokenizer import exact_fast_tokenizer
 from so8t_core.think import FINAL_TAG, THINK_PARTS
 
 SPM_FILE = "tokenizer.model"
@@ -47,7 +48,9 @@ PHI3_CHAT_TEMPLATE = (
 # --- tokenizer ---
 
 
-def train_tokenizer(texts: Sequence[str], out_dir: str | Path, vocab_size: int = 2000) -> PreTrainedTokenizerBase:
+def train_tokenizer(
+    texts: Sequence[str], out_dir: str | Path, vocab_size: int = 2000, character_coverage: float = 0.9995
+) -> PreTrainedTokenizerBase:
     """Train a SentencePiece BPE tokenizer on ``texts`` and save it as a transformers tokenizer folder.
 
     Args:
@@ -73,7 +76,7 @@ def train_tokenizer(texts: Sequence[str], out_dir: str | Path, vocab_size: int =
         vocab_size=vocab_size,
         hard_vocab_limit=False,
         byte_fallback=True,
-        character_coverage=0.9995,  # the usual setting for Japanese: rare kanji fall back to bytes
+        character_coverage=character_coverage,
         normalization_rule_name="identity",  # transformers' LlamaTokenizer does not normalise either
         remove_extra_whitespaces=False,
         split_digits=True,  # one token per digit helps a small model with arithmetic
@@ -88,6 +91,8 @@ def train_tokenizer(texts: Sequence[str], out_dir: str | Path, vocab_size: int =
     )
     with atomic_path(out_dir / SPM_FILE) as tmp:  # a reader never sees half a model
         tmp.write_bytes(model.getvalue())
+    with atomic_path(out_dir / "tokenizer.json") as tmp:
+        exact_fast_tokenizer(model.getvalue()).save(str(tmp))
     tokenizer = load_spm_tokenizer(out_dir)
     tokenizer.save_pretrained(out_dir)
     return tokenizer
@@ -290,6 +295,8 @@ def pretrain(
     warmup_steps: int | None = None,
     weight_decay: float = 0.01,
     grad_clip: float = 1.0,
+    eval_batches: Sequence[dict[str, torch.Tensor]] | None = None,
+    eval_every: int = 0,
 ) -> list[dict[str, float]]:
     """Pretrain a causal LM on packed rows of ``texts`` with AdamW and warmup + cosine decay.
 
@@ -303,8 +310,10 @@ def pretrain(
         seed: seed of the row order (the run is deterministic given it).
         warmup_steps: default 5% of ``steps``.
         weight_decay, grad_clip: AdamW decay (matrices only) and gradient-norm clip.
+        eval_batches, eval_every: held-out batches whose perplexity is measured every ``eval_every`` steps and
+            after the last step (0: never), so a curve shows whether held-out perplexity still falls at the end.
     Returns:
-        One record per step: ``{"step", "loss", "lr"}``.
+        One record per step: ``{"step", "loss", "lr"}``, plus ``heldout_ppl`` on evaluated steps.
     Explained in notebooks/00_base_model.ipynb.
     """
     check(steps > 0, "steps", steps, "must be > 0")
@@ -332,7 +341,10 @@ def pretrain(
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        records.append({"step": step, "loss": loss.item(), "lr": rate})
+        record = {"step": step, "loss": loss.item(), "lr": rate}
+        if eval_batches is not None and eval_every > 0 and ((step + 1) % eval_every == 0 or step + 1 == steps):
+            record["heldout_ppl"] = perplexity(model, eval_batches)
+        records.append(record)
     model.eval()
     return records
 

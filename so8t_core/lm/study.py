@@ -7,13 +7,14 @@ Explained in notebooks/03_soul_injection.ipynb.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from so8t_core.config import check
 from so8t_core.gate.soul import SoulConfig, SoulWrapper, describe
 from so8t_core.lm.base_model import encode_documents, pack_rows, perplexity, token_batches
 from so8t_core.lm.corpus import Corpus
@@ -167,3 +168,14 @@ def soul_verdicts(
             "seed_spread": float(need(seed_noise, "spread", "seed_noise")),
         }
     return out
+
+
+def still_improving(curve: Sequence[float], rel_tol: float = 1e-3) -> bool:
+    """True when the last value of a held-out perplexity curve is lower than the one before it by more than
+    ``rel_tol`` (relative): the model was still learning when training stopped.
+
+    Raises:
+        ValueError: fewer than two points.
+    """
+    check(len(curve) >= 2, "curve", len(curve), "need at least two evaluations")
+    return curve[-1] < curve[-2] * (1 - rel_tol)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from so8t_core.safety.labels import KEYWORDS, LABELS, confusion, load_prompts
+from so8t_core.safety.labels import KEYWORDS, LABELS, confusion, generated_set
 
 
 def _pattern(words: Sequence[str]) -> re.Pattern:
@@ -95,9 +95,10 @@ class TfidfBaseline:
 
 
 def make_baseline(name: str) -> KeywordBaseline | TfidfBaseline:
-    """A baseline by name (``tfidf`` or ``keyword``), fitted on the shipped train split."""
+    """A baseline by name (``tfidf`` or ``keyword``), fitted on the generated train split (never on the
+    hand-written prompts, which are test only)."""
     kinds = {"tfidf": TfidfBaseline, "keyword": KeywordBaseline}
     if name not in kinds:
         raise ValueError(f"baseline={name!r}: use one of {sorted(kinds)}")
-    train = load_prompts("train")
-    return kinds[name]().fit([r["prompt"] for r in train], [r["label"] for r in train])
+    train = generated_set("train")
+    return kinds[name]().fit(list(train.prompts), list(train.labels))

@@ -38,11 +38,11 @@ from so8t_core.safety.heads import (
 from so8t_core.safety.labels import (
     LABELS,
     LLAMA_GUARD_3_REPORTED,
-    SHIPPED,
     LabeledSet,
     breakdown,
     load_labeled,
     metrics,
+    task_splits,
 )
 from so8t_core.think import respond
 from so8t_core.verdicts import higher, need
@@ -62,8 +62,16 @@ TABLE_KEYS = (
 
 
 # --- data and systems ------------------------------------------------------------------------------------
-def load_splits(path: str | Path = SHIPPED) -> dict[str, LabeledSet]:
-    """The train, dev and test splits of a labelled file with a ``split`` column (default: the shipped set)."""
+def load_splits(path: str | Path | None = None, seed: int = 0) -> dict[str, LabeledSet]:
+    """The train, dev and test splits every safety system uses.
+
+    Args:
+        path: a labelled file with a ``split`` column to take all three from; default (None): the generated
+            train and dev splits and the hand-written prompts as test (``labels.task_splits``).
+        seed: seed of the generated variant split.
+    """
+    if path is None:
+        return task_splits(seed)
     return {s: load_labeled(path, split=s) for s in SPLITS}
 
 
