@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# System packages the OCR stage needs: Tesseract with Japanese + English data, and Noto CJK fonts for the
-# rendered evaluation images. Installs them with apt-get when run as root, else prints the exact command.
+# System packages: Tesseract with Japanese + English data and Noto CJK fonts (the OCR stage and its rendered
+# evaluation images); npm (installs MathJax for the HTML reports, scripts/setup_web.sh); Chromium and its WebDriver
+# (the browser tests: reports' math, JupyterLab's widgets). Installs them with apt-get when run as root, else prints
+# the exact command.
 set -euo pipefail
-pkgs=(tesseract-ocr tesseract-ocr-jpn tesseract-ocr-eng fonts-noto-cjk)
+pkgs=(tesseract-ocr tesseract-ocr-jpn tesseract-ocr-eng fonts-noto-cjk npm chromium chromium-driver)
 missing=()
 command -v tesseract >/dev/null 2>&1 || missing+=(tesseract-ocr)
 if command -v tesseract >/dev/null 2>&1; then
@@ -11,6 +13,9 @@ if command -v tesseract >/dev/null 2>&1; then
   grep -qx eng <<<"$langs" || missing+=(tesseract-ocr-eng)
 fi
 if ! fc-list 2>/dev/null | grep -qi "Noto Sans CJK"; then missing+=(fonts-noto-cjk); fi
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing system packages: ${pkgs[*]}"
@@ -20,6 +25,6 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
 else
   echo "missing system packages: ${missing[*]}" >&2
   echo "install them with:  sudo apt-get install -y ${pkgs[*]}" >&2
-  echo "(conda users: conda install -c conda-forge tesseract, plus the jpn traineddata)" >&2
+  echo "(conda users: conda install -c conda-forge tesseract nodejs, plus the jpn traineddata; a Chromium with its chromedriver)" >&2
   exit 1
 fi
