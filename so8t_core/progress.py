@@ -50,7 +50,8 @@ def bar_text(widget_state: Mapping[str, Mapping[str, Any]], model_id: str) -> st
         widget_state: model id -> widget state (nbclient's ``widget_state``).
         model_id: the widget whose update just arrived (the box, the bar or one of the labels).
     Returns:
-        e.g. ``"soul injection:  41% 164/400 [02:01<02:54, 1.35it/s]"``.
+        e.g. ``"soul injection: 41% 164/400 [02:01<02:54, 1.35it/s]"``; ``""`` for a bar that has finished (it no
+        longer says what the cell is doing, as a model's weight-loading bar would), None for no tqdm bar.
     """
     for box in list(widget_state.values()):
         kids = [str(k).removeprefix("IPY_MODEL_") for k in box.get("children", ()) or ()]
@@ -59,6 +60,8 @@ def bar_text(widget_state: Mapping[str, Mapping[str, Any]], model_id: str) -> st
         left, bar, right = (widget_state.get(k, {}) for k in kids)
         if bar.get("_model_name") not in _PROGRESS_MODELS:
             continue
+        if bar.get("bar_style") != "info" and bar.get("value", 0) >= bar.get("max", 1) > 0:  # info: no total
+            return ""
         text = html.unescape(f"{left.get('value', '')} {right.get('value', '')}").replace("\u2007", " ")
         return re.sub(r"\s+", " ", text).strip() or None
     return None
@@ -97,7 +100,7 @@ class Heartbeat:
         self.cell, self.cell_started, self.loop = index, self.now(), ""
 
     def saw_bar(self, text: str) -> None:
-        """The newest tqdm text of the running cell."""
+        """The newest tqdm text of the running cell ("" when its bar finished)."""
         self.loop, self.loop_at = text, self.now()
 
     def line(self) -> str | None:
@@ -134,9 +137,12 @@ class Heartbeat:
 
 
 def _write_above_bars(text: str) -> None:
-    from tqdm import tqdm
+    if sys.stderr.isatty():  # papermill's cell bar is live there: clear it, write, redraw
+        from tqdm import tqdm
 
-    tqdm.write(text, file=sys.stdout)  # clears and redraws papermill's cell bar around the line
+        tqdm.write(text, file=sys.stdout)
+    else:  # a log: a redraw would only add another copy of the bar
+        print(text, flush=True)
 
 
 class HeartbeatClient(PapermillNotebookClient):
@@ -157,7 +163,7 @@ class HeartbeatClient(PapermillNotebookClient):
         finally:
             if msg.get("msg_type") in ("comm_open", "comm_msg"):
                 text = bar_text(self.widget_state, msg["content"].get("comm_id", ""))
-                if text:
+                if text is not None:
                     self._beat.saw_bar(text)
 
 
