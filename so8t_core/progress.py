@@ -6,7 +6,7 @@ not as output, so ``log_output`` cannot show them, and a text tqdm would write a
 the report. Instead the runner keeps the newest bar's text (tqdm's own ``n/total [elapsed<remaining, rate]``) and
 a timer thread prints one line while a cell has run longer than the interval::
 
-    .. 03_soul_injection: cell 8/17 running 2m05s (stage 3m40s) | soul injection:  41% 164/400 [02:01<02:54, 1.35it/s]
+    .. 03_soul_injection: cell 13/18 running 1m01s (stage 1m30s) | soul injection: 50% 6/12 [00:13<00:16, 2.79s/it]
 
 Quick cells print nothing, so a run prints about (long-cell time / interval) extra lines.
 """

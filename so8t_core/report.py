@@ -148,7 +148,9 @@ def _value_html(value: Any) -> str:
         return f'<span class="{"yes" if value else "no"}">{"yes" if value else "no"}</span>'
     if value is None:
         return '<span class="na">not measured</span>'
-    if isinstance(value, list):
+    if isinstance(value, list) and all(not isinstance(v, str) or len(v) < 40 for v in value):
+        return ", ".join(_value_html(v) for v in value) or "none"  # names or numbers: one line
+    if isinstance(value, list):  # sentences: one per line
         return "<ul>" + "".join(f"<li>{_value_html(v)}</li>" for v in value) + "</ul>"
     if isinstance(value, dict):
         return "<ul>" + "".join(f"<li>{html.escape(str(k))}: {_value_html(v)}</li>" for k, v in value.items()) + "</ul>"

@@ -74,7 +74,8 @@ def test_index_shows_declared_verdicts_and_the_headline_thumbnail(isolated_outpu
     st = Stage("01_x", {"seed": 0})
     st.log(torch_like_noise=3, hidden_size=64)
     _png(st.path("phase.png"))
-    st.verdict(soul_beats_lora_only=False, best_variant="lora_only", f16_top1_ge_99=None)
+    st.verdict(soul_beats_lora_only=False, best_variant="lora_only", f16_top1_ge_99=None, wins_at=[0.0, 3.0])
+    st.verdict(notes=["The interval contains 0, no measurable difference on this test split."], empty=[])
     st.headline("phase.png")
     st.finish()
     bare = Stage("02_y", {"seed": 0})  # declares nothing: still a row, with its first metrics
@@ -96,6 +97,10 @@ def test_index_shows_declared_verdicts_and_the_headline_thumbnail(isolated_outpu
     assert '<a href="01_x.html">01_x</a>' in one and "12.5 s" in one
     assert '<b>soul_beats_lora_only</b>: <span class="no">no</span>' in one
     assert "<b>best_variant</b>: lora_only" in one and "not measured" in one
+    assert "<b>wins_at</b>: 0, 3</li>" in one and "<b>empty</b>: none</li>" in one
+    assert (
+        "<b>notes</b>: <ul><li>The interval contains 0, no measurable difference on this test split.</li></ul>" in one
+    )
     assert "hidden_size" not in one  # a stage with verdicts shows its findings, not its first metrics
     thumb = re.search(r'<img src="data:image/png;base64,([^"]+)" alt="phase.png">', one)
     assert thumb, one
