@@ -8,9 +8,9 @@ PROFILE ?= default
 ONLY ?=
 ARGS ?=
 
-.PHONY: setup system llama_cpp pipeline smoke lint test lab clean
+.PHONY: setup system llama_cpp web pipeline smoke lint test lab clean
 
-setup: $(STAMP) system llama_cpp
+setup: $(STAMP) system llama_cpp web
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "so8t needs Python 3.11 (set PYTHON=/path/to/python3.11)")'
@@ -25,6 +25,10 @@ system:
 
 llama_cpp: $(STAMP)
 	@bash scripts/setup_llama_cpp.sh $(PY)
+
+# MathJax for the HTML reports (npm, pinned in package.json) into node_modules/
+web: system
+	@bash scripts/setup_web.sh
 
 pipeline: setup
 	$(PY) -m so8t_core.pipeline --profile $(PROFILE) $(if $(ONLY),--only $(ONLY)) $(ARGS)

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# System packages: Tesseract with Japanese + English data and Noto CJK fonts (OCR, rendered images), and the
+# System packages: Tesseract with Japanese + English data and Noto CJK fonts (OCR, rendered images); the
 # freely licensed vocabularies the embedded base's corpus is built from (WordNet, IPAdic, EDICT; see
-# so8t_core/lm/lexicon.py). Installs them with apt-get when run as root, else prints the exact command.
+# so8t_core/lm/lexicon.py); npm (installs MathJax for the HTML reports, scripts/setup_web.sh); Chromium and its
+# WebDriver (the browser tests: reports' math, JupyterLab's widgets). Installs them with apt-get when run as root,
+# else prints the exact command.
 set -euo pipefail
-pkgs=(tesseract-ocr tesseract-ocr-jpn tesseract-ocr-eng fonts-noto-cjk wordnet-base mecab-ipadic edict)
+pkgs=(tesseract-ocr tesseract-ocr-jpn tesseract-ocr-eng fonts-noto-cjk wordnet-base mecab-ipadic edict npm chromium
+      chromium-driver)
 missing=()
 command -v tesseract >/dev/null 2>&1 || missing+=(tesseract-ocr)
 if command -v tesseract >/dev/null 2>&1; then
@@ -15,6 +18,9 @@ if ! fc-list 2>/dev/null | grep -qi "Noto Sans CJK"; then missing+=(fonts-noto-c
 [ -f /usr/share/wordnet/data.noun ] || missing+=(wordnet-base)
 [ -f /usr/share/mecab/dic/ipadic/Verb.csv ] || missing+=(mecab-ipadic)
 [ -f /usr/share/edict/edict ] || missing+=(edict)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing system packages: ${pkgs[*]}"
@@ -24,6 +30,6 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
 else
   echo "missing system packages: ${missing[*]}" >&2
   echo "install them with:  sudo apt-get install -y ${pkgs[*]}" >&2
-  echo "(conda users: conda install -c conda-forge tesseract, plus the jpn traineddata)" >&2
+  echo "(conda users: conda install -c conda-forge tesseract nodejs, plus the jpn traineddata; a Chromium with its chromedriver)" >&2
   exit 1
 fi

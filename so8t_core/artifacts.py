@@ -24,6 +24,9 @@ from typing import Any
 from so8t_core.config import artifacts_dir
 
 MANIFEST = "manifest.json"
+VERDICTS = "verdicts"  # metrics.json key: names of the metrics that are the stage's findings, in order
+HEADLINE = "headline"  # metrics.json key: the stage's headline figure, a file in its folder
+HEADLINE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _VERSIONED = ("torch", "transformers", "peft", "safetensors", "numpy", "sentencepiece")
 
 
@@ -162,7 +165,9 @@ class Stage:
     (0 keeps torch's default). The count in use is logged as the ``torch_threads`` metric, so stage times can be
     read against it.
 
-    Explained in every notebook's first cells.
+    Numbers go through ``log``; findings (booleans, one-line conclusions) through ``verdict`` and the figure that
+    sums the stage up through ``headline``: the pipeline's index shows those two. Explained in every notebook's
+    first cells.
     """
 
     def __init__(self, name: str, config: Any, seed: int | None = None) -> None:
@@ -193,6 +198,47 @@ class Stage:
         self.metrics.update(metrics)
         write_json_atomic(self.dir / "metrics.json", self.metrics)
 
+    def verdict(self, **findings: Any) -> None:
+        """Log findings and mark them as the stage's verdicts: what the pipeline's index shows for this stage.
+
+        A finding is what the stage concludes, not a measurement: a boolean, a one-line conclusion or a name, a
+        number that is itself the conclusion, None for "not measured", or a list or a one-level mapping of those
+        (a group of checks). Each is logged like ``log`` and its name appended to the ``verdicts`` list.
+
+        Args:
+            findings: name -> value, usually the output of a package verdict function.
+        Raises:
+            ValueError: a reserved name (``verdicts``, ``headline``), a text of more than one line, or a value that
+                is not a finding (a table, a nested structure).
+        """
+        ready = {}
+        for name, value in findings.items():
+            if name in (VERDICTS, HEADLINE):
+                raise ValueError(f"verdict {name!r}: the name is reserved")
+            ready[name] = json_ready(value)
+            if not _is_finding(ready[name]):
+                raise ValueError(
+                    f"verdict {name!r}: {value!r:.80} is not a finding (a bool, a number, one line of text, None, "
+                    "or a list or one-level mapping of those)"
+                )
+        names = list(self.metrics.get(VERDICTS, []))
+        self.log(**ready, verdicts=names + [n for n in ready if n not in names])
+
+    def headline(self, filename: str) -> None:
+        """Name the figure that sums the stage up; the index embeds a thumbnail of it.
+
+        Args:
+            filename: an image (PNG or JPEG) the stage already wrote into its folder, e.g. ``"phase_transition.png"``.
+        Raises:
+            ValueError: not a PNG or JPEG name.
+            FileNotFoundError: the stage folder has no such file (save the figure first).
+        """
+        if Path(filename).suffix.lower() not in HEADLINE_SUFFIXES:
+            raise ValueError(f"headline {filename!r}: expected an image file ({', '.join(HEADLINE_SUFFIXES)})")
+        if not self.path(filename).is_file():
+            raise FileNotFoundError(f"headline {filename!r}: no such file in {self.dir} (save the figure first)")
+        self.log(headline=filename)
+
     def finish(self) -> dict[str, Any]:
         """Hash every file, write the manifest and so mark the stage complete. Returns the manifest."""
         files = {
@@ -211,6 +257,19 @@ class Stage:
         }
         write_json_atomic(self.dir / MANIFEST, manifest)
         return manifest
+
+
+def _is_finding(value: Any, depth: int = 0) -> bool:
+    """A JSON-ready value fit for the index: a scalar or one line of text, or a list / mapping of those."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return True
+    if isinstance(value, str):
+        return "\n" not in value.strip()
+    if depth == 0 and isinstance(value, list):
+        return all(_is_finding(v, 1) for v in value)
+    if depth == 0 and isinstance(value, dict):
+        return all(_is_finding(v, 1) for v in value.values())
+    return False
 
 
 def require(stage: str, *files: str) -> Path:

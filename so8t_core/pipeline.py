@@ -7,12 +7,13 @@ A profile is ``params/<profile>.yaml``: a mapping from stage name (the notebook'
 stage 03. Values are parsed as YAML (``-p steps=10`` is an int). Names a notebook does not declare in its
 ``parameters`` cell are refused before anything runs. The first failing stage stops the run (later stages read
 its artifacts); the index still shows what ran, and the process exits non-zero naming the notebook and cell.
+While a cell runs longer than ``--heartbeat`` seconds, one line at a time says which cell and how far its training
+loop is (``so8t_core.progress``). Reports and the index are drawn by ``so8t_core.report``.
 """
 
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import re
 import sys
@@ -24,12 +25,13 @@ from typing import Any
 
 import yaml
 
+from so8t_core import report
 from so8t_core.artifacts import write_json_atomic
 from so8t_core.config import NOTEBOOKS_DIR, PARAMS_DIR, artifacts_dir, reports_dir
+from so8t_core.progress import DEFAULT_INTERVAL
 
 STAGE_RE = re.compile(r"^(\d\d)_[a-z0-9_]+$")
 KERNEL = "so8t"
-KEY_METRICS = 8  # scalar metrics shown per stage in the index
 
 
 @dataclass
@@ -136,16 +138,6 @@ def _kernel_name() -> str:
     return "python3"
 
 
-def render_html(executed: Path, out: Path) -> None:
-    """Self-contained HTML (images embedded) of an executed notebook."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    nb = nbformat.read(executed, as_version=4)
-    body, _ = HTMLExporter(embed_images=True).from_notebook_node(nb)
-    out.write_text(body, encoding="utf-8")
-
-
 def _describe_failure(stage: str, exc: Exception) -> str:
     from papermill.exceptions import PapermillExecutionError
 
@@ -157,9 +149,23 @@ def _describe_failure(stage: str, exc: Exception) -> str:
     return f"notebooks/{stage}.ipynb failed: {type(exc).__name__}: {exc}"
 
 
-def run_stage(stage: str, notebook: Path, params: dict[str, Any], kernel: str) -> StageRun:
-    """Execute one notebook into ``reports/`` and render it; never raises for a failing notebook."""
+def run_stage(
+    stage: str, notebook: Path, params: dict[str, Any], kernel: str, heartbeat: float = DEFAULT_INTERVAL
+) -> StageRun:
+    """Execute one notebook into ``reports/`` and render it; never raises for a failing notebook.
+
+    Args:
+        stage: the stage name.
+        notebook: its notebook.
+        params: papermill parameters.
+        kernel: the Jupyter kernel to run it with.
+        heartbeat: seconds between progress lines inside a long cell; 0 for none.
+    Returns:
+        What happened.
+    """
     import papermill
+
+    from so8t_core import progress
 
     run = StageRun(stage, params)
     rep = reports_dir()
@@ -174,62 +180,59 @@ def run_stage(stage: str, notebook: Path, params: dict[str, Any], kernel: str) -
             kernel_name=kernel,
             cwd=str(notebook.parent),
             progress_bar=True,
+            **(
+                {"engine_name": progress.engine(), "heartbeat_label": stage, "heartbeat_seconds": heartbeat}
+                if heartbeat
+                else {}
+            ),
         )
         run.status = "ok"
     except Exception as exc:  # the notebook's own error, reported with its cell
         run.status, run.error = "failed", _describe_failure(stage, exc)
     run.seconds = round(time.time() - t0, 2)
     if executed.exists():
-        render_html(executed, rep / f"{stage}.html")
+        report.render_html(executed, rep / f"{stage}.html")
     metrics_file = artifacts_dir() / stage / "metrics.json"
     if metrics_file.exists():
         run.metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
     return run
 
 
-def key_metrics(metrics: dict[str, Any], n: int = KEY_METRICS) -> dict[str, Any]:
-    """The first ``n`` scalar metrics, for the index."""
-    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) and len(str(v)) < 40}
-    return dict(list(scalars.items())[:n])
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
 def write_index(runs: list[StageRun], profile: str) -> Path:
-    """``reports/index.html`` (and ``index.json``): every stage with status, duration and key metrics."""
-    rep = reports_dir()
+    """``reports/index.html`` (and ``index.json``): every stage with status, duration, its declared verdicts and
+    headline figure (``Stage.verdict``, ``Stage.headline``), linking to its report."""
+    rep, art = reports_dir(), artifacts_dir()
     rep.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for r in runs:
-        link = f'<a href="{r.stage}.html">{r.stage}</a>' if (rep / f"{r.stage}.html").exists() else r.stage
-        km = "<br>".join(f"{html.escape(k)} = {html.escape(_fmt(v))}" for k, v in key_metrics(r.metrics).items())
-        err = f'<div class="err">{html.escape(r.error)}</div>' if r.error else ""
-        rows.append(
-            f'<tr class="{r.status}"><td>{link}</td><td>{r.status}</td><td>{r.seconds:.1f} s</td>'
-            f"<td>{km}{err}</td></tr>"
+    rows = [
+        report.stage_row(
+            r.stage,
+            r.status,
+            r.seconds,
+            r.error,
+            r.metrics,
+            art / r.stage,
+            f"{r.stage}.html" if (rep / f"{r.stage}.html").exists() else None,
         )
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>so8t pipeline ({profile})</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
-padding:.4em .8em;vertical-align:top}}tr.ok td:nth-child(2){{color:#080}}tr.failed td:nth-child(2){{color:#b00}}
-tr.skipped td:nth-child(2){{color:#888}}.err{{color:#b00;font-family:monospace;white-space:pre-wrap}}</style>
-</head><body><h1>so8t pipeline: profile <code>{html.escape(profile)}</code></h1>
-<p>Generated {time.strftime("%Y-%m-%d %H:%M:%S")}. Artifacts in <code>{html.escape(str(artifacts_dir()))}</code>.</p>
-<table><tr><th>stage</th><th>status</th><th>duration</th><th>key metrics</th></tr>{"".join(rows)}</table>
-</body></html>"""
-    (rep / "index.html").write_text(page, encoding="utf-8")
+        for r in runs
+    ]
+    (rep / "index.html").write_text(report.index_page(profile, rows, art), encoding="utf-8")
     write_json_atomic(rep / "index.json", {"profile": profile, "stages": [r.__dict__ for r in runs]})
     return rep / "index.html"
 
 
-def run(profile: str = "default", only: str | None = None, overrides: Sequence[str] = ()) -> list[StageRun]:
+def run(
+    profile: str = "default",
+    only: str | None = None,
+    overrides: Sequence[str] = (),
+    heartbeat: float = DEFAULT_INTERVAL,
+) -> list[StageRun]:
     """Run the selected stages in order; stop at the first failure and mark the rest skipped.
 
     Args:
         profile: name of a file in ``params/``.
         only: comma-separated stage numbers or names, or None for all.
         overrides: ``key=value`` or ``NN.key=value`` strings.
+        heartbeat: seconds between progress lines inside a long cell; 0 for none.
     Returns:
         One ``StageRun`` per selected stage (the index is written either way).
     """
@@ -242,7 +245,7 @@ def run(profile: str = "default", only: str | None = None, overrides: Sequence[s
             runs.append(StageRun(stage, params, status="skipped"))
             continue
         print(f"== {stage} ({profile}) {params if params else ''}", flush=True)
-        r = run_stage(stage, nb, params, kernel)
+        r = run_stage(stage, nb, params, kernel, heartbeat)
         runs.append(r)
         print(f"   {r.status} in {r.seconds:.1f} s" + (f": {r.error}" if r.error else ""), flush=True)
         failed = r.status == "failed"
@@ -263,9 +266,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="parameter override (NN.KEY=VALUE for one stage); repeatable",
     )
+    ap.add_argument(
+        "--heartbeat",
+        type=float,
+        default=DEFAULT_INTERVAL,
+        metavar="SECONDS",
+        help=f"a progress line every SECONDS inside a long cell (default {DEFAULT_INTERVAL:g}; 0: none)",
+    )
     args = ap.parse_args(argv)
+    if args.heartbeat < 0:
+        ap.error(f"--heartbeat {args.heartbeat:g}: must be >= 0 seconds")
     try:
-        runs = run(args.profile, args.only, args.overrides)
+        runs = run(args.profile, args.only, args.overrides, args.heartbeat)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -113,3 +113,54 @@ def corpus_tok(tmp_path_factory):
 
     corpus = build_corpus(seed=0, n_docs=120, heldout_fraction=0.1)
     return train_tokenizer(corpus.train, tmp_path_factory.mktemp("corpus_tok"), vocab_size=2500), corpus
+
+
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",  # the sandbox needs user namespaces, which a container or root session may not give
+    "--disable-dev-shm-usage",
+    "--disable-gpu",
+    "--window-size=1400,1000",
+    # no network for the page: every host name but the loopback address fails to resolve
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+)
+
+
+def chromium_paths() -> tuple[str, str] | str:
+    """``(browser, driver)`` of the Debian packages ``chromium`` and ``chromium-driver``, or why they are missing."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if browser and driver:
+        return browser, driver
+    gone = [name for name, path in (("chromium", browser), ("chromium-driver", driver)) if not path]
+    return f"{' and '.join(gone)} not installed (make setup installs them: scripts/setup_system.sh)"
+
+
+@pytest.fixture
+def chromium(tmp_path, monkeypatch):
+    """A headless Chromium driven through Selenium, with no network but 127.0.0.1 (see ``CHROMIUM_FLAGS``).
+
+    Debian's browser with Debian's chromedriver (same version), never a downloaded one: Selenium Manager is told
+    it is offline. Skips, naming the reason, only when Chromium cannot start here; anything after that fails.
+    """
+    from selenium import webdriver
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.chrome.service import Service
+
+    found = chromium_paths()
+    if isinstance(found, str):
+        pytest.skip(found)
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = found[0]
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        opts.add_argument(flag)
+    try:
+        driver = webdriver.Chrome(options=opts, service=Service(found[1]))
+    except WebDriverException as exc:
+        pytest.skip(f"Chromium ({found[0]}) cannot start here: {exc.msg or exc}")
+    driver.set_script_timeout(120)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -25,6 +25,8 @@ RANKS = {
     "so8t_core.stats": 2,
     "so8t_core.verdicts": 2,
     "so8t_core.show": 2,
+    "so8t_core.report": 2,
+    "so8t_core.progress": 2,
     "so8t_core.gate": 3,
     "so8t_core.lm": 4,
     "so8t_core.export": 5,

@@ -1,3 +1,4 @@
+import html
 import json
 
 import pytest
@@ -54,11 +55,27 @@ def test_smoke_pipeline_runs_01_02_and_writes_reports(isolated_outputs):
     for stage in ("01_so8_rotation_math", "02_alpha_annealing"):
         manifest = json.loads((art / stage / "manifest.json").read_text())
         assert "metrics.json" in manifest["files"] and manifest["versions"]["torch"]
-        html = (rep / f"{stage}.html").read_text()
-        assert "data:image/png;base64" in html  # images embedded: self-contained
+        page = (rep / f"{stage}.html").read_text()
+        assert "data:image/png;base64" in page  # images embedded: self-contained
         assert f'href="{stage}.html"' in (rep / "index.html").read_text()
     m1 = json.loads((art / "01_so8_rotation_math" / "metrics.json").read_text())
     assert m1["block_params"] == 10752 and m1["orth_err_cayley_float32"] <= 1e-5
+    assert m1["maps_orthogonal_float32"] is True and "maps_orthogonal_float32" in m1["verdicts"]
+    m2 = json.loads((art / "02_alpha_annealing" / "metrics.json").read_text())
+    rows = index_rows((rep / "index.html").read_text())
+    assert '<b>maps_orthogonal_float32</b>: <span class="yes">yes</span>' in rows["01_so8_rotation_math"]
+    assert f"<b>conclusion</b>: {html.escape(m2['conclusion'])}" in rows["02_alpha_annealing"]
+    for stage, figure in (
+        ("01_so8_rotation_math", "orthogonality_error.png"),
+        ("02_alpha_annealing", "phase_transition.png"),
+    ):
+        assert '<img src="data:image/png;base64,' in rows[stage] and f'alt="{figure}"' in rows[stage]
+        assert '<script id="so8t-mathjax">' in (rep / f"{stage}.html").read_text()  # math renders offline
+
+
+def index_rows(page: str) -> dict[str, str]:
+    """Stage name -> its row of ``index.html``."""
+    return {row.split('.html">')[1].split("<")[0]: row for row in page.split('<tr class="')[1:] if '.html">' in row}
 
 
 @pytest.mark.slow
@@ -99,3 +116,9 @@ def test_smoke_pipeline_model_stages_00_03_04_05_06(isolated_outputs):
     assert (art / "05_visual_adapter" / "manifest.json").exists()
     m6 = json.loads((art / "06_safety_eval" / "metrics.json").read_text())
     assert m6["n_test"] > 0 and (art / "06_safety_eval" / "manifest.json").exists()
+    rows = index_rows((isolated_outputs / "reports" / "index.html").read_text())
+    assert "no verdicts declared" in rows["00_base_model"]  # a stage that declares none still shows
+    for stage in ("03_soul_injection", "04_fusion_and_gguf", "05_visual_adapter", "06_safety_eval"):
+        m = json.loads((art / stage / "metrics.json").read_text())
+        assert m["verdicts"] and all(f"<b>{v}</b>" in rows[stage] for v in m["verdicts"]), stage
+        assert f'alt="{m["headline"]}"' in rows[stage], stage

@@ -8,6 +8,7 @@ import pytest
 
 from so8t_core.config import AlphaStageConfig, SoulStageConfig
 from so8t_core.export.gguf import parity_targets
+from so8t_core.gate.studies import alpha_verdicts, rotation_verdicts
 from so8t_core.lm.study import soul_verdicts
 from so8t_core.safety.evaluation import system_verdicts
 from so8t_core.think import format_quad, in_quad_layout
@@ -210,3 +211,83 @@ def test_from_namespace_takes_the_fields_and_ignores_the_rest() -> None:
             {f: getattr(SoulStageConfig(), f) for f in SoulStageConfig.__dataclass_fields__} | {"steps": 0}
         )
     assert math.isclose(SoulStageConfig().alpha_target, (1 + 5**0.5) / 2)
+
+
+# --- notebook 01: rotation math ---
+ROT = {
+    "orth_err_cayley_float32": 3e-7,
+    "orth_err_exp_float32": 5e-7,
+    "det_max_dev_cayley": 1e-14,
+    "det_max_dev_exp": 2e-14,
+    "commutator_at_scale_1": 0.8,
+    "commutator_small_scale_slope": 2.01,
+    "map_ms_cayley": 2.0,
+    "map_ms_exp": 5.0,
+    "dense_over_block_params": 877.7,
+}
+
+
+@pytest.mark.parametrize(
+    "change, key, want",
+    [
+        ({}, "maps_orthogonal_float32", True),
+        ({"orth_err_exp_float32": 2e-5}, "maps_orthogonal_float32", False),
+        ({}, "det_plus_one_both_maps", True),
+        ({"det_max_dev_exp": 1e-6}, "det_plus_one_both_maps", False),
+        ({}, "order_matters", True),
+        ({"commutator_at_scale_1": 1e-3}, "order_matters", False),
+        ({}, "commutator_quadratic_at_small_scale", True),
+        ({"commutator_small_scale_slope": 1.0}, "commutator_quadratic_at_small_scale", False),
+        ({}, "cheaper_map", "cayley"),
+        ({"map_ms_exp": 1.0}, "cheaper_map", "exp"),
+    ],
+)
+def test_rotation_verdicts(change, key, want) -> None:
+    assert rotation_verdicts(ROT | change)[key] == want
+
+
+def test_rotation_verdicts_conclusion_follows_the_numbers() -> None:
+    assert rotation_verdicts(ROT)["conclusion"].startswith("Cayley and exp give exact rotations in float32")
+    assert (
+        "878x fewer" in rotation_verdicts(ROT)["conclusion"]
+        and "cayley maps 2.5x faster" in rotation_verdicts(ROT)["conclusion"]
+    )
+    assert "do not both stay orthogonal" in rotation_verdicts(ROT | {"orth_err_cayley_float32": 1.0})["conclusion"]
+    with pytest.raises(KeyError, match="rotation_verdicts: no 'map_ms_exp'"):
+        rotation_verdicts({k: v for k, v in ROT.items() if k != "map_ms_exp"})
+
+
+PHI = (1 + 5**0.5) / 2
+
+
+def alpha_table(losses: dict) -> list[dict]:
+    return [{"teacher_alpha": round(a, 3), "mode": m, "final_loss": v} for (a, m), v in losses.items()]
+
+
+ALPHA = {(0.0, "scheduled"): 0.5, (0.0, "learned"): 0.1, (PHI, "scheduled"): 0.05, (PHI, "learned"): 0.07,
+         (3.0, "scheduled"): 0.4, (3.0, "learned"): 0.2}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change, want",
+    [
+        ({}, ([0.0, 3.0], True, True, "wins only when the teacher's alpha is 1.618")),
+        ({(PHI, "learned"): 0.01}, ([0.0, PHI, 3.0], True, False, "wins for every teacher, 1.618 included")),
+        ({(3.0, "learned"): 0.9}, ([0.0], False, True, "the schedule wins for teachers [1.618, 3.0]")),
+    ],
+)
+def test_alpha_verdicts(change, want) -> None:
+    v = alpha_verdicts(alpha_table(ALPHA | change), PHI)
+    wins, off, at, reading = want
+    assert v["learned_wins_for_teachers"] == [round(a, 3) for a in wins]
+    assert v["learned_beats_scheduled_off_target"] is off and v["scheduled_beats_learned_at_target"] is at
+    assert reading in v["conclusion"]
+
+
+def test_alpha_verdicts_need_both_modes_and_a_teacher_at_and_off_the_target() -> None:
+    with pytest.raises(KeyError, match="alpha_verdicts: no 'learned at teacher alpha 3'"):
+        alpha_verdicts(alpha_table({k: v for k, v in ALPHA.items() if k != (3.0, "learned")}), PHI)
+    with pytest.raises(KeyError, match="one at the target"):
+        alpha_verdicts(alpha_table({k: v for k, v in ALPHA.items() if k[0] != PHI}), PHI)
+    with pytest.raises(KeyError, match="one at the target"):
+        alpha_verdicts(alpha_table({k: v for k, v in ALPHA.items() if k[0] == PHI}), PHI)

@@ -1,10 +1,12 @@
 """Measurements behind notebooks 01 and 02 (and bench/gate.py): map accuracy, costs, geometry of the mix,
-and the learned-vs-scheduled alpha experiment. Each returns plain records the notebooks tabulate and plot.
+and the learned-vs-scheduled alpha experiment. Each returns plain records the notebooks tabulate and plot; the
+two ``*_verdicts`` functions turn them into the notebooks' findings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +21,7 @@ from so8t_core.gate.rotation import (
     skew,
 )
 from so8t_core.timing import median_seconds
+from so8t_core.verdicts import need
 
 
 def map_accuracy_sweep(
@@ -170,3 +173,87 @@ def alpha_experiment(
             }
         )
     return records
+
+
+def rotation_verdicts(
+    metrics: Mapping[str, Any],
+    tol: float = 1e-5,
+    det_tol: float = 1e-9,
+    slope_tol: float = 0.1,
+    order_tol: float = 1e-2,
+) -> dict[str, Any]:
+    """Notebook 01's findings from its logged metrics.
+
+    Args:
+        metrics: needs ``orth_err_{cayley,exp}_float32``, ``det_max_dev_{cayley,exp}``, ``commutator_at_scale_1``,
+            ``commutator_small_scale_slope``, ``map_ms_{cayley,exp}`` and ``dense_over_block_params``.
+        tol: largest float32 orthogonality error that counts as exact.
+        det_tol: largest |det - 1| that counts as det = +1.
+        slope_tol: how far from 2 the small-scale log-log slope of the commutator may be.
+        order_tol: commutator per block at scale 1 above which the order of the two rotations matters.
+    Returns:
+        ``maps_orthogonal_float32``, ``det_plus_one_both_maps``, ``order_matters``,
+        ``commutator_quadratic_at_small_scale``, ``cheaper_map`` and a one-line ``conclusion``.
+    Raises:
+        KeyError: a metric is missing.
+    """
+    m = lambda key: need(metrics, key, "rotation_verdicts")
+    worst = max(m("orth_err_cayley_float32"), m("orth_err_exp_float32"))
+    ms = {"cayley": m("map_ms_cayley"), "exp": m("map_ms_exp")}
+    cheaper = min(ms, key=ms.__getitem__)
+    out = {
+        "maps_orthogonal_float32": worst <= tol,
+        "det_plus_one_both_maps": max(m("det_max_dev_cayley"), m("det_max_dev_exp")) < det_tol,
+        "order_matters": m("commutator_at_scale_1") > order_tol,
+        "commutator_quadratic_at_small_scale": abs(m("commutator_small_scale_slope") - 2) < slope_tol,
+        "cheaper_map": cheaper,
+    }
+    exact = "give exact rotations" if out["maps_orthogonal_float32"] else "do not both stay orthogonal"
+    order = "depends" if out["order_matters"] else "barely depends"
+    out["conclusion"] = (
+        f"Cayley and exp {exact} in float32 (worst |R^T R - I| {worst:.1e}); R_cmd R_safe {order} on the order "
+        f"(commutator {m('commutator_at_scale_1'):.2g} per block at scale 1); a block gate stores "
+        f"{m('dense_over_block_params'):.0f}x fewer parameters than a dense orthogonal weight; {cheaper} maps "
+        f"{max(ms.values()) / ms[cheaper]:.1f}x faster."
+    )
+    return out
+
+
+def alpha_verdicts(table: Sequence[Mapping[str, Any]], target: float, atol: float = 1e-3) -> dict[str, Any]:
+    """Notebook 02's findings from the learned-vs-scheduled experiment (lower final loss is better).
+
+    Args:
+        table: rows with ``teacher_alpha``, ``mode`` (``scheduled`` or ``learned``) and ``final_loss``; every teacher
+            needs both modes, one teacher must be the schedule's ``target`` and one must not.
+        target: the alpha the schedule anneals toward.
+        atol: how close a teacher's alpha must be to ``target`` to count as it (the table rounds them).
+    Returns:
+        ``learned_wins_for_teachers`` (teacher alphas where the learned alpha ends lower),
+        ``learned_beats_scheduled_off_target``, ``scheduled_beats_learned_at_target`` and a one-line ``conclusion``.
+    Raises:
+        KeyError: a teacher lacks a mode, or no teacher is (or no teacher is not) the target.
+    """
+    what = "alpha_verdicts"
+    run = lambda mode, a: f"{mode} at teacher alpha {a:g}"
+    loss = {run(r["mode"], float(r["teacher_alpha"])): r["final_loss"] for r in table}
+    teachers = sorted({float(r["teacher_alpha"]) for r in table})
+    wins = {a: need(loss, run("learned", a), what) < need(loss, run("scheduled", a), what) for a in teachers}
+    at = [a for a in teachers if abs(a - target) <= atol]
+    off = [a for a in teachers if abs(a - target) > atol]
+    if not at or not off:
+        raise KeyError(f"{what}: teachers {teachers} need one at the target {target:.3f} and one elsewhere")
+    out = {
+        "learned_wins_for_teachers": [a for a in teachers if wins[a]],
+        "learned_beats_scheduled_off_target": all(wins[a] for a in off),
+        "scheduled_beats_learned_at_target": not any(wins[a] for a in at),
+    }
+    if out["learned_beats_scheduled_off_target"] and out["scheduled_beats_learned_at_target"]:
+        reading = f"the schedule toward {target:.3f} wins only when the teacher's alpha is {target:.3f}"
+    elif out["learned_beats_scheduled_off_target"]:
+        reading = f"the learned alpha wins for every teacher, {target:.3f} included"
+    else:
+        reading = f"the schedule wins for teachers {[a for a in teachers if not wins[a]]}"
+    out["conclusion"] = (
+        f"Learned alpha ends with the lower loss for teachers {out['learned_wins_for_teachers']}; {reading}."
+    )
+    return out
