@@ -80,6 +80,52 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
+@pytest.mark.parametrize("processes,grad_accum", [(1, 3), (2, 1), (2, 2), (3, 2)])
+def test_each_process_reads_its_share_of_the_micro_batches_of_one_process(processes, grad_accum):
+    from accelerate.data_loader import BatchSamplerShard
+
+    from so8t_core.lm.distributed import MicroBatches, micro_indices
+
+    def shard(rank: int) -> list[list[int]]:
+        sampler = MicroBatches(50, 7, 3, 6, grad_accum * processes, 4)
+        return list(BatchSamplerShard(sampler, processes, rank)) if processes > 1 else list(sampler)
+
+    one = list(MicroBatches(50, 7, 3, 6, grad_accum * processes, 4))  # one process, grad_accum * processes
+    assert one == [micro_indices(50, 7, s, m, 4).tolist() for s in range(3, 6) for m in range(grad_accum * processes)]
+    for rank in range(processes):
+        got = shard(rank)
+        assert len(got) == 3 * grad_accum  # steps 3, 4, 5
+        for k, batch in enumerate(got):  # local micro-batch i of step s is micro-batch i * processes + rank
+            s, i = 3 + k // grad_accum, k % grad_accum
+            assert batch == micro_indices(50, 7, s, i * processes + rank, 4).tolist()
+
+
+def test_a_launch_whose_processes_did_not_form_a_group_is_refused(monkeypatch):
+    from so8t_core.lm.distributed import make_accelerator
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets; this process is not in a process group
+    with pytest.raises(ValueError, match="WORLD_SIZE=2.*ACCELERATE_USE_CPU=1"):
+        make_accelerator(1, find_unused_parameters=False)
+
+
+def test_several_processes_move_a_plain_model_and_refuse_a_quantized_one_elsewhere():
+    from types import SimpleNamespace
+
+    from so8t_core.lm.distributed import place
+
+    acc = SimpleNamespace(num_processes=2, device=torch.device("meta"), local_process_index=1)  # "this GPU"
+    plain = torch.nn.Linear(2, 2)
+    place(plain, acc)
+    assert plain.weight.device.type == "meta"
+    quantized = torch.nn.Linear(2, 2)
+    quantized.is_loaded_in_4bit = True  # as transformers marks a bitsandbytes model, which cannot be moved
+    with pytest.raises(ValueError, match=r"device_map=\{'': 1\}"):
+        place(quantized, acc)
+    alone = torch.nn.Linear(2, 2)
+    place(alone, SimpleNamespace(num_processes=1, device=torch.device("meta")))
+    assert alone.weight.device.type == "cpu"  # one process: the model stays where it was loaded
+
+
 @pytest.mark.slow
 def test_two_processes_train_what_one_process_trains_with_the_same_effective_batch(stage00, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"

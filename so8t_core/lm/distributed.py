@@ -3,9 +3,9 @@
 The data of step ``s`` is ``G = grad_accum * num_processes`` micro-batches, numbered ``m = 0 .. G-1``; micro-batch
 ``(s, m)`` is a pure function of the seed. accelerate's data-loader sharding hands process ``r`` the micro-batches
 with ``m % num_processes == r``, and DDP averages the gradients over processes. So a run on ``P`` processes with
-``grad_accum = A`` takes exactly the steps of a single-process run with ``grad_accum = A * P`` (same examples, same
-loss weights): the *effective batch* ``batch_size * A * P`` decides the result, not how it is split. One process
-reads the same micro-batches in the same order as before this module existed.
+``grad_accum = A`` takes the steps of a single-process run with ``grad_accum = A * P`` (same examples, same loss
+weights; equal up to the order of float sums): the *effective batch* ``batch_size * A * P`` decides the result, not
+how it is split. One process reads the same micro-batches in the same order as before this module existed.
 
 Dropout masks come from each process's own random generator, so with dropout the split changes the masks (not the
 data); with dropout 0 the runs agree up to float summation order. A checkpoint keeps every process's generator
@@ -142,15 +142,14 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
 
 
 def place(wrapper: torch.nn.Module, acc: Any) -> None:
-    """Put the model on this process's device when there are several processes (DDP needs it there); one process
-    leaves it where it was loaded.
+    """Put the model on this process's device when there are several processes (DDP needs every parameter there);
+    one process leaves it where it was loaded.
 
     Raises:
-        ValueError: a quantized model loaded on another device (it cannot be moved; load it with
-            ``device_map={"": local_process_index}``).
+        ValueError: a quantized model with parameters elsewhere (it cannot be moved; load it with
+            ``device_map={"": local_process_index}`` and put the soul beside it, as ``study.wrap_variant`` does).
     """
-    device = next(wrapper.parameters()).device
-    if acc.num_processes == 1 or _same_device(device, acc.device):
+    if acc.num_processes == 1 or all(_same_device(p.device, acc.device) for p in wrapper.parameters()):
         return
     quantized = any(
         getattr(m, "is_loaded_in_4bit", False) or getattr(m, "is_loaded_in_8bit", False) for m in wrapper.modules()
@@ -158,9 +157,9 @@ def place(wrapper: torch.nn.Module, acc: Any) -> None:
     check(
         not quantized,
         "model device",
-        str(device),
+        sorted({str(p.device) for p in wrapper.parameters()}),
         f"a quantized model must be loaded on this process's device {acc.device} "
-        f"(device_map={{'': {acc.local_process_index}}})",
+        f"(device_map={{'': {acc.local_process_index}}}), with the soul beside it",
     )
     wrapper.to(acc.device)
 

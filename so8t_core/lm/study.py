@@ -63,6 +63,9 @@ def wrap_variant(model, variant: str, lora: LoraSettings, soul: SoulConfig, seed
     torch.manual_seed(seed)  # same LoRA init in every variant
     model = apply_lora(model, lora)
     w = SoulWrapper.build(model, soul, use_gate=variant != "lora_only")
+    device = model.get_input_embeddings().weight.device
+    w.rotation.to(device)  # the soul is built on the CPU; move only it, as a 4-bit base refuses .to()
+    w.alpha.to(device)
     if variant == "scale_only":
         w.rotation.requires_grad_(False)
     return w

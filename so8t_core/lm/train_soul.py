@@ -108,7 +108,7 @@ def build(args: argparse.Namespace, cfg: SoulStageConfig, state: Any) -> tuple[S
     lora = LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
     w = study.wrap_variant(model, args.variant, lora, variants[args.variant], cfg.seed)
     if not four_bit:
-        w.to(state.device)  # a 4-bit base is already on its GPU
+        w.to(state.device)  # a 4-bit base and its soul are on this process's GPU already
     return w, variants[args.variant], train, heldout
 
 
