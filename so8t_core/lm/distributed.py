@@ -89,6 +89,18 @@ def micro_batch_loader(
 
     Its own generator keeps the loader from drawing on torch's global one (dropout's), so creating it changes no
     random number a single-process run would see.
+
+    Args:
+        data: (input_ids, attention_mask), each (N, T).
+        seed: the run's seed.
+        start: first step.
+        end: one past the last step.
+        grad_accum: micro-batches per process per step.
+        batch_size: rows per micro-batch.
+        processes: how many processes share each step.
+    Returns:
+        A ``DataLoader`` of ``(input_ids, attention_mask)`` micro-batches, each (batch_size, T), for
+        ``accelerator.prepare`` to shard.
     """
     sampler = MicroBatches(int(data[0].shape[0]), seed, start, end, grad_accum * processes, batch_size)
     return DataLoader(Rows(*data), batch_sampler=sampler, generator=torch.Generator().manual_seed(seed))

@@ -46,6 +46,7 @@ def _bool(text: str) -> bool:
 
 
 def parser() -> argparse.ArgumentParser:
+    """The command line: where to read and write, how to run, and one option per parameter of notebook 03."""
     ap = argparse.ArgumentParser(prog="python -m so8t_core.lm.train_soul", description=__doc__.split("\n\n")[0])
     ap.add_argument("--stage00", required=True, type=Path, help="notebook 00's stage folder (artifacts/00_base_model)")
     ap.add_argument("--out", required=True, type=Path, help="output folder (main_run/, soul/, result.json)")
@@ -66,6 +67,11 @@ def parser() -> argparse.ArgumentParser:
 def stage_config(args: argparse.Namespace, params_dir: Path = PARAMS_DIR) -> SoulStageConfig:
     """Notebook 03's config: defaults, then the profile's ``03_soul_injection`` section, then the options given.
 
+    Args:
+        args: the parsed command line (``--profile`` and the parameter options; None means not given).
+        params_dir: where profiles live.
+    Returns:
+        The validated stage config.
     Raises:
         ValueError: an unknown profile, a profile key notebook 03 does not have, or an invalid value (named).
     """
@@ -80,7 +86,14 @@ def stage_config(args: argparse.Namespace, params_dir: Path = PARAMS_DIR) -> Sou
 
 
 def inject_config(cfg: SoulStageConfig, keep_checkpoints: int = 1) -> InjectConfig:
-    """The optimisation settings of notebook 03's main run."""
+    """The optimisation settings of notebook 03's main run (its cell that calls ``run_variant``).
+
+    Args:
+        cfg: notebook 03's config.
+        keep_checkpoints: newest checkpoints to keep (the notebook keeps 1).
+    Returns:
+        The ``InjectConfig``.
+    """
     return InjectConfig(
         steps=cfg.steps,
         batch_size=cfg.batch_size,
