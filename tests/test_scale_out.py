@@ -184,3 +184,14 @@ def test_gpu_profile_names_only_declared_parameters_with_valid_values():
     base, soul = profile["00_base_model"], profile["03_soul_injection"]
     assert base["base_model"] == "microsoft/Phi-3.5-mini-instruct" and base["load_in_4bit"] is True
     assert soul["grad_checkpointing"] is True and soul["grad_accum"] > 1
+
+
+def test_a_checkpoint_resumes_only_with_the_number_of_processes_that_wrote_it(stage00, tmp_path):
+    args = ["--stage00", str(stage00), *RUN, "--checkpoint_every", "3", "--out", str(tmp_path)]
+    assert train_soul.main([*args, "--steps", "3"]) == 0
+    meta_file = tmp_path / "main_run" / "checkpoints" / "step_000003" / "trainer.json"
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    assert meta["num_processes"] == 1
+    meta_file.write_text(json.dumps({**meta, "num_processes": 2}), encoding="utf-8")  # as a 2-process run writes it
+    with pytest.raises(ValueError, match=r"num_processes \(2 then, 1 now\)"):
+        train_soul.main([*args, "--resume"])
