@@ -5,6 +5,10 @@ scheduler and RNG state, so an interrupted run resumed from its last checkpoint 
 an uninterrupted one. Checkpoints are written into a hidden temporary folder and renamed into place: a crash
 mid-write never leaves a checkpoint that looks complete. Every logged step is appended to ``timeline.jsonl``.
 
+The loop runs through ``accelerate``: the same code trains in one process (notebooks, tests) or in several under
+``accelerate launch`` with DDP, where ``P`` processes with ``grad_accum = A`` train what one process trains with
+``grad_accum = A * P`` (``so8t_core.lm.distributed``). Only the main process writes files.
+
 Explained in notebooks/03_soul_injection.ipynb.
 """
 
@@ -14,6 +18,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,14 @@ from tqdm.auto import tqdm
 from so8t_core.config import check
 from so8t_core.gate.rotation import commutator_norm, eigen_angles, orthogonality_error
 from so8t_core.gate.soul import SoulWrapper
+from so8t_core.lm.distributed import (
+    make_accelerator,
+    mean_over_processes,
+    micro_batch_loader,
+    place,
+    restore_rng_states,
+    rng_states,
+)
 
 STATE_FILE, META_FILE, TIMELINE = "trainer_state.pt", "trainer.json", "timeline.jsonl"
 RESUME_KEYS_IGNORED = ("steps", "checkpoint_every", "log_every", "keep_checkpoints")
@@ -63,16 +76,6 @@ class InjectConfig:
             check(getattr(self, n) >= 0, n, getattr(self, n), "must be >= 0")
 
 
-def batch_at(
-    input_ids: Tensor, attention_mask: Tensor, seed: int, step: int, micro: int, batch_size: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The micro-batch for (step, micro): a pure function of the seed, so resuming replays the same data."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step * 101 + micro)
-    idx = torch.randint(input_ids.shape[0], (batch_size,), generator=g)
-    ids, mask = input_ids[idx], attention_mask[idx]
-    return ids, mask, ids.masked_fill(mask == 0, -100)
-
-
 def rotation_stats(R: Tensor) -> dict[str, float]:
     """Mean/max eigen-angle and mean ||R_b - I||_F of (n_blocks, 8, 8) rotation blocks."""
     ang = eigen_angles(R.detach())
@@ -105,29 +108,44 @@ def make_optimizer(wrapper: SoulWrapper, cfg: InjectConfig):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, decay)
 
 
-def _meta(wrapper: SoulWrapper, cfg: InjectConfig, step: int) -> dict[str, Any]:
-    return {"step": step, "inject": asdict(cfg), "soul": asdict(wrapper.config)}
+def _meta(wrapper: SoulWrapper, cfg: InjectConfig, step: int, processes: int) -> dict[str, Any]:
+    return {"step": step, "inject": asdict(cfg), "soul": asdict(wrapper.config), "num_processes": processes}
 
 
-def save_checkpoint(ckpt_root: Path, wrapper: SoulWrapper, opt, sched, cfg: InjectConfig, step: int) -> Path:
-    """Write ``ckpt_root/step_NNNNNN`` atomically (temp folder, then rename); prune old ones."""
+def _processes(accelerator) -> int:
+    return 1 if accelerator is None else int(accelerator.num_processes)
+
+
+def save_checkpoint(
+    ckpt_root: Path, wrapper: SoulWrapper, opt, sched, cfg: InjectConfig, step: int, accelerator=None
+) -> Path:
+    """Write ``ckpt_root/step_NNNNNN`` atomically (temp folder, then rename); prune old ones.
+
+    With several processes every one must call it (their random generator states are gathered); the main process
+    writes, the others wait until the checkpoint is in place.
+    """
     final = ckpt_root / f"step_{step:06d}"
-    tmp = ckpt_root / f".tmp_step_{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    wrapper.save(tmp)  # adapter + soul in their standard formats: a checkpoint is also a soul folder
-    state = {
-        "trainable": {n: p.detach().cpu().clone() for n, p in _trainable(wrapper).items()},
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "rng": torch.get_rng_state(),
-        "step": step,
-    }
-    torch.save(state, tmp / STATE_FILE)
-    (tmp / META_FILE).write_text(json.dumps(_meta(wrapper, cfg, step), indent=2), encoding="utf-8")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for old in sorted(ckpt_root.glob("step_*"))[: -cfg.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
+    rng = rng_states(accelerator, next(wrapper.parameters()).device)
+    if accelerator is None or accelerator.is_main_process:
+        tmp = ckpt_root / f".tmp_step_{step:06d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        wrapper.save(tmp)  # adapter + soul in their standard formats: a checkpoint is also a soul folder
+        state = {
+            "trainable": {n: p.detach().cpu().clone() for n, p in _trainable(wrapper).items()},
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            **rng,  # one row per process
+            "step": step,
+        }
+        torch.save(state, tmp / STATE_FILE)
+        meta = _meta(wrapper, cfg, step, _processes(accelerator))
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in sorted(ckpt_root.glob("step_*"))[: -cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
     return final
 
 
@@ -137,24 +155,27 @@ def latest_checkpoint(ckpt_root: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_checkpoint(path: str | Path, wrapper: SoulWrapper, opt, sched, cfg: InjectConfig) -> int:
+def load_checkpoint(path: str | Path, wrapper: SoulWrapper, opt, sched, cfg: InjectConfig, accelerator=None) -> int:
     """Restore a checkpoint into a freshly built wrapper/optimizer; returns the step to continue from.
 
     Raises:
         FileNotFoundError: not a checkpoint folder.
-        ValueError: it was written with a different soul or injection config (names the differing keys).
+        ValueError: it was written with a different soul or injection config, or by another number of processes
+            (names the differing keys).
     """
     p = Path(path)
     if not (p / STATE_FILE).exists() or not (p / META_FILE).exists():
         raise FileNotFoundError(f"{p}: not a complete checkpoint (needs {STATE_FILE} and {META_FILE})")
     meta = json.loads((p / META_FILE).read_text(encoding="utf-8"))
-    now = _meta(wrapper, cfg, meta["step"])
+    now = _meta(wrapper, cfg, meta["step"], _processes(accelerator))
     diff = [f"soul.{k}" for k in now["soul"] if now["soul"][k] != meta["soul"].get(k)]
     diff += [
         f"inject.{k}"
         for k in now["inject"]
         if k not in RESUME_KEYS_IGNORED and now["inject"][k] != meta["inject"].get(k)
     ]
+    if now["num_processes"] != meta.get("num_processes", 1):  # another split of the effective batch: other data
+        diff.append(f"num_processes ({meta.get('num_processes', 1)} then, {now['num_processes']} now)")
     check(not diff, "resume_from", str(p), f"config differs from the checkpoint's in {diff}")
     state = torch.load(p / STATE_FILE, weights_only=True)
     params = _trainable(wrapper)
@@ -170,7 +191,8 @@ def load_checkpoint(path: str | Path, wrapper: SoulWrapper, opt, sched, cfg: Inj
             params[n].copy_(t)
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"])
+    rank = 0 if accelerator is None else accelerator.process_index
+    restore_rng_states(state, rank, next(wrapper.parameters()).device)
     return int(state["step"])
 
 
@@ -197,16 +219,42 @@ def _timeline_record(
     return rec
 
 
-def _train_step(wrapper: SoulWrapper, data: tuple[Tensor, Tensor], cfg: InjectConfig, step: int):
+def _train_step(model, batches: Iterator, cfg: InjectConfig, accelerator, device: torch.device) -> dict[str, float]:
+    """This process's ``grad_accum`` micro-batches of one step; DDP averages the gradients over processes on the
+    last one (``accumulate`` skips the all-reduce before). Returns the loss parts of the whole effective batch."""
     parts = {"loss": 0.0, "lm_loss": 0.0, "ortho_loss": 0.0, "pet_loss": 0.0}
-    device = next(wrapper.parameters()).device
-    for micro in range(cfg.grad_accum):
-        ids, mask, labels = (t.to(device) for t in batch_at(*data, cfg.seed, step, micro, cfg.batch_size))
-        out = wrapper(ids, mask, labels)
-        (out.loss / cfg.grad_accum).backward()
+    for _ in range(cfg.grad_accum):
+        ids, mask = (t.to(device) for t in next(batches))
+        with accelerator.accumulate(model):
+            out = model(ids, mask, ids.masked_fill(mask == 0, -100))
+            accelerator.backward(out.loss)  # divides by grad_accum
         for k in parts:
             parts[k] += getattr(out, k).item() / cfg.grad_accum
-    return parts
+    return mean_over_processes(parts, accelerator)
+
+
+def _enable_grad_checkpointing(wrapper: SoulWrapper) -> None:
+    base = wrapper.model
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(base, "enable_input_require_grads"):
+        base.enable_input_require_grads()
+
+
+def _start(wrapper: SoulWrapper, opt, sched, cfg: InjectConfig, acc, out: Path | None, resume_from) -> int:
+    """Restore the checkpoint to resume from (or seed a fresh run) and prepare ``out``; returns the first step."""
+    start = 0
+    if resume_from is not None:
+        ckpt = latest_checkpoint(out / "checkpoints") if resume_from == "latest" and out else Path(resume_from)
+        if ckpt is None:
+            raise ValueError(f"resume_from={resume_from!r}: no checkpoint under {out}/checkpoints")
+        start = load_checkpoint(ckpt, wrapper, opt, sched, cfg, acc)
+    else:
+        torch.manual_seed(cfg.seed + acc.process_index)  # each process its own dropout masks; one process: seed
+    if out is not None and acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        _truncate_timeline(out / TIMELINE, start)
+    acc.wait_for_everyone()
+    return start
 
 
 def inject(
@@ -217,61 +265,58 @@ def inject(
     resume_from: str | Path | None = None,
     stop_after: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Train the soul (and LoRA, if the model has it) on token data.
+    """Train the soul (and LoRA, if the model has it) on token data, in this process or in each process of an
+    ``accelerate launch`` (DDP): every process calls it with the same arguments.
 
     Args:
         wrapper: the SoulWrapper to train (modified in place).
         data: (input_ids, attention_mask), each (N, T) int tensors of padded examples.
-        cfg: optimisation settings.
-        out_dir: where ``timeline.jsonl`` and ``checkpoints/`` go (None: keep nothing on disk).
+        cfg: optimisation settings; ``grad_accum`` counts micro-batches per process, so the effective batch is
+            ``batch_size * grad_accum * num_processes``.
+        out_dir: where ``timeline.jsonl`` and ``checkpoints/`` go (None: keep nothing on disk); the main process
+            writes them.
         resume_from: a checkpoint folder, or ``"latest"`` for the newest under ``out_dir/checkpoints``.
         stop_after: stop once this many steps are done (simulates an interruption in tests).
     Returns:
-        The timeline records of the steps run now.
+        The timeline records of the steps run now (the same in every process).
     """
     check(data[0].numel() > 0, "data", tuple(data[0].shape), "no training examples")
+    acc = make_accelerator(cfg.grad_accum, find_unused_parameters=not wrapper.use_gate)
     wrapper.train()  # from_pretrained returns eval mode, where gradient checkpointing is silently skipped
     if cfg.grad_checkpointing:
-        base = wrapper.model
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hasattr(base, "enable_input_require_grads"):
-            base.enable_input_require_grads()
+        _enable_grad_checkpointing(wrapper)
+    place(wrapper, acc)
     opt, sched = make_optimizer(wrapper, cfg)
     out = Path(out_dir) if out_dir is not None else None
-    start = 0
-    if resume_from is not None:
-        ckpt = latest_checkpoint(out / "checkpoints") if resume_from == "latest" and out else Path(resume_from)
-        if ckpt is None:
-            raise ValueError(f"resume_from={resume_from!r}: no checkpoint under {out}/checkpoints")
-        start = load_checkpoint(ckpt, wrapper, opt, sched, cfg)
-    else:
-        torch.manual_seed(cfg.seed)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        _truncate_timeline(out / TIMELINE, start)
+    start = _start(wrapper, opt, sched, cfg, acc, out, resume_from)
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    loader = micro_batch_loader(data, cfg.seed, start, end, cfg.grad_accum, cfg.batch_size, acc.num_processes)
+    model, acc_opt, loader = acc.prepare(wrapper, opt, loader)  # the scheduler stays as is: one step per step
+    batches, device = iter(loader), next(wrapper.parameters()).device
     params = list(_trainable(wrapper).values())
     soul_ids = {id(p) for p in wrapper.soul_parameters()}
     records: list[dict[str, Any]] = []
-    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    for step in tqdm(range(start, end), desc="soul injection", initial=start, total=cfg.steps):
+    quiet = not acc.is_local_main_process  # one progress bar per machine
+    for step in tqdm(range(start, end), desc="soul injection", initial=start, total=cfg.steps, disable=quiet):
         wrapper.set_step(step)
-        opt.zero_grad(set_to_none=True)
-        parts = _train_step(wrapper, data, cfg, step)
+        acc_opt.zero_grad(set_to_none=True)
+        parts = _train_step(model, batches, cfg, acc, device)
         grads = {
             "grad_norm_soul": _grad_norm(wrapper.soul_parameters()),
             "grad_norm_lora": _grad_norm([p for p in params if id(p) not in soul_ids]),
         }
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        acc.clip_grad_norm_(params, cfg.max_grad_norm)
         lr = sched.get_last_lr()[0]
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             records.append(_timeline_record(wrapper, step, parts, grads, lr))  # alpha as used in this step
-            if out is not None:
+            if out is not None and acc.is_main_process:
                 with open(out / TIMELINE, "a", encoding="utf-8") as f:
                     f.write(json.dumps(records[-1]) + "\n")
-        opt.step()
+        acc_opt.step()
         sched.step()
         if out is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-            save_checkpoint(out / "checkpoints", wrapper, opt, sched, cfg, step + 1)
+            save_checkpoint(out / "checkpoints", wrapper, opt, sched, cfg, step + 1, acc)
+    next(batches, None)  # run the loader to its end, so accelerate's shared gradient state lets go of it
     wrapper.set_step(cfg.steps)
     return records
 

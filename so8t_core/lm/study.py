@@ -24,10 +24,20 @@ from so8t_core.lm.lora import LoraSettings, apply_lora
 from so8t_core.verdicts import lower, need
 
 
-def load_base(stage00: Path):
-    """(model, tokenizer, ref) of the base notebook 00 chose (embedded default or a real checkpoint)."""
+def load_base(stage00: Path, device_map: Any = None):
+    """(model, tokenizer, ref) of the base notebook 00 chose (embedded default or a real checkpoint).
+
+    Args:
+        stage00: notebook 00's stage folder.
+        device_map: passed to ``from_pretrained`` (None: the loader's default; one process of several gives
+            ``{"": local_process_index}`` so its 4-bit copy lands on its own GPU).
+    """
     ref = read_model_ref(stage00)
-    model, tok = load_model_and_tokenizer(ref["base_model"], load_in_4bit=bool(ref.get("load_in_4bit", False)))
+    model, tok = load_model_and_tokenizer(
+        ref["base_model"],
+        load_in_4bit=bool(ref.get("load_in_4bit", False)),
+        device_map=device_map,
+    )
     return model, tok, ref
 
 
@@ -46,9 +56,17 @@ def build_variant(variant: str, stage00: Path, lora: LoraSettings, soul: SoulCon
     the control that tells a rotation's effect from a softmax-temperature effect.
     """
     model, _, _ = load_base(stage00)
+    return wrap_variant(model, variant, lora, soul, seed)
+
+
+def wrap_variant(model, variant: str, lora: LoraSettings, soul: SoulConfig, seed: int) -> SoulWrapper:
+    """LoRA (initialised from ``seed``) and, unless ``variant == "lora_only"``, the soul around a loaded base."""
     torch.manual_seed(seed)  # same LoRA init in every variant
     model = apply_lora(model, lora)
     w = SoulWrapper.build(model, soul, use_gate=variant != "lora_only")
+    device = model.get_input_embeddings().weight.device
+    w.rotation.to(device)  # the soul is built on the CPU; move only it, as a 4-bit base refuses .to()
+    w.alpha.to(device)
     if variant == "scale_only":
         w.rotation.requires_grad_(False)
     return w
@@ -90,8 +108,27 @@ def run_variant(
     t0 = time.time()
     w = build_variant(name, stage00, lora, soul, cfg.seed)
     recs = inject(w, train_data, cfg, out_dir=out_dir)
+    return w, score_variant(w, name, soul, cfg.seed, recs, heldout, t0)
+
+
+def score_variant(
+    w: SoulWrapper, name: str, soul: SoulConfig, seed: int, recs: list[dict[str, Any]], heldout, t0: float
+) -> dict[str, Any]:
+    """The result row of a trained variant: parameter counts, held-out perplexity, final alpha and phase.
+
+    Args:
+        w: the trained wrapper (switched to eval mode here).
+        name: the variant's name.
+        soul: its soul config.
+        seed: the run's seed.
+        recs: the timeline records ``inject`` returned (at least one).
+        heldout: evaluation batches from ``corpus_tensors``.
+        t0: ``time.time()`` when the variant started (for ``seconds``).
+    Returns:
+        The row.
+    """
     w.eval()
-    row = {
+    return {
         **describe(w),
         "variant": name,
         "heldout_ppl": heldout_ppl(w, heldout),
@@ -101,9 +138,8 @@ def run_variant(
         "final_phase": recs[-1]["phase"] if w.use_gate else None,
         "final_train_lm_loss": sum(r["lm_loss"] for r in recs[-10:]) / len(recs[-10:]),
         "seconds": round(time.time() - t0, 1),
-        "seed": cfg.seed,
+        "seed": seed,
     }
-    return w, row
 
 
 def seed_repeats(
