@@ -97,7 +97,7 @@ def _print(r: dict) -> None:
     ours, plain = r["cer"]["ocr_summary"], r["cer"]["tesseract"]
     print(f"\nmean CER per image ({r['split']} split, {r['n_pages']} pages)")
     print(f"| {'group':<20} | {'n':>4} | {'ocr_summary':>11} | {'tesseract':>9} |")
-    print(f"|{'-' * 22}|{'-' * 6}:|{'-' * 12}:|{'-' * 10}:|")
+    print(f"|{'-' * 22}|{'-' * 5}:|{'-' * 12}:|{'-' * 10}:|")
     order = [
         *(f"kind:{k}" for k in KINDS),
         *(f"layout:{x}" for x in LAYOUTS),

@@ -486,7 +486,7 @@ def test_a_weak_reading_tries_the_other_mode(fake_tesseract) -> None:
     assert calls == [(7, 3), (6, 3)]
     assert (result.text, result.psm, result.candidate) == ("The quick", 6, "raw/psm6")
     calls.clear()
-    ocr_summary(render_line(EN_LINE, 30), config=OCRConfig(psm=7))  # the caller's mode: no second mode
+    ocr_summary(render_line(EN_LINE, 30), config=OCRConfig(psm=7))  # the caller's mode only
     assert calls == [(7, 3)]
     calls.clear()
     ocr_summary(render_line(EN_LINE, 30), config=OCRConfig(candidates=("clean",), fallback_below=0))

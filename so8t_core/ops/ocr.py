@@ -256,7 +256,8 @@ def run_tesseract(binary: np.ndarray, lang: str, psm: int, timeout_s: float) -> 
 
 # ---------------------------------------------------------------------------------------------- choosing
 def read_candidates(prep: Prepared, names: tuple[str, ...], psm: int, lang: str, timeout_s: float) -> list[Reading]:
-    """Read the candidate pages ``names`` of ``prep`` with one mode, in one Tesseract process.
+    """Read the candidate pages ``names`` of ``prep`` with one mode, all in one Tesseract process (two processes
+    at once, each with part of the pages, measured slower on a busy 2-core machine: each loads the models).
 
     On a two-column page (``prep.columns``) each column of ``level`` and ``clean`` is read as its own page and
     the columns' lines are joined left column first; ``raw`` (not levelled, so the columns do not line up with
