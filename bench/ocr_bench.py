@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import pytesseract  # noqa: E402
 
 from so8t_core.ops.ocr import OCRConfig, OCRResult, check_languages, ocr_summary  # noqa: E402
-from so8t_core.ops.ocr_eval import cer_by_group  # noqa: E402
+from so8t_core.ops.ocr_eval import cer_by_group, character_error_rate  # noqa: E402
 from so8t_core.ops.ocr_synth import KINDS, LANGS, LAYOUTS, SPLITS, render_bench_set  # noqa: E402
 from so8t_core.timing import interleaved_map  # noqa: E402
 
@@ -63,7 +63,13 @@ def main(argv: list[str] | None = None) -> dict:
     ours = cer_by_group(refs, [r.text for r in results], groups)
     plain = cer_by_group(refs, outs["tesseract"], groups)
     rates = {k: len(pages) / sum(v) for k, v in secs.items()}
-    silent = [p.index for p, r in zip(pages, results, strict=True) if p.text.strip() and not r.text and not r.warnings]
+    silent = [p.number for p, r in zip(pages, results, strict=True) if p.text.strip() and not r.text and not r.warnings]
+    pairs = [
+        (character_error_rate(p.text, r.text), character_error_rate(p.text, t))
+        for p, r, t in zip(pages, results, outs["tesseract"], strict=True)
+    ]
+    worse = [p.number for p, (a, b) in zip(pages, pairs, strict=True) if a > b]
+    better = sum(a < b for a, b in pairs)
     worse_kinds = [k for k in KINDS if f"kind:{k}" in ours and ours[f"kind:{k}"]["mean"] > plain[f"kind:{k}"]["mean"]]
     report = {
         "split": args.split,
@@ -79,6 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
         "status_counts": dict(Counter(r.status for r in results)),
         "winner_counts": dict(Counter(r.candidate for r in results)),
         "empty_without_warning": silent,
+        "pages_worse_than_tesseract": worse,
+        "pages_better_than_tesseract": better,
         "worse_kinds": worse_kinds,
         "targets_met": {
             "cer_per_kind": not worse_kinds,
@@ -111,6 +119,10 @@ def _print(r: dict) -> None:
     print(
         f"\nimages/s (one page at a time, interleaved): ocr_summary {rates['ocr_summary']:.2f}, "
         f"tesseract {rates['tesseract']:.2f}, ratio {r['rate_ratio']:.2f}"
+    )
+    print(
+        f"pages better than tesseract: {r['pages_better_than_tesseract']}, worse: "
+        f"{len(r['pages_worse_than_tesseract'])} {r['pages_worse_than_tesseract']}"
     )
     print(f"status: {r['status_counts']}; winning reading: {r['winner_counts']}")
     word = {k: "met" if v else "MISSED" for k, v in r["targets_met"].items()}

@@ -3,6 +3,8 @@
 Nothing is downloaded: text lines are generated from small hand-written word lists (seeded), drawn with the
 Noto Sans CJK font that ``make setup`` installs (Debian package ``fonts-noto-cjk``), then degraded in one of four
 ways (``KINDS``). The same ``seed`` and ``n`` always give the same images, so CER numbers compare across runs.
+This small one-font set serves quick tests; the benchmark (many fonts, layouts and backgrounds, a dev/test split)
+is ``ops.ocr_synth``, scored with ``cer_by_group``.
 
 Explained in notebooks/05_visual_adapter.ipynb.
 """
