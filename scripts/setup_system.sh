@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# System packages: Tesseract with Japanese + English data and Noto CJK fonts (OCR, rendered images); the
-# freely licensed vocabularies the embedded base's corpus is built from (WordNet, IPAdic, EDICT; see
-# so8t_core/lm/lexicon.py); npm (installs MathJax for the HTML reports, scripts/setup_web.sh); Chromium and its
-# WebDriver (the browser tests: reports' math, JupyterLab's widgets). Installs them with apt-get when run as root,
-# else prints the exact command.
+# System packages: Tesseract with Japanese + English data and the fonts of the rendered OCR evaluation and
+# benchmark images (so8t_core/ops/ocr_synth.py: serif, sans and mono, Latin and CJK); the freely licensed
+# vocabularies the embedded base's corpus is built from (WordNet, IPAdic, EDICT; see so8t_core/lm/lexicon.py); npm
+# (installs MathJax for the HTML reports, scripts/setup_web.sh); Chromium and its WebDriver (the browser tests:
+# reports' math, JupyterLab's widgets). Installs them with apt-get when run as root, else prints the exact command.
 set -euo pipefail
-pkgs=(tesseract-ocr tesseract-ocr-jpn tesseract-ocr-eng fonts-noto-cjk wordnet-base mecab-ipadic edict npm chromium
-      chromium-driver)
+pkgs=(tesseract-ocr tesseract-ocr-jpn tesseract-ocr-eng fonts-noto-cjk fonts-liberation2 fonts-dejavu-core
+  fonts-ipafont-gothic fonts-ipafont-mincho wordnet-base mecab-ipadic edict npm chromium chromium-driver)
 missing=()
 command -v tesseract >/dev/null 2>&1 || missing+=(tesseract-ocr)
 if command -v tesseract >/dev/null 2>&1; then
@@ -14,7 +14,12 @@ if command -v tesseract >/dev/null 2>&1; then
   grep -qx jpn <<<"$langs" || missing+=(tesseract-ocr-jpn)
   grep -qx eng <<<"$langs" || missing+=(tesseract-ocr-eng)
 fi
-if ! fc-list 2>/dev/null | grep -qi "Noto Sans CJK"; then missing+=(fonts-noto-cjk); fi
+fonts=$(fc-list : family 2>/dev/null || true)
+grep -qi "Noto Sans CJK" <<<"$fonts" || missing+=(fonts-noto-cjk)
+grep -qi "Liberation Serif" <<<"$fonts" || missing+=(fonts-liberation2)
+grep -qi "DejaVu Sans Mono" <<<"$fonts" || missing+=(fonts-dejavu-core)
+grep -qi "IPAGothic" <<<"$fonts" || missing+=(fonts-ipafont-gothic)
+grep -qi "IPAMincho" <<<"$fonts" || missing+=(fonts-ipafont-mincho)
 [ -f /usr/share/wordnet/data.noun ] || missing+=(wordnet-base)
 [ -f /usr/share/mecab/dic/ipadic/Verb.csv ] || missing+=(mecab-ipadic)
 [ -f /usr/share/edict/edict ] || missing+=(edict)

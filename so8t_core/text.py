@@ -21,7 +21,7 @@ _FONT_GLOBS = (
 
 
 class FontMissingError(RuntimeError):
-    """The Noto Sans CJK font is not installed (Debian package ``fonts-noto-cjk``; ``make setup``)."""
+    """A font is not installed (Noto Sans CJK: Debian package ``fonts-noto-cjk``; ``make setup``)."""
 
 
 def find_cjk_font() -> str:
@@ -44,6 +44,33 @@ def find_cjk_font() -> str:
     raise FontMissingError(
         f"Noto Sans CJK font not found: install Debian package {FONT_PACKAGE} "
         f"(sudo apt-get install -y {FONT_PACKAGE}) or run `make setup`"
+    )
+
+
+def find_font(family: str, package: str) -> tuple[str, int]:
+    """The regular face of an installed font family, found with fontconfig.
+
+    Args:
+        family: the exact fontconfig family name ("Liberation Serif", "Noto Serif CJK JP").
+        package: the Debian package that installs it, named in the error.
+    Returns:
+        (font file, face index inside it: a ``.ttc`` holds several faces).
+    Raises:
+        FontMissingError: naming the Debian package and ``make setup``.
+    """
+    if shutil.which("fc-list"):
+        for style in ("Regular", "Book"):
+            out = subprocess.run(
+                ["fc-list", "--format", "%{file}|%{index}\\n", f":family={family}:style={style}"],
+                capture_output=True,
+                text=True,
+            )
+            faces = sorted(line.split("|") for line in out.stdout.splitlines() if "|" in line)
+            if faces:
+                return faces[0][0], int(faces[0][1] or 0)
+    raise FontMissingError(
+        f"font {family!r} not found: install Debian package {package} (sudo apt-get install -y {package}) "
+        "or run `make setup`"
     )
 
 

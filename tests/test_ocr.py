@@ -6,6 +6,7 @@ import hashlib
 import io
 import struct
 import zlib
+from collections import Counter
 
 import numpy as np
 import pytesseract
@@ -19,10 +20,13 @@ from so8t_core.ops.ocr import (
     ImageTooLargeError,
     InvalidImageError,
     LanguageMissingError,
+    Line,
     OCRConfig,
     OCRError,
+    Reading,
     TesseractFailedError,
     TesseractMissingError,
+    choose,
     estimate_skew,
     foreground_mask,
     load_gray,
@@ -32,6 +36,7 @@ from so8t_core.ops.ocr import (
 from so8t_core.ops.ocr_eval import (
     KINDS,
     EvalSample,
+    cer_by_group,
     cer_table,
     character_error_rate,
     levenshtein,
@@ -39,7 +44,10 @@ from so8t_core.ops.ocr_eval import (
     render_line,
     rotate_image,
 )
+from so8t_core.ops.ocr_synth import KINDS as SYNTH_KINDS
+from so8t_core.ops.ocr_synth import SPLITS, degrade, render_bench_set, render_page
 from so8t_core.text import normalize_text, summarize
+from so8t_core.timing import interleaved_map
 
 EN_LINE = "The quick brown fox reads 1234 letters"
 JA_LINE = "東京の図書館で新聞を読みます。"
@@ -393,3 +401,228 @@ def test_noisy_line_is_denoised() -> None:
     clean = render_line(EN_LINE, 32).astype(np.float32)
     noisy = np.clip(clean + rng.normal(0, 70, clean.shape), 0, 255).astype(np.uint8)
     assert character_error_rate(EN_LINE, ocr_summary(noisy).text) <= 0.1
+
+
+# ------------------------------------------------------------------------- choosing among readings (no tesseract)
+def _line(*pairs: tuple[str, float]) -> Line:
+    return Line(tuple(w for w, _ in pairs), tuple(float(c) for _, c in pairs))
+
+
+def test_line_score_counts_characters_above_the_confidence_floor() -> None:
+    line = _line(("abcd", 90), ("ef", 20))
+    assert line.score(50) == pytest.approx(4 * 0.4 + 2 * -0.3)
+    assert line.text == "abcd ef" and _line(("日本", 90), ("語", 90)).text == "日本語"
+
+
+def test_choose_mixes_lines_only_among_readings_that_split_alike() -> None:
+    a = Reading("raw/psm6", 6, (_line(("Helo", 60)), _line(("world", 95))))
+    b = Reading("level/psm6", 6, (_line(("Hello", 90)), _line(("wor1d", 40))))
+    c = Reading("clean/psm3", 3, (_line(("Hello", 55), ("world", 55)),))  # one line: not mixed, and weaker
+    lines, names, best = choose([a, b, c], 50)
+    assert [x.text for x in lines] == ["Hello", "world"] and names == ["level/psm6", "raw/psm6"]
+    assert best is a  # the best whole reading: 4 x 0.1 + 5 x 0.45 beats 5 x 0.4 - 5 x 0.1 and 10 x 0.05
+    lines, names, best = choose([a, Reading("clean/psm6", 6, (_line(("Hello world", 99)),))], 50)
+    assert (len(lines), names, best.name) == (1, ["clean/psm6"], "clean/psm6")  # counts differ: whole reading
+    tie = Reading("level/psm7", 7, a.lines)
+    assert choose([a, tie], 50)[1] == ["raw/psm6", "raw/psm6"]  # ties go to the reading listed first
+    with pytest.raises(ValueError, match="readings"):
+        choose([], 50)
+
+
+def _tiff_pages(path: str) -> int:
+    with Image.open(path) as im:
+        return im.n_frames
+
+
+@pytest.fixture
+def fake_tesseract(monkeypatch):
+    """Replace Tesseract by a script ``{psm: [page 1 lines, page 2 lines, ...]}`` (lines: lists of (word, conf));
+    returns the (psm, pages) of every call. Page order is ``OCRConfig.candidates`` (x columns)."""
+    script: dict[int, list[list[list[tuple[str, float]]]]] = {}
+    calls: list[tuple[int, int]] = []
+
+    def image_to_data(path, lang, config, timeout, output_type):
+        psm, n = int(config.split("--psm ")[1]), _tiff_pages(path)
+        calls.append((psm, n))
+        data: dict[str, list] = {k: [] for k in ("text", "conf", "page_num", "block_num", "par_num", "line_num")}
+        for page, lines in enumerate(script.get(psm, [])[:n], 1):
+            for number, words in enumerate(lines, 1):
+                for word, conf in words:
+                    for k, v in zip(data, (word, conf, page, 1, 1, number)):
+                        data[k].append(v)
+        return data
+
+    monkeypatch.setattr(pytesseract, "image_to_data", image_to_data)
+    monkeypatch.setattr(ocr, "check_languages", lambda lang: None)
+    return script, calls
+
+
+def _two_lines() -> np.ndarray:
+    a, b = render_line(EN_LINE, 30), render_line("second line 42", 30)
+    width = max(a.shape[1], b.shape[1])
+    return np.vstack([np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=255) for x in (a, b)])
+
+
+def test_summary_keeps_the_best_line_of_each_candidate_and_says_which(fake_tesseract) -> None:
+    script, calls = fake_tesseract
+    script[6] = [
+        [[("Helo", 60)], [("world", 95)]],  # raw
+        [[("Hello", 90)], [("wor1d", 40)]],  # level
+        [[("Hallo", 50)], [("world", 90)]],  # clean
+    ]
+    result = ocr_summary(_two_lines())
+    assert result.text == "Hello\nworld" and result.line_candidates == ("level/psm6", "raw/psm6")
+    assert result.candidate == "level/psm6" and result.psm == 6
+    assert (result.status, result.warnings, result.n_words) == ("ok", (), 2)
+    assert result.mean_confidence == pytest.approx(92.5)
+    assert calls == [(6, 3)]  # one Tesseract process for all three candidates; confident, so no second mode
+
+
+def test_a_weak_reading_tries_the_other_mode(fake_tesseract) -> None:
+    script, calls = fake_tesseract
+    script[7] = [[[("Tne", 40), ("qvick", 30)]]] * 3
+    script[6] = [[[("The", 95), ("quick", 90)]], [], []]
+    result = ocr_summary(render_line(EN_LINE, 30))
+    assert calls == [(7, 3), (6, 3)]
+    assert (result.text, result.psm, result.candidate) == ("The quick", 6, "raw/psm6")
+    calls.clear()
+    ocr_summary(render_line(EN_LINE, 30), config=OCRConfig(psm=7))  # the caller's mode only
+    assert calls == [(7, 3)]
+    calls.clear()
+    ocr_summary(render_line(EN_LINE, 30), config=OCRConfig(candidates=("clean",), fallback_below=0))
+    assert calls == [(7, 1)]
+
+
+@pytest.mark.parametrize(
+    "words, status",
+    [
+        ([], "no_text"),  # marks on the page, nothing read: never a silent empty result
+        ([("sorne", 30.0), ("fext", 25.0)], "low_confidence"),
+        ([("some", 96.0), ("text", 91.0)], "ok"),
+    ],
+)
+def test_ink_without_confident_text_warns(fake_tesseract, words, status: str) -> None:
+    script, _ = fake_tesseract
+    script[7] = script[6] = [[words] if words else []] * 3
+    result = ocr_summary(render_line(EN_LINE, 30))
+    assert result.status == status
+    assert bool(result.warnings) == (status != "ok")
+    assert result.text == " ".join(w for w, _ in words)
+
+
+def test_an_even_page_is_blank_without_asking_tesseract(fake_tesseract) -> None:
+    script, calls = fake_tesseract
+    script[7] = script[6] = [[[("ーー", 50.0)]]] * 3  # what Tesseract makes up on a 1x1 black page
+    for page in (np.full((50, 200), 255, np.uint8), np.zeros((1, 1), np.uint8), np.full((40, 40), 128, np.uint8)):
+        result = ocr_summary(page)
+        assert (result.text, result.status, result.warnings, result.n_words) == ("", "blank", (), 0)
+    assert calls == []
+
+
+# ------------------------------------------------------------------------------------------ reading order
+def _side_by_side(left: list[np.ndarray], right: list[np.ndarray], gap: int) -> np.ndarray:
+    rows = []
+    for a, b in zip(left, right, strict=True):
+        row = np.full((max(a.shape[0], b.shape[0]), 2000), 255, np.uint8)
+        row[: a.shape[0], : a.shape[1]] = a
+        row[: b.shape[0], gap : gap + b.shape[1]] = b
+        rows.append(row)
+    page = np.vstack(rows)
+    return page[:, : np.flatnonzero((page < 128).any(axis=0))[-1] + 20]
+
+
+def _columns_page() -> np.ndarray:
+    left = [render_line(t, 24) for t in ("Rivers carry", "stones down to", "the sea 1984")]
+    right = [render_line(t, 24) for t in ("Morning trains", "leave the station", "every seven")]
+    return _side_by_side(left, right, 300)
+
+
+def _receipt_page() -> np.ndarray:
+    items = [render_line(t, 24) for t in ("Coffee", "Green tea", "Batteries")]
+    prices = [render_line(t, 24) for t in ("4.50", "12.00", "7.25")]
+    width = max(p.shape[1] for p in prices)
+    padded = [np.pad(p, ((0, 0), (width - p.shape[1], 0)), constant_values=255) for p in prices]  # right-aligned
+    return _side_by_side(items, padded, 320)
+
+
+def test_two_columns_are_found_and_a_receipt_is_not() -> None:
+    cols = preprocess(_columns_page())
+    assert cols.n_lines == 3 and len(cols.columns) == 2
+    (x0, x1), (x2, x3) = cols.columns
+    assert x0 < x1 < x2 < x3 <= cols.binary.shape[1]
+    assert preprocess(_receipt_page()).columns == ()
+    assert preprocess(render_line(EN_LINE, 30)).columns == ()
+
+
+def test_columns_are_read_left_column_first(fake_tesseract) -> None:
+    script, calls = fake_tesseract
+    # Pages: level-left, level-right, clean-left, clean-right (raw is not levelled, so it sits columns out).
+    script[6] = [[[("L1", 90)], [("L2", 90)]], [[("R1", 90)], [("R2", 90)]]] * 2
+    result = ocr_summary(_columns_page())
+    assert calls == [(6, 4)]
+    assert result.text == "L1\nL2\nR1\nR2" and result.candidate == "level/psm6"
+
+
+def test_lines_are_grouped_by_page_and_kept_in_tesseract_order() -> None:
+    data = {
+        "text": ["b", "a", "c", "", "d"],
+        "conf": [90, 80, 70, -1, 60],
+        "page_num": [2, 1, 1, 2, 2],
+        "block_num": [1, 1, 1, 1, 1],
+        "par_num": [1, 1, 1, 1, 1],
+        "line_num": [1, 1, 2, 2, 2],
+    }
+    pages = ocr._lines_by_page(data, 2)
+    assert [[x.text for x in p] for p in pages] == [["a", "c"], ["b", "d"]]
+
+
+# ------------------------------------------------------------------------------------------ benchmark set
+def test_bench_set_is_deterministic_balanced_and_split() -> None:
+    pages = render_bench_set(seed=3, n=40)
+    assert [p.number for p in pages] == list(range(40))
+    for split in SPLITS:
+        part = [p for p in pages if p.split == split]
+        assert Counter(p.kind for p in part) == {k: 2 for k in SYNTH_KINDS}  # every kind, equally, in both
+    again = render_page(3, 17)
+    assert np.array_equal(again.image, pages[17].image) and again.text == pages[17].text
+    assert [p.number for p in render_bench_set(3, 40, "test")] == list(range(1, 40, 2))
+    assert render_page(4, 17).text != again.text
+    assert all(p.image.dtype == np.uint8 and p.image.ndim == 2 and p.text.strip() for p in pages)
+    assert all(p.lang == "en" or "CJK" in p.family or "IPA" in p.family for p in pages)  # Japanese needs a CJK font
+    with pytest.raises(ValueError, match="split"):
+        render_bench_set(0, 4, "train")
+
+
+def test_cer_by_group_gives_the_mean_and_the_micro_average() -> None:
+    table = cer_by_group(["abcd", "xy"], ["abXd", ""], [["a", "all"], ["b", "all"]])
+    assert table["all"] == pytest.approx({"mean": (0.25 + 1.0) / 2, "micro": 3 / 6, "n": 2})
+    assert table["a"] == pytest.approx({"mean": 0.25, "micro": 0.25, "n": 1})
+
+
+def test_interleaved_map_swaps_the_order_on_every_other_item() -> None:
+    calls: list[str] = []
+    outs, secs = interleaved_map(
+        {"a": lambda x: calls.append("a") or x, "b": lambda x: calls.append("b") or -x}, [1, 2, 3]
+    )
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    assert outs == {"a": [1, 2, 3], "b": [-1, -2, -3]} and all(len(v) == 3 for v in secs.values())
+
+
+# ------------------------------------------------------------------------------------------ real tesseract
+@pytest.mark.tesseract
+def test_line_on_a_speckled_background_is_read_not_dropped() -> None:
+    rng = np.random.default_rng(0)
+    line = render_line("A white fox circles the quiet garden", 30)
+    page = degrade(rng, "speckle", line)
+    result = ocr_summary(page)
+    assert result.status == "ok" and character_error_rate("A white fox circles the quiet garden", result.text) <= 0.05
+
+
+@pytest.mark.tesseract
+def test_columns_and_receipt_come_back_in_reading_order() -> None:
+    cols = ocr_summary(_columns_page(), lang="eng")
+    want = "Rivers carry\nstones down to\nthe sea 1984\nMorning trains\nleave the station\nevery seven"
+    assert character_error_rate(want, cols.text) <= 0.05 and cols.text.count("\n") == 5, cols.text
+    receipt = ocr_summary(_receipt_page(), lang="eng")
+    assert character_error_rate("Coffee 4.50\nGreen tea 12.00\nBatteries 7.25", receipt.text) <= 0.05, receipt.text
+    assert receipt.text.count("\n") == 2

@@ -29,7 +29,13 @@ import so8t_core.think as think_mod
 from so8t_core.lm.loading import load_model_and_tokenizer
 from so8t_core.ops import answer, models, server
 from so8t_core.ops.audit import AuditLog
-from so8t_core.ops.ocr import ImageTooLargeError, InvalidImageError, TesseractFailedError, TesseractMissingError
+from so8t_core.ops.ocr import (
+    ImageTooLargeError,
+    InvalidImageError,
+    OCRResult,
+    TesseractFailedError,
+    TesseractMissingError,
+)
 from so8t_core.think import (
     ESCALATE_MESSAGE,
     QUAD_SYSTEM,
@@ -458,6 +464,45 @@ def test_model_text_appends_the_summary_only_with_an_image() -> None:
     assert answer.model_text("q", None) == "q"
     assert answer.model_text("q", "abc") == "q\n\n[Text read from the attached image by OCR: abc]"
     assert answer.model_text("q", "  ") == "q\n\n[The attached image has no readable text.]"
+    warned = answer.model_text("q", "", ("it may hold text OCR cannot read",))
+    assert warned == "q\n\n[OCR warning: it may hold text OCR cannot read.]"  # not "no readable text"
+    low = answer.model_text("q", "abc", ("low confidence",))
+    assert low == "q\n\n[Text read from the attached image by OCR: abc]\n[OCR warning: low confidence.]"
+    assert answer.model_text("q", None, ("ignored without an image",)) == "q"
+
+
+def _ocr_result(summary: str, status: str, warnings: tuple[str, ...]) -> OCRResult:
+    return OCRResult(summary, summary, 20.0, "ab" * 32, "eng", 0, 0.0, 1.0, 7, status, warnings, "clean/psm7")
+
+
+@pytest.mark.parametrize(
+    "summary, status, warnings",
+    [
+        ("", "no_text", ("the image has marks but OCR read no text from them",)),
+        ("lnvoice 42l7", "low_confidence", ("OCR read the image with low confidence",)),
+        ("Invoice 4217", "ok", ()),
+    ],
+)
+def test_ocr_warnings_reach_the_decision_and_the_response_but_not_the_log(
+    audit, summary: str, status: str, warnings: tuple[str, ...]
+) -> None:
+    seen = []
+    state = state_for(
+        None,
+        None,
+        audit,
+        decide=lambda t: seen.append(t) or "REFUSE",
+        ocr_fn=lambda image, lang: _ocr_result(summary, status, warnings),
+    )
+    with running(state) as port:
+        status_code, _, raw = call(port, "POST", "/think", {"prompt": "What does it say?", "image_base64": b64(b"png")})
+        plain = json.loads(call(port, "POST", "/think", {"prompt": "no image"})[2])
+    out = json.loads(raw)
+    assert status_code == 200 and out["ocr_warnings"] == list(warnings) and "ocr_warnings" not in plain
+    assert all(f"[OCR warning: {w}.]" in seen[0] for w in warnings)
+    assert ("no readable text" in seen[0]) is False and (summary in seen[0])
+    row = rows(audit)[0]
+    assert row["ocr_summary"] == summary and not any(w in str(row.values()) for w in warnings)
 
 
 # ---------------------------------------------------------------------------------------------- start-up

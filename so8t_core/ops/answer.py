@@ -4,8 +4,10 @@ No HTTP here (that is ``ops.server``) and no model loading (``ops.models``): ``t
 holds the model, the decision source and the audit log, so it runs the same in tests, benchmarks and the server.
 
 An image is read locally by ``ocr.ocr_summary`` and only its summary is appended to the prompt (``model_text``);
-decision and answer both see that text. The answer comes only from ``think.respond`` (``extract_final`` or a
-fixed message). Every answered request is one ``AuditLog.log_decision`` row (see ``ops.server``).
+decision and answer both see that text. When OCR warns (marks it could not read, or a low-confidence reading),
+the warning is appended too and returned as ``ocr_warnings``, so an unread image is never passed off as empty.
+The answer comes only from ``think.respond`` (``extract_final`` or a fixed message). Every answered request is
+one ``AuditLog.log_decision`` row (see ``ops.server``).
 
 Explained in notebooks/06_safety_eval.ipynb.
 """
@@ -40,6 +42,7 @@ FIELDS = ("prompt", "image_base64")
 NO_THINKING_HASH = thinking_hash("")  # logged for REFUSE/ESCALATE: nothing was generated
 OCR_NOTE = "[Text read from the attached image by OCR: {summary}]"
 OCR_EMPTY_NOTE = "[The attached image has no readable text.]"
+OCR_WARNING_NOTE = "[OCR warning: {warning}.]"
 
 
 class RequestError(Exception):
@@ -151,12 +154,25 @@ def _decode_base64(text: str) -> bytes:
     return data
 
 
-def model_text(prompt: str, ocr_summary_text: str | None) -> str:
-    """The text the decision and the model see: the prompt, plus the OCR summary when an image came with it."""
+def model_text(prompt: str, ocr_summary_text: str | None, ocr_warnings: tuple[str, ...] = ()) -> str:
+    """The text the decision and the model see: the prompt, plus the OCR summary and OCR's warnings when an image
+    came with it. An empty summary with a warning is not called "no readable text": the warning says why.
+
+    Args:
+        prompt: the request's prompt.
+        ocr_summary_text: ``OCRResult.summary``, or None without an image.
+        ocr_warnings: ``OCRResult.warnings``.
+    Returns:
+        The prompt, a blank line and the notes, one per line.
+    """
     if ocr_summary_text is None:
         return prompt
-    note = OCR_NOTE.format(summary=ocr_summary_text) if ocr_summary_text.strip() else OCR_EMPTY_NOTE
-    return f"{prompt}\n\n{note}"
+    notes = [OCR_WARNING_NOTE.format(warning=w) for w in ocr_warnings]
+    if ocr_summary_text.strip():
+        notes.insert(0, OCR_NOTE.format(summary=ocr_summary_text))
+    elif not notes:
+        notes = [OCR_EMPTY_NOTE]
+    return f"{prompt}\n\n" + "\n".join(notes)
 
 
 def input_hash(prompt: str, image_sha256: str | None) -> str:
@@ -190,18 +206,20 @@ def _answer(state: AppState, text: str) -> Response:
         return respond(state.model, state.tokenizer, text, lambda _: label, state.max_new_tokens)
 
 
-def think(state: AppState, req: ThinkRequest, request_id: str) -> dict[str, str]:
-    """Answer one validated request and append its audit row; the response holds only the final answer.
+def think(state: AppState, req: ThinkRequest, request_id: str) -> dict[str, Any]:
+    """Answer one validated request and append its audit row; the response holds only the final answer (and, for
+    a request with an image, OCR's warnings: never the text OCR read).
 
     Args:
         state: the server's ``AppState``.
         req: from ``parse_think_request``.
         request_id: a fresh id (the handler uses ``uuid4().hex``).
     Returns:
-        ``{"request_id", "decision", "final"}``. Raises ``RequestError`` for an image OCR refuses.
+        ``{"request_id", "decision", "final"}``, plus ``"ocr_warnings"`` (a list, often empty) with an image.
+        Raises ``RequestError`` for an image OCR refuses.
     """
     ocr = _run_ocr(state, req.image) if req.image is not None else None
-    r = _answer(state, model_text(req.prompt, ocr.summary if ocr else None))
+    r = _answer(state, model_text(req.prompt, ocr.summary if ocr else None, ocr.warnings if ocr else ()))
     state.audit.log_decision(
         request_id=request_id,
         decision=r.decision,
@@ -213,7 +231,10 @@ def think(state: AppState, req: ThinkRequest, request_id: str) -> dict[str, str]
         ocr_summary=ocr.summary if ocr else None,
         image_sha256=ocr.image_sha256 if ocr else None,
     )
-    return {"request_id": request_id, "decision": r.decision, "final": r.final}
+    out: dict[str, Any] = {"request_id": request_id, "decision": r.decision, "final": r.final}
+    if ocr is not None:
+        out["ocr_warnings"] = list(ocr.warnings)
+    return out
 
 
 def health(state: AppState) -> dict[str, str]:

@@ -3,6 +3,8 @@
 Nothing is downloaded: text lines are generated from small hand-written word lists (seeded), drawn with the
 Noto Sans CJK font that ``make setup`` installs (Debian package ``fonts-noto-cjk``), then degraded in one of four
 ways (``KINDS``). The same ``seed`` and ``n`` always give the same images, so CER numbers compare across runs.
+This small one-font set serves quick tests; the benchmark (many fonts, layouts and backgrounds, a dev/test split)
+is ``ops.ocr_synth``, scored with ``cer_by_group``.
 
 Explained in notebooks/05_visual_adapter.ipynb.
 """
@@ -21,7 +23,7 @@ from so8t_core.text import find_cjk_font, normalize_text
 KINDS = ("clean", "rotated", "noisy", "small")
 LANGS = ("en", "ja")
 
-_EN_WORDS = (
+EN_WORDS = (
     "the quick brown fox jumps over lazy dog river stone paper window garden market winter summer light "
     "morning evening station ticket coffee letter number house table chair yellow green purple silver "
     "simple model rotation signal report safety audit notebook image reader better small large during "
@@ -29,10 +31,10 @@ _EN_WORDS = (
 ).split()
 # Japanese lines follow "<topic>は<place>で<object>を<verb>" style templates so that the text mixes kanji,
 # hiragana and katakana the way ordinary prose does.
-_JA_TOPIC = ("私", "先生", "学生", "母", "友達", "会社員", "子供たち", "田中さん", "猫", "研究者")
-_JA_PLACE = ("東京", "駅前", "図書館", "公園", "大学", "台所", "京都", "病院", "会議室", "海辺")
-_JA_OBJECT = ("新聞", "手紙", "コーヒー", "写真", "日本語", "地図", "お茶", "ノート", "果物", "資料")
-_JA_VERB = (
+JA_TOPIC = ("私", "先生", "学生", "母", "友達", "会社員", "子供たち", "田中さん", "猫", "研究者")
+JA_PLACE = ("東京", "駅前", "図書館", "公園", "大学", "台所", "京都", "病院", "会議室", "海辺")
+JA_OBJECT = ("新聞", "手紙", "コーヒー", "写真", "日本語", "地図", "お茶", "ノート", "果物", "資料")
+JA_VERB = (
     "読みます",
     "書きました",
     "飲みます",
@@ -91,12 +93,12 @@ def character_error_rate(ref: str, hyp: str) -> float:
 def random_line(rng: np.random.Generator, lang: str) -> str:
     """A random English (4-7 words) or Japanese (template sentence) line drawn with ``rng``."""
     if lang == "en":
-        words = [str(w) for w in rng.choice(_EN_WORDS, size=int(rng.integers(4, 8)))]
+        words = [str(w) for w in rng.choice(EN_WORDS, size=int(rng.integers(4, 8)))]
         if rng.random() < 0.5:
             words.insert(int(rng.integers(0, len(words))), str(int(rng.integers(2, 2000))))
         return " ".join(words).capitalize()
     if lang == "ja":
-        t, p, o, v = (str(rng.choice(pool)) for pool in (_JA_TOPIC, _JA_PLACE, _JA_OBJECT, _JA_VERB))
+        t, p, o, v = (str(rng.choice(pool)) for pool in (JA_TOPIC, JA_PLACE, JA_OBJECT, JA_VERB))
         return f"{t}は{p}で{o}を{v}。"
     raise ValueError(f"lang={lang!r}: must be one of {LANGS}")
 
@@ -188,3 +190,27 @@ def cer_table(samples: Iterable[EvalSample], hyps: Iterable[str]) -> dict[str, f
             chars[group] = chars.get(group, 0) + len(ref)
     order = [*KINDS, *LANGS, *(f"{k}/{lang}" for k in KINDS for lang in LANGS), "all"]
     return {g: edits[g] / max(chars[g], 1) for g in order if g in edits}
+
+
+def cer_by_group(refs: list[str], hyps: list[str], groups: list[list[str]]) -> dict[str, dict[str, float]]:
+    """CER per group, both ways: ``mean`` (the mean of each image's CER, every image counts once) and ``micro``
+    (total edits / total reference characters), with the group's image count ``n``.
+
+    Args:
+        refs: ground truths.
+        hyps: OCR texts, in the same order.
+        groups: for each image, the groups it belongs to (e.g. ``["kind:blur", "lang:ja", "all"]``).
+    Returns:
+        ``{group: {"mean": .., "micro": .., "n": ..}}`` in order of first appearance.
+    """
+    stats: dict[str, list[float]] = {}  # group -> [sum of CERs, edits, characters, images]
+    for ref, hyp, gs in zip(refs, hyps, groups, strict=True):
+        r = normalize_text(ref)
+        d = levenshtein(r, normalize_text(hyp))
+        for g in gs:
+            s = stats.setdefault(g, [0.0, 0.0, 0.0, 0.0])
+            s[0] += d / max(len(r), 1)
+            s[1] += d
+            s[2] += len(r)
+            s[3] += 1
+    return {g: {"mean": s[0] / s[3], "micro": s[1] / max(s[2], 1), "n": s[3]} for g, s in stats.items()}
