@@ -40,7 +40,7 @@ def stage00(tiny_lm, tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("stage00")
     corpus = build_corpus(seed=0, n_docs=60, heldout_fraction=0.1)
     corpus.save(d / "corpus")
-    write_model_ref(d, str(tiny_lm(corpus.train, vocab_size=600).dir))
+    write_model_ref(d, str(tiny_lm(corpus.train, vocab_size=2000).dir))
     return d
 
 
