@@ -1,6 +1,6 @@
 """Run the notebooks in order with papermill, render each to self-contained HTML, and index the results.
 
-    python -m so8t_core.pipeline [--profile default|smoke] [--only 01,02] [-p key=value ...]
+    python -m so8t_core.pipeline [--profile default|smoke|gpu] [--only 01,02] [-p key=value ...]
 
 A profile is ``params/<profile>.yaml``: a mapping from stage name (the notebook's stem) to parameter overrides.
 ``-p key=value`` overrides ``key`` in every selected notebook that declares it; ``-p 03.key=value`` only in

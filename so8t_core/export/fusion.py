@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from so8t_core.config import check
 from so8t_core.gate.soul import SOUL_CONFIG, SOUL_FILE, SoulWrapper, _causal_lm
 
-FP32_ATOL = 1e-4  # fused vs wrapper, float32: the contract of the issue
+FP32_ATOL = 1e-4  # fused vs wrapper, float32: the parity contract notebook 04 checks
 LOW_PRECISION_RTOL = 1e-2  # 16-bit weights: relative to the largest |logit| (W' is rounded once more)
 CARD = "README.md"
 
