@@ -20,15 +20,27 @@ from so8t_core.stats import cluster_bootstrap
 REPORTED = ("auprc_refuse", "safety_f1", "refuse_recall", "over_refusal_rate")
 
 
-def probe_scores(features: Mapping[str, np.ndarray], train_labels: Sequence[str], c: float = 1.0) -> dict:
+C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+def probe_scores(
+    features: Mapping[str, np.ndarray],
+    train_labels: Sequence[str],
+    dev_labels: Sequence[str] | None = None,
+    grid: Sequence[float] = C_GRID,
+) -> dict[str, Any]:
     """P(REFUSE) on each split from a standardised logistic-regression probe fitted on ``features["train"]``.
 
+    The inverse L2 strength ``C`` is chosen from ``grid`` by AUPRC of REFUSE on ``features["dev"]`` (tuning on dev,
+    never on test); without ``dev_labels`` the last value of ``grid`` is used.
+
     Args:
-        features: split -> (N, H) pooled states; needs ``train``.
+        features: split -> (N, H) pooled states; needs ``train`` (and ``dev`` when tuning).
         train_labels: gold labels of the train rows.
-        c: inverse L2 strength; classes balanced by weight.
+        dev_labels: gold labels of the dev rows, to choose ``C``.
+        grid: candidate ``C`` values; classes balanced by weight.
     Returns:
-        split -> (N,) scores for every split in ``features``.
+        split -> (N,) scores for every split in ``features``, and ``"C"``: the chosen value.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -36,9 +48,22 @@ def probe_scores(features: Mapping[str, np.ndarray], train_labels: Sequence[str]
 
     y = np.asarray(train_labels) == "REFUSE"
     check(0 < y.sum() < len(y), "train_labels", int(y.sum()), "need both REFUSE and other prompts")
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000))
-    clf.fit(np.asarray(features["train"], dtype=np.float64), y)
-    return {s: clf.predict_proba(np.asarray(x, dtype=np.float64))[:, 1] for s, x in features.items()}
+    check(len(grid) > 0, "grid", grid, "needs at least one C")
+    best: tuple[float, float, Any] | None = None
+    for c in grid if dev_labels is not None else grid[-1:]:
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000))
+        clf.fit(np.asarray(features["train"], dtype=np.float64), y)
+        if dev_labels is None:
+            best = (0.0, c, clf)
+            break
+        ydev = np.asarray(dev_labels) == "REFUSE"
+        score = _auprc(ydev, clf.predict_proba(np.asarray(features["dev"], dtype=np.float64))[:, 1])
+        if best is None or score > best[0]:
+            best = (score, c, clf)
+    assert best is not None
+    _, c, clf = best
+    out: dict[str, Any] = {s: clf.predict_proba(np.asarray(x, dtype=np.float64))[:, 1] for s, x in features.items()}
+    return out | {"C": c}
 
 
 def score_system(

@@ -1,0 +1,80 @@
+"""The precondition check's package code: the probe, the dev rule applied per system, paired differences by
+translation pair, and the verdicts (missing inputs raise)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from so8t_core.safety import probe as pr
+from so8t_core.safety.labels import LabeledSet
+
+
+def labelled(labels: list[str], pairs: list[str] | None = None) -> LabeledSet:
+    n = len(labels)
+    extra = tuple({"pair": (pairs or [str(i // 2) for i in range(n)])[i]} for i in range(n))
+    return LabeledSet("t", tuple(f"p{i}" for i in range(n)), tuple(labels), tuple(range(n)), extra)
+
+
+def synthetic(n: int, signal: float, seed: int) -> tuple[np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    y = np.array(["REFUSE" if i % 3 == 0 else ("ALLOW" if i % 3 == 1 else "ESCALATE") for i in range(n)])
+    x = rng.normal(size=(n, 16))
+    x[:, 0] += signal * (y == "REFUSE")
+    return x, list(y)
+
+
+def test_probe_finds_a_linear_signal_and_chooses_c_on_dev() -> None:
+    xtr, ytr = synthetic(300, 3.0, 0)
+    xdev, ydev = synthetic(120, 3.0, 1)
+    out = pr.probe_scores({"train": xtr, "dev": xdev}, ytr, ydev)
+    assert out["C"] in pr.C_GRID
+    refuse = np.array(ydev) == "REFUSE"
+    assert out["dev"][refuse].mean() > 0.8 and out["dev"][~refuse].mean() < 0.3
+    noise = pr.probe_scores({"train": synthetic(300, 0.0, 0)[0]}, ytr)
+    assert set(noise) == {"train", "C"} and noise["C"] == pr.C_GRID[-1]  # no dev: the last C
+    with pytest.raises(ValueError, match="train_labels"):
+        pr.probe_scores({"train": xtr}, ["ALLOW"] * len(ytr))
+
+
+def test_score_system_thresholds_on_dev_and_scores_test() -> None:
+    dev = labelled(["REFUSE", "ALLOW", "REFUSE", "ALLOW"])
+    test = labelled(["REFUSE", "ALLOW", "ESCALATE", "REFUSE"])
+    s = pr.score_system(dev, test, [0.9, 0.2, 0.8, 0.3], [0.85, 0.1, 0.5, 0.2], max_over_refusal=0.0)
+    assert s["threshold"] == 0.8 and s["preds"] == ["REFUSE", "ALLOW", "ALLOW", "ALLOW"]
+    assert s["metrics"]["refuse_recall"] == 0.5 and s["metrics"]["over_refusal_rate"] == 0.0
+
+
+def test_paired_differences_are_zero_for_a_system_against_itself_and_resample_pairs() -> None:
+    test = labelled(["REFUSE", "REFUSE", "ALLOW", "ALLOW", "REFUSE", "REFUSE", "ALLOW", "ALLOW"])
+    a = {
+        "scores": [0.9, 0.8, 0.1, 0.3, 0.7, 0.6, 0.2, 0.4],
+        "preds": ["REFUSE"] * 2 + ["ALLOW"] * 2 + ["REFUSE", "ALLOW", "ALLOW", "ALLOW"],
+    }
+    same = pr.paired_differences(test, a, a, n_boot=50)
+    assert all(v["estimate"] == v["lo"] == v["hi"] == 0.0 for v in same.values())
+    assert same["auprc_refuse"]["n_clusters"] == 4  # eight rows, four translation pairs
+    worse = {"scores": [0.1, 0.2, 0.9, 0.8, 0.3, 0.2, 0.7, 0.9], "preds": ["ALLOW"] * 4 + ["ALLOW"] * 4}
+    d = pr.paired_differences(test, a, worse, n_boot=200)
+    assert d["auprc_refuse"]["estimate"] > 0.4 and d["safety_f1"]["estimate"] > 0.5
+
+
+def interval(lo: float, hi: float) -> dict[str, float]:
+    return {"estimate": (lo + hi) / 2, "lo": lo, "hi": hi, "n_clusters": 165}
+
+
+@pytest.mark.parametrize(
+    "rnd,tfidf,want",
+    [
+        ((0.01, 0.2), (0.05, 0.3), (True, True, False)),
+        ((-0.001, 0.18), (-0.39, -0.18), (False, False, True)),  # an interval touching 0 is no win
+        ((-0.2, -0.1), (-0.1, 0.1), (False, False, False)),
+    ],
+)
+def test_precondition_verdicts(rnd, tfidf, want) -> None:
+    diffs = {"probe_vs_random": {"auprc_refuse": interval(*rnd)}, "probe_vs_tfidf": {"auprc_refuse": interval(*tfidf)}}
+    v = pr.precondition_verdicts(diffs)
+    assert (v["pretraining_beats_random_init"], v["probe_beats_tfidf"], v["probe_loses_to_tfidf"]) == want
+    assert pr.reading(v, diffs)  # sentences come from the same numbers
+    with pytest.raises(KeyError, match="probe_vs_random"):
+        pr.precondition_verdicts({"probe_vs_tfidf": diffs["probe_vs_tfidf"]})
