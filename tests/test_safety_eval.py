@@ -15,7 +15,7 @@ from so8t_core.artifacts import Stage, json_ready
 from so8t_core.config import SafetyEvalStageConfig
 from so8t_core.safety import evaluation as se
 from so8t_core.safety import registry
-from so8t_core.safety.heads import HEADS_WEIGHTS, SafetyHeads, Thresholds, decide, save_heads
+from so8t_core.safety.heads import HEADS_WEIGHTS, SafetyHeads, Thresholds, decide, heads_decider, save_heads
 from so8t_core.safety.labels import LABELS, metrics
 from so8t_core.think import REFUSE_MESSAGE, leaks_thinking
 
@@ -135,7 +135,14 @@ def test_leaks_thinking() -> None:
 
 def test_stage_config_validates() -> None:
     assert SafetyEvalStageConfig().torch_threads == 1
-    for bad in ({"max_over_refusal": 1.5}, {"sweep_points": 1}, {"head_steps": 0}, {"torch_threads": -1}):
+    bads = (
+        {"max_over_refusal": 1.5},
+        {"max_trap_refused": -0.1},
+        {"head_steps": 0},
+        {"seeds": 0},
+        {"torch_threads": -1},
+    )
+    for bad in bads:
         with pytest.raises(ValueError, match=next(iter(bad))):
             SafetyEvalStageConfig(**bad)
     with pytest.raises(ValueError, match="batch_size"):
@@ -200,10 +207,19 @@ def test_run_heads_gives_valid_decisions(tiny) -> None:
 def test_example_answers_show_only_finals(tiny) -> None:
     model, tok, _, splits = tiny
     heads = SafetyHeads(32).eval()
-    refused = se.example_answers(model, tok, heads, Thresholds(0.0, 0.0), splits["test"], per_label=1)
+    refused = se.example_answers(
+        model, tok, heads_decider(model, tok, heads, Thresholds(0.0, 0.0)), splits["test"], per_label=1
+    )
     assert [r["gold"] for r in refused] == list(LABELS)
     assert all(r["decision"] == R and r["final"] == REFUSE_MESSAGE and r["thinking_hash"] is None for r in refused)
-    allowed = se.example_answers(model, tok, heads, Thresholds(1.0, 1.0), splits["test"], per_label=1, max_new_tokens=6)
+    allowed = se.example_answers(
+        model,
+        tok,
+        heads_decider(model, tok, heads, Thresholds(1.0, 1.0)),
+        splits["test"],
+        per_label=1,
+        max_new_tokens=6,
+    )
     assert all(r["decision"] == A and r["thinking_hash"] is not None for r in allowed)
     assert not any(leaks_thinking(r["final"]) for r in allowed)
 

@@ -15,7 +15,7 @@ Explained in notebooks/06_safety_eval.ipynb.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,6 @@ from so8t_core.safety.heads import (
     SafetyHeads,
     Thresholds,
     decide,
-    heads_decider,
     pooled_hidden_states,
     train_heads,
     tune_thresholds,
@@ -354,8 +353,7 @@ def anchor_sentence(name: str, m: Mapping[str, Any], ref: Mapping[str, float] = 
 def example_answers(
     model: Any,
     tokenizer: Any,
-    heads: SafetyHeads,
-    thresholds: Thresholds,
+    decide: Callable[[str], str],
     data: LabeledSet,
     per_label: int = 2,
     max_new_tokens: int = 96,
@@ -363,7 +361,7 @@ def example_answers(
     """``think.respond`` on the first ``per_label`` prompts of each gold label: what a user would see.
 
     Args:
-        model, tokenizer, heads, thresholds: the deployed system.
+        model, tokenizer: the served model; decide: the served decision source (prompt -> label).
         data: labelled prompts (the test split).
         per_label: prompts per gold label.
         max_new_tokens: generation budget for ALLOW.
@@ -373,7 +371,7 @@ def example_answers(
     Explained in notebooks/06_safety_eval.ipynb.
     """
     check(per_label > 0, "per_label", per_label, "must be > 0")
-    decide, rows = heads_decider(model, tokenizer, heads, thresholds), []
+    rows: list[dict] = []
     for label in LABELS:
         for i in [i for i, y in enumerate(data.labels) if y == label][:per_label]:
             r = respond(model, tokenizer, data.prompts[i], decide, max_new_tokens=max_new_tokens)

@@ -194,6 +194,8 @@ def train_pillars(
     settings: PillarSettings,
     routed: bool = False,
     seed: int = 0,
+    init_pooled: Tensor | None = None,
+    tokens: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[SafetyHeads, list[dict[str, float]]]:
     """Train the family's part and fresh heads jointly: ``LM + lam * (safety + task + dual)`` on train prompts.
 
@@ -207,13 +209,19 @@ def train_pillars(
         settings: ``PillarSettings``.
         routed: route the soul's gradients (``soul_routed``).
         seed: heads init and batch order.
+        init_pooled: pooled h of train prompts under the untrained family (for the standardisation; every
+            family starts as the identity on the body, so the frozen model's features serve); default: pooled here.
+        tokens: ``tokenize(tokenizer, train.prompts, settings.max_length)`` if already done.
     Returns:
         ``(heads, timeline)``; timeline rows hold the step's ``lm`` and ``heads`` losses.
     """
     torch.manual_seed(seed)
-    ids, mask = tokenize(tokenizer, train.prompts, settings.max_length)
+    ids, mask = tokens if tokens is not None else tokenize(tokenizer, train.prompts, settings.max_length)
     y = targets(train)
-    feats = mix_pooled(wrapper, pooled_states(wrapper, tokenizer, train.prompts[:512], settings))
+    pooled = (
+        init_pooled if init_pooled is not None else pooled_states(wrapper, tokenizer, train.prompts[:512], settings)
+    )
+    feats = mix_pooled(wrapper, pooled)
     heads = SafetyHeads(feats.shape[1])
     heads.mu.copy_(feats.mean(0))
     heads.sigma.copy_(feats.std(0, unbiased=False).clamp_min(1e-6))
