@@ -45,9 +45,9 @@ def save_decision(folder: str | Path, default: str, sources: Mapping[str, Mappin
         for part in name.split(OR):
             check(part in BASELINES or "heads_dir" in sources.get(part, {}), "source", part, "unknown kind")
     rule = "best dev safety F1 with dev over-refusal <= cap (labels.refuse_threshold); ties: dev AUPRC"
-    return write_json_atomic(
-        Path(folder) / DECISION_FILE, {"default": default, "rule": rule, "sources": dict(sources), "dev": dict(dev)}
-    )
+    path = Path(folder) / DECISION_FILE
+    write_json_atomic(path, {"default": default, "rule": rule, "sources": dict(sources), "dev": dict(dev)})
+    return path
 
 
 def read_decision(stage_dir: str | Path | None = None) -> dict[str, Any] | None:

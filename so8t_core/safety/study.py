@@ -81,7 +81,7 @@ def probe_scores_of(
 
 
 def _thresholds(p_dev: np.ndarray, e_dev: np.ndarray, dev: LabeledSet, cap: float) -> Thresholds:
-    t = refuse_threshold(p_dev, dev.labels, cap)
+    t = refuse_threshold(p_dev.tolist(), dev.labels, cap)
     esc = tune_thresholds(p_dev, e_dev, dev.labels, cap).escalate
     return Thresholds(min(1.0, float(t)), esc)
 
