@@ -69,7 +69,18 @@ def test_score_on_test_uses_the_dev_rule_and_counts_traps() -> None:
     assert x["preds"] == ["REFUSE", "REFUSE", "ALLOW", "ALLOW"] and x["metrics"]["trap_refused"] == 1.0
     iv = systems.intervals(test, scored, n_boot=50)
     assert iv["x"]["safety_f1"]["n_clusters"] == 2  # translation pairs, not prompts
-    assert iv["x"]["safety_f1"]["estimate"] == pytest.approx(metrics(test.labels, x["preds"])["safety_f1"])
+    m = metrics(test.labels, x["preds"], x["scores"])
+    for k in systems.TABLE:  # the vectorised statistics are metrics() on the resampled rows
+        want = x["metrics"]["trap_refused"] if k == "trap_refused" else m[k]
+        assert iv["x"][k]["estimate"] == pytest.approx(want, nan_ok=True), k
+    rows = [0, 1, 1, 2, 3, 3]
+    sub = systems.score_on_test(
+        dev,
+        _set([test.labels[i] for i in rows], traps=[False, True, True, False, False, False]),
+        {"x": {"dev": [0.9, 0.8, 0.7, 0.1], "test": [x["scores"][i] for i in rows]}},
+    )["x"]
+    for k in ("safety_f1", "over_refusal_rate", "auprc_refuse", "trap_refused"):
+        assert systems._stat(test, x, k)(np.array(rows)) == pytest.approx(sub["metrics"][k]), k
 
 
 @pytest.mark.parametrize(

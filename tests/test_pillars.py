@@ -130,3 +130,10 @@ def test_factor_report_names_both_spectra_and_margins(lm):
     rep = factor_report(w, heads, torch.randn(6, 32), LABELS_)
     assert len(rep["angles_safe"]) == len(rep["angles_cmd"]) == 4 * 4
     assert rep["commutator"] > 0 and set(rep["margins"]) == {"both", "safe_only", "cmd_only", "none"}
+
+
+def test_a_prompts_pooled_state_does_not_depend_on_its_batch(lm) -> None:
+    one = pooled_hidden_states(lm.model, lm.tok, PROMPTS, batch_size=1)
+    assert torch.allclose(pooled_hidden_states(lm.model, lm.tok, PROMPTS, batch_size=4), one, atol=1e-5)
+    w = build_family(lm.model, "soul", SETTINGS)
+    assert torch.allclose(pooled_states(w, lm.tok, PROMPTS, PillarSettings(batch_eval=3)), one, atol=1e-5)

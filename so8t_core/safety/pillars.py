@@ -173,12 +173,14 @@ def pooled_states(wrapper: SoulWrapper, tokenizer: Any, prompts: Sequence[str], 
     """Masked mean of the final (post-norm) hidden state h, (N, H) float32; the gate is *not* applied."""
     was = wrapper.training
     wrapper.eval()
-    out = [torch.zeros(0, wrapper.rotation.hidden_size)]
-    for i in range(0, len(prompts), settings.batch_eval):
-        ids, mask = tokenize(tokenizer, prompts[i : i + settings.batch_eval], settings.max_length)
-        out.append(masked_mean(wrapper.hidden(ids, mask).float(), mask).cpu())
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths, little padding
+    out = torch.zeros(len(prompts), wrapper.rotation.hidden_size)
+    for i in range(0, len(order), settings.batch_eval):
+        idx = order[i : i + settings.batch_eval]
+        ids, mask = tokenize(tokenizer, [prompts[j] for j in idx], settings.max_length)
+        out[idx] = masked_mean(wrapper.hidden(ids, mask).float(), mask).cpu()
     wrapper.train(was)
-    return torch.cat(out)
+    return out
 
 
 @torch.no_grad()
