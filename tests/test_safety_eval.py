@@ -15,8 +15,9 @@ from so8t_core.artifacts import Stage, json_ready
 from so8t_core.config import SafetyEvalStageConfig
 from so8t_core.safety import evaluation as se
 from so8t_core.safety import registry
-from so8t_core.safety.heads import HEADS_WEIGHTS, SafetyHeads, Thresholds, decide, save_heads
+from so8t_core.safety.heads import HEADS_WEIGHTS, SafetyHeads, Thresholds, decide, heads_decider, save_heads
 from so8t_core.safety.labels import LABELS, metrics
+from so8t_core.safety.pillars import PillarSettings
 from so8t_core.think import REFUSE_MESSAGE, leaks_thinking
 
 A, E, R = LABELS
@@ -76,41 +77,8 @@ def test_pr_curve_endpoints_and_average_precision() -> None:
         se.pr_curve([A, E], [0.2, 0.3])
 
 
-# --- base vs fused ---------------------------------------------------------------------------------------
-def test_paired_bootstrap_hand_case() -> None:
-    y = [A, A, R, R] * 3
-    a = list(y)
-    b = [A, R, R, R] * 3  # every second ALLOW refused
-    boot = se.paired_bootstrap(y, a, b, keys=("macro_f1", "over_refusal_rate"), n_boot=300, seed=1)
-    # a is perfect (macro over the present classes = 1); b: F1(ALLOW) = 2/3, F1(REFUSE) = 4/5
-    assert boot["macro_f1"]["diff"] == pytest.approx((2 / 3 + 4 / 5) / 2 - 1)
-    assert boot["over_refusal_rate"]["diff"] == pytest.approx(0.5)
-    lo, hi = boot["macro_f1"]["ci95"]
-    assert lo < 0 and hi <= 0  # b is never better on any resample
-    same = se.paired_bootstrap(y, a, a, n_boot=50)
-    assert all(v["diff"] == 0 and v["ci95"] == [0, 0] for v in same.values())
-
-
-def test_difference_verdict_reads_the_interval() -> None:
-    def boot(lo, hi):
-        return {"m": {"diff": (lo + hi) / 2, "ci95": [lo, hi]}}
-
-    assert "no measurable difference" in se.difference_verdict(boot(-0.1, 0.2), "m")
-    assert "better" in se.difference_verdict(boot(0.05, 0.2), "m")
-    assert "worse" in se.difference_verdict(boot(0.05, 0.2), "m", higher_is_better=False)
-    assert "worse" in se.difference_verdict(boot(-0.3, -0.1), "m")
-
-
-def test_feature_shift() -> None:
-    a = torch.randn(5, 8)
-    assert se.feature_shift(a, a) == pytest.approx({"mean_cosine": 1.0, "mean_relative_l2": 0.0}, abs=1e-6)
-    assert se.feature_shift(a, -a) == pytest.approx({"mean_cosine": -1.0, "mean_relative_l2": 2.0}, abs=1e-6)
-    with pytest.raises(ValueError):
-        se.feature_shift(a, a[:3])
-
-
 # --- reporting -------------------------------------------------------------------------------------------
-def test_markdown_table_json_ready_and_anchor() -> None:
+def test_markdown_table_and_json_ready() -> None:
     text = se.markdown_table([{"system": "a|b", "f1": 0.12345, "x": math.nan}, {"system": "c\nd", "f1": 1, "x": None}])
     lines = text.splitlines()
     assert lines[0] == "| system | f1 | x |" and len(lines) == 4
@@ -120,10 +88,6 @@ def test_markdown_table_json_ready_and_anchor() -> None:
         "b": [0, 1],
         "c": [1, 2],
     }
-    good = se.anchor_sentence("x", {"unsafe_f1": 0.95, "unsafe_fpr": 0.03}, {"f1": 0.9, "fpr": 0.04})
-    bad = se.anchor_sentence("x", {"unsafe_f1": 0.5, "unsafe_fpr": 0.2}, {"f1": 0.9, "fpr": 0.04})
-    assert "above" in good and "lower (better)" in good and "0.050" in good
-    assert "below" in bad and "higher (worse)" in bad and "0.400" in bad
 
 
 def test_leaks_thinking() -> None:
@@ -135,11 +99,18 @@ def test_leaks_thinking() -> None:
 
 def test_stage_config_validates() -> None:
     assert SafetyEvalStageConfig().torch_threads == 1
-    for bad in ({"max_over_refusal": 1.5}, {"sweep_points": 1}, {"head_steps": 0}, {"torch_threads": -1}):
+    bads = (
+        {"max_over_refusal": 1.5},
+        {"max_trap_refused": -0.1},
+        {"head_steps": 0},
+        {"seeds": 0},
+        {"torch_threads": -1},
+    )
+    for bad in bads:
         with pytest.raises(ValueError, match=next(iter(bad))):
             SafetyEvalStageConfig(**bad)
     with pytest.raises(ValueError, match="batch_size"):
-        se.HeadsSettings(batch_size=0)
+        PillarSettings(batch_size=0)
 
 
 # --- heads on a tiny Phi-3 -------------------------------------------------------------------------------
@@ -183,27 +154,22 @@ def tiny(tiny_lm, tmp_path_factory):
     return model, tok, d / "model", se.load_splits(data)
 
 
-def test_run_heads_gives_valid_decisions(tiny) -> None:
-    model, tok, _, splits = tiny
-    run = se.run_heads(model, tok, splits, se.HeadsSettings(steps=40, batch_size=5), name="tiny")
-    n_test = len(splits["test"].labels)
-    assert len(run.result.preds) == n_test and set(run.result.preds) <= set(LABELS)
-    assert run.result.scores.shape == (n_test,) and np.all((run.result.scores >= 0) & (run.result.scores <= 1))
-    assert {k: tuple(v.shape) for k, v in run.features.items()} == {s: (len(d.labels), 32) for s, d in splits.items()}
-    assert 0 <= run.thresholds.refuse <= 1 and 0 <= run.thresholds.escalate <= 1
-    assert run.result.metrics["n"] == n_test and 0 <= run.result.metrics["task_accuracy"] <= 1
-    assert run.result.preds == decide(run.probs["test"], run.thresholds)
-    again = se.run_heads(model, tok, splits, se.HeadsSettings(steps=40, batch_size=3), name="tiny")
-    assert again.result.preds == run.result.preds  # same seed; batching does not change a prompt's feature
-
-
 def test_example_answers_show_only_finals(tiny) -> None:
     model, tok, _, splits = tiny
     heads = SafetyHeads(32).eval()
-    refused = se.example_answers(model, tok, heads, Thresholds(0.0, 0.0), splits["test"], per_label=1)
+    refused = se.example_answers(
+        model, tok, heads_decider(model, tok, heads, Thresholds(0.0, 0.0)), splits["test"], per_label=1
+    )
     assert [r["gold"] for r in refused] == list(LABELS)
     assert all(r["decision"] == R and r["final"] == REFUSE_MESSAGE and r["thinking_hash"] is None for r in refused)
-    allowed = se.example_answers(model, tok, heads, Thresholds(1.0, 1.0), splits["test"], per_label=1, max_new_tokens=6)
+    allowed = se.example_answers(
+        model,
+        tok,
+        heads_decider(model, tok, heads, Thresholds(1.0, 1.0)),
+        splits["test"],
+        per_label=1,
+        max_new_tokens=6,
+    )
     assert all(r["decision"] == A and r["thinking_hash"] is not None for r in allowed)
     assert not any(leaks_thinking(r["final"]) for r in allowed)
 

@@ -10,7 +10,6 @@ from so8t_core.config import AlphaStageConfig, SoulStageConfig
 from so8t_core.export.gguf import parity_targets
 from so8t_core.gate.studies import alpha_verdicts, rotation_verdicts
 from so8t_core.lm.study import soul_verdicts
-from so8t_core.safety.evaluation import system_verdicts
 from so8t_core.think import format_quad, in_quad_layout
 from so8t_core.verdicts import higher, lower, need
 from so8t_core.vision.train import random_tower_verdicts, text_only_baselines, tower_verdicts, visual_verdicts
@@ -163,16 +162,6 @@ def test_random_tower_verdicts() -> None:
     }
     with pytest.raises(KeyError, match="visual_attention"):
         random_tower_verdicts(res, {"ci95": [0, 1]}, "attention")
-
-
-# --- notebook 06 ---
-def test_system_verdicts() -> None:
-    m = {"heads_fused": {"macro_f1": 0.5}, "keyword": {"macro_f1": 0.4}, "tfidf": {"macro_f1": 0.6}}
-    assert system_verdicts(m) == {"best_system": "tfidf", "heads_beat_keyword": True, "heads_beat_tfidf": False}
-    with pytest.raises(KeyError, match="tfidf"):
-        system_verdicts({k: v for k, v in m.items() if k != "tfidf"})
-    with pytest.raises(KeyError, match="macro_f1"):
-        system_verdicts(m | {"keyword": {"f1": 0.1}})
 
 
 # --- notebook 00 ---

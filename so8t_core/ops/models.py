@@ -68,10 +68,31 @@ def find_heads(model_dir: str | Path) -> Path | None:
     return next((d for d in (folder, folder.parent) if (d / HEADS_WEIGHTS).is_file()), None)
 
 
-def load_decider(model: Any, tokenizer: Any, model_dir: str | Path) -> dict[str, Any]:
-    """The safety heads next to the model, or (documented fallback) the TF-IDF baseline fitted on the shipped
-    train split. Returns ``AppState`` keyword arguments: ``decision_source``, ``decide`` and
-    ``decide_uses_model``."""
+def load_decider(model: Any, tokenizer: Any, model_dir: str | Path, source: str | None = None) -> dict[str, Any]:
+    """The decision source: ``source`` if given, else the default notebook 06 chose on dev (``decision.json``).
+
+    Without notebook 06's decision (it has not run), the documented fallback: heads next to the model (or recorded
+    for its weights), else the TF-IDF baseline fitted on the generated train split, both at their own
+    thresholds. Returns ``AppState`` keyword arguments: ``decision_source``, ``decide`` and ``decide_uses_model``.
+
+    Raises:
+        ValueError: ``source`` is not one notebook 06 measured (names the choices), or its heads do not fit.
+    """
+    from so8t_core.safety.decision import build_decider, read_decision
+
+    decision = read_decision()
+    if decision is not None:
+        decider = build_decider(decision, source, model, tokenizer, model_dir)
+        return {"decision_source": decider.name, "decide": decider, "decide_uses_model": decider.uses_model}
+    if source is not None:
+        raise ValueError(
+            f"--decision-source {source!r}: no decision.json yet; run {notebook_for('06_safety_eval')} "
+            "(python -m so8t_core.pipeline --only 06), which measures every source on dev"
+        )
+    return _fallback_decider(model, tokenizer, model_dir)
+
+
+def _fallback_decider(model: Any, tokenizer: Any, model_dir: str | Path) -> dict[str, Any]:
     from so8t_core.safety.baselines import make_baseline
     from so8t_core.safety.heads import HEADS_NOTEBOOK, heads_decider, load_heads
     from so8t_core.safety.registry import find_heads_for_model

@@ -2,6 +2,7 @@
 
     python -m so8t_core.serve [--model DIR] [--host 127.0.0.1] [--port 8088] [--audit artifacts/audit/audit.db]
         [--max-body 2MB] [--max-new-tokens 128] [--allow-remote]
+        [--decision-source NAME]
 
     POST /think    {"prompt": str, "image_base64": str (optional)} -> 200 {"request_id", "decision", "final"}
     GET  /healthz  -> 200 {"status", "model_id", "decision_source", "audit_path"}
@@ -16,6 +17,9 @@ REFUSE/ESCALATE answers and audit writes run in parallel.
 An image is read locally by ``ocr.ocr_summary`` and only its summary is appended to the prompt (``model_text``);
 decision and answer both see that text. The answer comes only from ``think.respond`` (``extract_final`` or a
 fixed message), and error messages and the server log never include model output.
+
+The decision source is the one notebook 06 chose on dev (``safety.decision``, ``decision.json``) unless
+``--decision-source`` names another it measured; ``/healthz`` and every audit row name it.
 
 Every answered request is one ``AuditLog.log_decision`` row: decision, decision source (as reason), ``input_hash``,
 thinking hash (for REFUSE/ESCALATE, which generate nothing, the hash of no thinking), final text, model id and,
@@ -222,6 +226,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body", default="2MB")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host (no auth, no TLS)")
+    p.add_argument(
+        "--decision-source",
+        default=None,
+        help="a source notebook 06 measured (keyword, tfidf, bow_ids, soul_heads, tfidf|soul_heads, ...); "
+        "default: the one it chose on dev",
+    )
     return p
 
 
@@ -250,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             model_identity(choice),
             max_new_tokens=args.max_new_tokens,
             max_body=max_body,
-            **load_decider(model, tok, choice.source),
+            **load_decider(model, tok, choice.source, args.decision_source),
         )
         server = make_server(state, args.host, args.port, args.allow_remote)
     except (ValueError, OSError, AuditError) as e:

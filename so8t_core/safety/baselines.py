@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -94,11 +95,60 @@ class TfidfBaseline:
         return [LABELS[int(i)] for i in self.predict_proba(prompts).argmax(1)]
 
 
-def make_baseline(name: str) -> KeywordBaseline | TfidfBaseline:
-    """A baseline by name (``tfidf`` or ``keyword``), fitted on the generated train split (never on the
-    hand-written prompts, which are test only)."""
-    kinds = {"tfidf": TfidfBaseline, "keyword": KeywordBaseline}
-    if name not in kinds:
-        raise ValueError(f"baseline={name!r}: use one of {sorted(kinds)}")
+BASELINES = ("keyword", "tfidf", "bow_ids")
+
+
+def make_baseline(name: str, tokenizer: Any = None) -> KeywordBaseline | TfidfBaseline | TokenBagBaseline:
+    """A baseline by name (``BASELINES``), fitted on the generated train split (never on the hand-written
+    prompts, which are test only). ``bow_ids`` needs the model's ``tokenizer``."""
+    if name not in BASELINES:
+        raise ValueError(f"baseline={name!r}: use one of {list(BASELINES)}")
+    if name == "bow_ids" and tokenizer is None:
+        raise ValueError("baseline='bow_ids' needs the model's tokenizer")
+    base = {"keyword": KeywordBaseline, "tfidf": TfidfBaseline}[name]() if name != "bow_ids" else None
     train = generated_set("train")
-    return kinds[name]().fit(list(train.prompts), list(train.labels))
+    return (base or TokenBagBaseline(tokenizer)).fit(list(train.prompts), list(train.labels))
+
+
+class TokenBagBaseline:
+    """Logistic regression on bags of the tokenizer's ids (counts, class-balanced): what the model's own
+    vocabulary separates without any of its layers.
+
+    Args:
+        tokenizer: a callable returning ``{"input_ids": [...]}`` (the served model's tokenizer).
+        C: inverse regularisation strength.
+
+    Explained in notebooks/06_safety_eval.ipynb.
+    """
+
+    name = "bow_ids"
+
+    def __init__(self, tokenizer: Any, C: float = 1.0) -> None:
+        from sklearn.feature_extraction.text import CountVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+
+        self._tok = tokenizer
+        self._pipe = make_pipeline(
+            CountVectorizer(analyzer=self._ids, lowercase=False),
+            LogisticRegression(C=C, class_weight="balanced", max_iter=5000),
+        )
+
+    def _ids(self, text: str) -> list[str]:
+        return [str(i) for i in self._tok(text)["input_ids"]]
+
+    def fit(self, prompts: Sequence[str], labels: Sequence[str]) -> TokenBagBaseline:
+        confusion(labels, labels)  # validates the labels
+        self._pipe.fit(list(prompts), list(labels))
+        return self
+
+    def predict_proba(self, prompts: Sequence[str]) -> np.ndarray:
+        """(N, 3) probabilities in ``LABELS`` order (a label unseen in training gets 0)."""
+        p = self._pipe.predict_proba(list(prompts))
+        out = np.zeros((len(prompts), 3))
+        for j, lab in enumerate(self._pipe.classes_):
+            out[:, LABELS.index(lab)] = p[:, j]
+        return out
+
+    def predict(self, prompts: Sequence[str]) -> list[str]:
+        return [LABELS[int(i)] for i in self.predict_proba(prompts).argmax(1)]

@@ -3,7 +3,10 @@
 Exit code 2 and a one-line message for bad input; nothing is written to --out on failure::
 
     python -m so8t_core.safety eval --data FILE [--label-map safe=ALLOW,unsafe=REFUSE] [--prompt-col prompt]
-        [--label-col label] [--split test] [--model DIR | --baseline tfidf|keyword] --out DIR
+        [--label-col label] [--split test] [--model DIR | --baseline tfidf|keyword] [--decision-source NAME] --out DIR
+
+``--decision-source`` decides with a source notebook 06 measured (``safety.decision``: its dev-rule threshold, the
+same ``Decider`` the server uses; ``default`` = the one it chose on dev); heads sources need ``--model``.
 
 Explained in notebooks/06_safety_eval.ipynb.
 """
@@ -17,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from so8t_core.artifacts import write_json_atomic, write_jsonl_atomic
-from so8t_core.safety.baselines import make_baseline
+from so8t_core.safety.baselines import BASELINES, make_baseline
 from so8t_core.safety.labels import LABELS, breakdown, load_labeled, metrics
 
 _R = LABELS.index("REFUSE")
@@ -59,6 +62,30 @@ def _predict_baseline(name: str, prompts: Sequence[str]) -> tuple[list[str], lis
     return base.predict(prompts), scores, proba[:, _R].tolist(), {"baseline": name, "trained_on": "shipped train"}
 
 
+def _predict_source(
+    name: str, model_dir: Path | None, prompts: Sequence[str]
+) -> tuple[list[str], list[dict], list[float], dict]:
+    from so8t_core.safety.decision import build_decider, read_decision
+
+    decision = read_decision()
+    if decision is None:
+        raise ValueError("--decision-source: no decision.json; run notebooks/06_safety_eval.ipynb first")
+    chosen = decision["default"] if name == "default" else name
+    needs_model = any(part not in BASELINES for part in chosen.split("|"))
+    model = tok = None
+    if model_dir is not None or needs_model:
+        if model_dir is None or not model_dir.is_dir():
+            raise ValueError(f"--decision-source {chosen!r} runs heads on a model: pass --model DIR")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
+    decider = build_decider(decision, chosen, model, tok, model_dir)
+    preds, s = decider.predict(prompts)
+    source = {"decision_source": decider.name, "threshold": decider.threshold, "default": decision["default"]}
+    return preds, [{"p_refuse": float(v)} for v in s], [float(v) for v in s], source
+
+
 def _write_outputs(out_dir: Path, rows: list[dict], summary: dict) -> None:
     write_jsonl_atomic(out_dir / "predictions.jsonl", rows)
     write_json_atomic(out_dir / "metrics.json", summary)  # written last: marks a complete run
@@ -76,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     who = ev.add_mutually_exclusive_group()
     who.add_argument("--model", type=Path, default=None, help="causal LM folder with safety_heads.* in it")
     who.add_argument("--baseline", choices=("tfidf", "keyword"), default="tfidf")
+    ev.add_argument("--decision-source", default=None, help="a source notebook 06 measured, or 'default'")
     ev.add_argument("--out", required=True, type=Path, help="folder for predictions.jsonl and metrics.json")
     return p
 
@@ -88,7 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--out {args.out}: exists and is not a folder")
         label_map = parse_label_map(args.label_map)
         data = load_labeled(args.data, args.prompt_col, args.label_col, label_map, args.split)
-        if args.model:
+        if args.decision_source:
+            run = _predict_source(args.decision_source, args.model, data.prompts)
+        elif args.model:
             run = _predict_model(args.model, data.prompts)
         else:
             run = _predict_baseline(args.baseline, data.prompts)

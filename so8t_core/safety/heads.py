@@ -129,24 +129,25 @@ def pooled_hidden_states(
     Explained in notebooks/06_safety_eval.ipynb.
     """
     check(batch_size > 0, "batch_size", batch_size, "must be > 0")
+    ids = [tokenizer(p)["input_ids"][:max_length] for p in prompts]
+    for p, x in zip(prompts, ids):
+        check(len(x) > 0 and bool(p.strip()), "prompt", p, "empty prompt (no tokens to pool)")
+    # batches of similar length waste little on padding; the mask makes each feature independent of its batch
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    feats = [torch.zeros(0, model.config.hidden_size)]
+    out = torch.zeros(len(ids), model.config.hidden_size)
     try:
-        for start in range(0, len(prompts), batch_size):
-            feats.append(_pool_batch(model, tokenizer, prompts[start : start + batch_size], max_length, device))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            out[idx] = _pool_batch(model, [ids[i] for i in idx], device)
     finally:
         model.train(was_training)
-    return torch.cat(feats)
+    return out
 
 
-def _pool_batch(
-    model: Any, tokenizer: Any, batch: Sequence[str], max_length: int, device: torch.device
-) -> torch.Tensor:
-    ids = [tokenizer(p)["input_ids"][:max_length] for p in batch]
-    for p, x in zip(batch, ids):
-        check(len(x) > 0 and bool(p.strip()), "prompt", p, "empty prompt (no tokens to pool)")
+def _pool_batch(model: Any, ids: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
     T = max(len(x) for x in ids)
     input_ids = torch.zeros(len(ids), T, dtype=torch.long)  # (B, T); pad id is irrelevant under the mask
     mask = torch.zeros(len(ids), T, dtype=torch.long)  # (B, T)
