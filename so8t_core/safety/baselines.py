@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -55,7 +55,30 @@ class KeywordBaseline:
         return [LABELS[int(i)] for i in self.predict_proba(prompts).argmax(1)]
 
 
-class TfidfBaseline:
+class _FittedPipeline:
+    """What the trained baselines share: a scikit-learn pipeline ``self._pipe`` fitted on labelled prompts, with
+    probabilities mapped to ``LABELS`` order."""
+
+    _pipe: Any
+
+    def fit(self, prompts: Sequence[str], labels: Sequence[str]) -> Self:
+        confusion(labels, labels)  # validates the labels
+        self._pipe.fit(list(prompts), list(labels))
+        return self
+
+    def predict_proba(self, prompts: Sequence[str]) -> np.ndarray:
+        """(N, 3) probabilities in ``LABELS`` order (a label unseen in training gets 0)."""
+        p = self._pipe.predict_proba(list(prompts))
+        out = np.zeros((len(prompts), 3))
+        for j, lab in enumerate(self._pipe.classes_):
+            out[:, LABELS.index(lab)] = p[:, j]
+        return out
+
+    def predict(self, prompts: Sequence[str]) -> list[str]:
+        return [LABELS[int(i)] for i in self.predict_proba(prompts).argmax(1)]
+
+
+class TfidfBaseline(_FittedPipeline):
     """Character n-gram TF-IDF + logistic regression (char n-grams need no Japanese tokenizer).
 
     Args:
@@ -78,22 +101,6 @@ class TfidfBaseline:
             LogisticRegression(C=C, class_weight="balanced", max_iter=5000),
         )
 
-    def fit(self, prompts: Sequence[str], labels: Sequence[str]) -> TfidfBaseline:
-        confusion(labels, labels)  # validates the labels
-        self._pipe.fit(list(prompts), list(labels))
-        return self
-
-    def predict_proba(self, prompts: Sequence[str]) -> np.ndarray:
-        """(N, 3) probabilities in ``LABELS`` order (a label unseen in training gets 0)."""
-        p = self._pipe.predict_proba(list(prompts))
-        out = np.zeros((len(prompts), 3))
-        for j, lab in enumerate(self._pipe.classes_):
-            out[:, LABELS.index(lab)] = p[:, j]
-        return out
-
-    def predict(self, prompts: Sequence[str]) -> list[str]:
-        return [LABELS[int(i)] for i in self.predict_proba(prompts).argmax(1)]
-
 
 BASELINES = ("keyword", "tfidf", "bow_ids")
 
@@ -110,7 +117,7 @@ def make_baseline(name: str, tokenizer: Any = None) -> KeywordBaseline | TfidfBa
     return (base or TokenBagBaseline(tokenizer)).fit(list(train.prompts), list(train.labels))
 
 
-class TokenBagBaseline:
+class TokenBagBaseline(_FittedPipeline):
     """Logistic regression on bags of the tokenizer's ids (counts, class-balanced): what the model's own
     vocabulary separates without any of its layers.
 
@@ -136,19 +143,3 @@ class TokenBagBaseline:
 
     def _ids(self, text: str) -> list[str]:
         return [str(i) for i in self._tok(text)["input_ids"]]
-
-    def fit(self, prompts: Sequence[str], labels: Sequence[str]) -> TokenBagBaseline:
-        confusion(labels, labels)  # validates the labels
-        self._pipe.fit(list(prompts), list(labels))
-        return self
-
-    def predict_proba(self, prompts: Sequence[str]) -> np.ndarray:
-        """(N, 3) probabilities in ``LABELS`` order (a label unseen in training gets 0)."""
-        p = self._pipe.predict_proba(list(prompts))
-        out = np.zeros((len(prompts), 3))
-        for j, lab in enumerate(self._pipe.classes_):
-            out[:, LABELS.index(lab)] = p[:, j]
-        return out
-
-    def predict(self, prompts: Sequence[str]) -> list[str]:
-        return [LABELS[int(i)] for i in self.predict_proba(prompts).argmax(1)]
