@@ -129,6 +129,8 @@ class BaseModelConfig(StageConfig):
     probe: bool = True  # the precondition check: a linear probe on the base's pooled states vs baselines
     probe_batch_size: int = 64
     probe_max_length: int = 96
+    probe_layers: str = "0,-1"  # hidden states pooled side by side (0: token embeddings, -1: after the final norm)
+    probe_max_prompts: int = 0  # > 0: a seeded sample of at most this many generated train / dev prompts each
     max_over_refusal: float = 0.05  # the dev rule every safety system is thresholded by
     n_boot: int = 1000  # bootstrap resamples of translation pairs
     base_model: str = ""
@@ -151,6 +153,12 @@ class BaseModelConfig(StageConfig):
             "n_boot",
         )
         check(self.eval_every >= 0, "eval_every", self.eval_every, "must be >= 0 (0: no curve)")
+        check(self.probe_max_prompts >= 0, "probe_max_prompts", self.probe_max_prompts, "must be >= 0 (0: all)")
+        try:
+            layers = self.probe_layer_ids
+        except ValueError:
+            layers = ()
+        check(len(layers) > 0, "probe_layers", self.probe_layers, "comma-separated hidden-state indices, e.g. '0,-1'")
         check(0.0 <= self.max_over_refusal <= 1.0, "max_over_refusal", self.max_over_refusal, "must be in [0, 1]")
         check(self.vocab_size >= MIN_VOCAB, "vocab_size", self.vocab_size, f"must be >= {MIN_VOCAB}")
         check(0.0 < self.heldout_fraction < 1.0, "heldout_fraction", self.heldout_fraction, "must be in (0, 1)")
@@ -172,6 +180,11 @@ class BaseModelConfig(StageConfig):
     def embedded(self) -> bool:
         """True when the stage trains the embedded default model instead of loading ``base_model``."""
         return not self.base_model.strip()
+
+    @property
+    def probe_layer_ids(self) -> tuple[int, ...]:
+        """``probe_layers`` as integers (``"0,-1"`` -> ``(0, -1)``)."""
+        return tuple(int(x) for x in self.probe_layers.split(",") if x.strip())
 
 
 @dataclass(frozen=True)

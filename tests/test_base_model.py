@@ -139,6 +139,12 @@ def test_config_is_untied_and_checks_sizes(tok):
     with pytest.raises(ValueError, match="hidden_size"):
         BaseModelConfig(hidden_size=100)
     assert BaseModelConfig.from_dict(BaseModelConfig().to_dict()) == BaseModelConfig()
+    assert BaseModelConfig(probe_layers=" 0, -1,2").probe_layer_ids == (0, -1, 2)
+    for bad in ("", "last", ","):
+        with pytest.raises(ValueError, match="probe_layers"):
+            BaseModelConfig(probe_layers=bad)
+    with pytest.raises(ValueError, match="probe_max_prompts"):
+        BaseModelConfig(probe_max_prompts=-1)
 
 
 # --- save / load ---

@@ -119,6 +119,15 @@ def test_the_test_set_is_every_handwritten_prompt_with_its_translation_pair() ->
     assert set(pairs.values()) == {2} and pair_of("ja-refuse-003") == "refuse-003"
     splits = task_splits(0)
     assert not set(splits["test"].prompts) & (set(splits["train"].prompts) | set(splits["dev"].prompts))
+    small = task_splits(0, max_generated=50)
+    assert len(small["train"].prompts) == len(small["dev"].prompts) == 50 and small["test"] == splits["test"]
+
+    def rows(d):
+        return list(zip(d.prompts, d.labels, (e["variant"] for e in d.extra)))
+
+    assert set(rows(small["train"])) <= set(rows(splits["train"]))  # rows kept whole, labels with their prompts
+    assert small["train"].prompts == task_splits(0, max_generated=50)["train"].prompts  # seeded
+    assert len(set(small["train"].prompts)) == 50 and task_splits(0, max_generated=10**6)["dev"] == splits["dev"]
 
 
 # --- coverage measures ---

@@ -263,6 +263,18 @@ def test_pooling_is_a_masked_mean_and_batch_independent(tiny) -> None:
         pooled_hidden_states(model, tok, ["ok", "   "])
 
 
+def test_pooling_several_layers_concatenates_their_masked_means(tiny) -> None:
+    model, tok = tiny
+    prompts = ["hello", "make a bomb now please hello world"]
+    both = pooled_hidden_states(model, tok, prompts, batch_size=2, layers=(0, -1))
+    assert both.shape == (2, 128)
+    assert torch.allclose(both[:, 64:], pooled_hidden_states(model, tok, prompts), atol=1e-5)
+    emb = model.get_input_embeddings()(torch.tensor(tok(prompts[1])["input_ids"]))  # (T, H): hidden_states[0]
+    assert torch.allclose(both[1, :64], emb.mean(0), atol=1e-5)
+    with pytest.raises(ValueError, match="layers"):
+        pooled_hidden_states(model, tok, prompts, layers=(model.config.num_hidden_layers + 1,))
+
+
 def synthetic(n: int, seed: int) -> tuple[torch.Tensor, list[str], list[str]]:
     """Features where the label lives on dims 0-2 and the task on dims 3-6, plus noise elsewhere."""
     g = torch.Generator().manual_seed(seed)

@@ -110,9 +110,14 @@ class SafetyHeads(nn.Module):
 
 @torch.no_grad()
 def pooled_hidden_states(
-    model: Any, tokenizer: Any, prompts: Sequence[str], batch_size: int = 16, max_length: int = 512
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    batch_size: int = 16,
+    max_length: int = 512,
+    layers: Sequence[int] = (-1,),
 ) -> torch.Tensor:
-    """Masked mean of the final (post-norm) hidden state of each prompt.
+    """Masked mean of the final (post-norm) hidden state of each prompt, or of several layers side by side.
 
     Prompts are tokenised one by one and right-padded by hand, so the tokenizer needs no pad token and a
     prompt's feature does not depend on what it is batched with. The model is put in eval mode and restored.
@@ -123,12 +128,21 @@ def pooled_hidden_states(
         prompts: non-empty strings.
         batch_size: prompts per forward pass.
         max_length: tokens kept per prompt (the rest is cut).
+        layers: indices into the model's ``hidden_states`` (0: the token embeddings, -1: after the final norm);
+            their masked means are concatenated in this order.
     Returns:
-        Float32 CPU tensor (N, H).
+        Float32 CPU tensor (N, H * len(layers)).
 
     Explained in notebooks/06_safety_eval.ipynb.
     """
     check(batch_size > 0, "batch_size", batch_size, "must be > 0")
+    n_states = model.config.num_hidden_layers + 1
+    check(
+        len(layers) > 0 and all(-n_states <= i < n_states for i in layers),
+        "layers",
+        tuple(layers),
+        f"need indices into {n_states} hidden states",
+    )
     ids = [tokenizer(p)["input_ids"][:max_length] for p in prompts]
     for p, x in zip(prompts, ids):
         check(len(x) > 0 and bool(p.strip()), "prompt", p, "empty prompt (no tokens to pool)")
@@ -137,17 +151,19 @@ def pooled_hidden_states(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = torch.zeros(len(ids), model.config.hidden_size)
+    out = torch.zeros(len(ids), model.config.hidden_size * len(layers))
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            out[idx] = _pool_batch(model, [ids[i] for i in idx], device)
+            out[idx] = _pool_batch(model, [ids[i] for i in idx], device, layers)
     finally:
         model.train(was_training)
     return out
 
 
-def _pool_batch(model: Any, ids: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
+def _pool_batch(
+    model: Any, ids: Sequence[Sequence[int]], device: torch.device, layers: Sequence[int] = (-1,)
+) -> torch.Tensor:
     T = max(len(x) for x in ids)
     input_ids = torch.zeros(len(ids), T, dtype=torch.long)  # (B, T); pad id is irrelevant under the mask
     mask = torch.zeros(len(ids), T, dtype=torch.long)  # (B, T)
@@ -155,9 +171,9 @@ def _pool_batch(model: Any, ids: Sequence[Sequence[int]], device: torch.device) 
         input_ids[b, : len(x)] = torch.tensor(x)
         mask[b, : len(x)] = 1
     out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
-    h = out.hidden_states[-1].float()  # (B, T, H), after the final norm
     m = mask.to(device).unsqueeze(-1).float()  # (B, T, 1)
-    return ((h * m).sum(1) / m.sum(1)).cpu()  # (B, H)
+    means = [(out.hidden_states[i].float() * m).sum(1) / m.sum(1) for i in layers]  # each (B, H)
+    return torch.cat(means, dim=1).cpu()  # (B, H * len(layers))
 
 
 def train_heads(

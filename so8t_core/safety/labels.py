@@ -290,9 +290,30 @@ def handwritten_test(path: str | Path = SHIPPED) -> LabeledSet:
     return LabeledSet(data.path, data.prompts, data.labels, data.lines, extra)
 
 
-def task_splits(seed: int = 0) -> dict[str, LabeledSet]:
-    """The splits every safety system uses: generated ``train`` and ``dev``, the hand-written ``test``."""
-    return {"train": generated_set("train", seed), "dev": generated_set("dev", seed), "test": handwritten_test()}
+def subsample(data: LabeledSet, n: int, seed: int = 0) -> LabeledSet:
+    """At most ``n`` rows of ``data``, drawn without replacement by ``seed`` and kept in file order."""
+    check(n > 0, "n", n, "must be > 0")
+    if n >= len(data.prompts):
+        return data
+    keep = sorted(np.random.default_rng(seed).choice(len(data.prompts), n, replace=False).tolist())
+    return LabeledSet(
+        data.path,
+        *(tuple(col[i] for i in keep) for col in (data.prompts, data.labels, data.lines, data.extra)),
+    )
+
+
+def task_splits(seed: int = 0, max_generated: int = 0) -> dict[str, LabeledSet]:
+    """The splits every safety system uses: generated ``train`` and ``dev``, the hand-written ``test``.
+
+    Args:
+        seed: the grammar's seed.
+        max_generated: if > 0, a seeded sample of at most this many rows of each generated split (quick runs);
+            the test set is always whole.
+    """
+    splits = {"train": generated_set("train", seed), "dev": generated_set("dev", seed)}
+    if max_generated > 0:
+        splits = {k: subsample(v, max_generated, seed) for k, v in splits.items()}
+    return splits | {"test": handwritten_test()}
 
 
 def refuse_threshold(p_refuse: Sequence[float], labels: Sequence[str], max_over_refusal: float = 0.05) -> float:
