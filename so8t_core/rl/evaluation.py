@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from so8t_core.rl.rewards import answer_decision, score_completion
+from so8t_core.rl.training import chat_prompt
 from so8t_core.stats import cluster_bootstrap, holm
-from so8t_core.think import build_prompt, decode_raw, extract_final, in_quad_layout, leaks_thinking, stop_ids
+from so8t_core.think import decode_raw, extract_final, in_quad_layout, leaks_thinking, stop_ids
 from so8t_core.verdicts import need
 
 METRICS = ("format_compliance", "accuracy", "safety_f1", "trap_refused", "leaks", "kl")
@@ -39,7 +40,7 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], max_new
     tokenizer.padding_side = "left"
     try:
         for i in range(0, len(prompts), batch):
-            texts = [build_prompt(p, system="") for p in prompts[i : i + batch]]
+            texts = [chat_prompt(p) for p in prompts[i : i + batch]]
             enc = tokenizer(texts, return_tensors="pt", padding=True).to(device)
             with torch.no_grad():
                 out = model.generate(

@@ -38,6 +38,11 @@ from so8t_core.think import build_prompt, decode_raw, stop_ids
 REWARDS = ("structure", "consistency", "correctness", "stability")
 
 
+def chat_prompt(user: str) -> str:
+    """The prompt layout the project's models were trained on (``corpus.chat_turn``: no system turn)."""
+    return build_prompt(user, system="")
+
+
 class SoulHead(nn.Module):
     """An output head whose weight is W' = W + sigmoid(alpha) W R, from the soul's live rotation and alpha.
 
@@ -204,7 +209,7 @@ def train_grpo(
     from transformers import get_constant_schedule
     from trl import GRPOConfig, GRPOTrainer
 
-    data = Dataset.from_dict({"prompt": [build_prompt(p, system="") for p in prompts], "label": list(labels)})
+    data = Dataset.from_dict({"prompt": [chat_prompt(p) for p in prompts], "label": list(labels)})
     tok = policy.tokenizer
     with tempfile.TemporaryDirectory(prefix="grpo-") as out:
         args = GRPOConfig(
