@@ -192,6 +192,16 @@ def _optimizer(policy: Policy, s: GRPOSettings) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, weight_decay=0.0)
 
 
+def _quiet_progress_class() -> type:
+    from transformers.trainer_callback import ProgressCallback
+
+    class QuietProgress(ProgressCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            return None
+
+    return QuietProgress
+
+
 def train_grpo(
     policy: Policy, reference: Policy, prompts: Sequence[str], labels: Sequence[str], s: GRPOSettings
 ) -> list[dict[str, float]]:
@@ -207,6 +217,7 @@ def train_grpo(
     """
     from datasets import Dataset  # type: ignore[import-untyped]
     from transformers import get_constant_schedule
+    from transformers.trainer_callback import ProgressCallback
     from trl import GRPOConfig, GRPOTrainer
 
     data = Dataset.from_dict({"prompt": [chat_prompt(p) for p in prompts], "label": list(labels)})
@@ -228,7 +239,7 @@ def train_grpo(
             use_cpu=not torch.cuda.is_available(),
             seed=s.seed,
             data_seed=s.seed,
-            disable_tqdm=True,
+            disable_dropout=True,  # the stability reward compares log-probs: no dropout noise in them
         )
         opt = _optimizer(policy, s)
         trainer = GRPOTrainer(
@@ -239,6 +250,8 @@ def train_grpo(
             processing_class=tok,
             optimizers=(opt, get_constant_schedule(opt)),
         )
+        trainer.remove_callback(ProgressCallback)  # keep the tqdm bar, drop its printing of every step's log dict
+        trainer.add_callback(_quiet_progress_class()())
         trainer.train()
     policy.model.eval()
     return [h for h in trainer.state.log_history if "reward" in h]
