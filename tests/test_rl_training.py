@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, Phi3Config, Phi3ForCausalLM
 
-from so8t_core.export import fusion
+from so8t_core.export import fusion, gguf
 from so8t_core.gate.soul import SoulConfig, SoulWrapper
 from so8t_core.lm.loading import load_model_and_tokenizer, save_model
 from so8t_core.ops.models import resolve_model
@@ -103,7 +103,9 @@ def test_completion_logps_score_each_completion_token(base_and_soul, tok):
     torch.testing.assert_close(lp[1, :2], want[:2], atol=1e-5, rtol=1e-5)
 
 
-def test_trained_soul_folder_fuses_into_a_folder_the_server_loads(base_and_soul, tok, tmp_path):
+@pytest.fixture
+def rl_fused(base_and_soul, tok, tmp_path):
+    """A GRPO-style policy with a changed soul, saved as a soul folder and fused like notebook 07 does."""
     base, soul_dir, _ = base_and_soul
     policy = tr.load_policy(base, soul_dir, train_soul=True)
     with torch.no_grad():
@@ -111,15 +113,31 @@ def test_trained_soul_folder_fuses_into_a_folder_the_server_loads(base_and_soul,
     rl_soul = policy.soul.save(tmp_path / "rl_soul")
     ids, mask = _ids(tok)
     out = fusion.fuse_soul_folder(base, rl_soul, ids, mask)
-    with torch.no_grad():
-        want = policy.model(input_ids=ids, attention_mask=mask).logits
-    torch.testing.assert_close(fusion.causal_logits(out["model"], ids, mask), want, atol=1e-4, rtol=1e-4)
     info = fusion.card_info(out["wrapper"], str(base), out["parity"], False)
     folder = fusion.save_fused(out["model"], out["tokenizer"], tmp_path / "fused", info, ids, mask)
+    return policy, out["model"], folder
+
+
+def test_trained_soul_folder_fuses_into_a_folder_the_server_loads(rl_fused, tok):
+    policy, fused, folder = rl_fused
+    ids, mask = _ids(tok)
+    with torch.no_grad():
+        want = policy.model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(fusion.causal_logits(fused, ids, mask), want, atol=1e-4, rtol=1e-4)
     choice = resolve_model(folder)  # what `python -m so8t_core.serve --model <folder>` resolves
     assert choice.label == "model" and choice.source == str(folder.resolve())
     model, tok2 = load_model_and_tokenizer(choice.source)
+    torch.testing.assert_close(fusion.causal_logits(model, ids, mask), want, atol=1e-4, rtol=1e-4)
     assert isinstance(generate_raw(model, tok2, "How do I boil an egg?", max_new_tokens=4), str)
+
+
+@pytest.mark.skipif(gguf.missing_setup() is not None, reason=f"{gguf.missing_setup()} (make setup installs it)")
+def test_rl_fused_folder_exports_to_gguf_with_parity(rl_fused, tok, tmp_path):
+    _, fused, folder = rl_fused
+    paths = gguf.export_gguf(folder, tmp_path / "gguf", ["f32"], stem="rl")
+    rows = [tok(tr.chat_prompt(t))["input_ids"][:24] for t in ("How do I boil an egg?", "卵のゆで方は？")]
+    (row,) = gguf.gguf_parity(fused, paths, rows, n_threads=1)
+    assert row["max_abs_diff"] <= 1e-3 and row["top1_agreement"] == 1.0
 
 
 def test_generate_answers_cut_at_the_stop_token(base_and_soul, tok):
