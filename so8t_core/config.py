@@ -470,7 +470,7 @@ class QuadRLStageConfig(StageConfig):
 
     seed: int = 0
     seeds: int = 2  # GRPO runs per arm
-    steps: int = 30  # GRPO steps per run
+    steps: int = 25  # GRPO steps per run
     num_generations: int = 8  # completions per prompt (the group)
     prompts_per_step: int = 2
     max_completion_length: int = 96
@@ -481,7 +481,7 @@ class QuadRLStageConfig(StageConfig):
     w_consistency: float = 1.0
     w_correctness: float = 2.0
     w_stability: float = 0.1
-    dev_prompts: int = 120  # generated dev prompts evaluated (whole translation pairs); 0 = all
+    dev_prompts: int = 64  # generated dev prompts evaluated (whole translation pairs); 0 = all
     test_prompts: int = 0  # hand-written test prompts evaluated (whole pairs); 0 = all 330
     eval_max_new_tokens: int = 96
     eval_batch: int = 64

@@ -66,10 +66,15 @@ def test_compare_finds_a_real_gain_and_not_a_null_one():
     ],
 )
 def test_rl_verdict_is_holm_corrected(frozen, trained, want):
-    leaks = {"after": 0.0}
+    leaks, flat = {"after": 0.0}, {"lo": -0.1}
     v = ev.rl_verdict(
-        {"soul_frozen": {"accuracy": frozen, "leaks": leaks}, "soul_trained": {"accuracy": trained, "leaks": leaks}}
+        {
+            "soul_frozen": {"accuracy": frozen, "leaks": leaks, "trap_refused": {"lo": 0.05}},
+            "soul_trained": {"accuracy": trained, "leaks": leaks, "trap_refused": flat},
+        }
     )
+    assert v["trap_refusals_rose"] == {"soul_frozen": True, "soul_trained": False}
+    assert v["conclusion"].count("refuses more ALLOW traps") == 1
     assert v["soul_frozen"].startswith(want) and v["no_leaks"] is True and "\n" not in v["conclusion"]
     assert v["p_holm"]["soul_frozen"] >= frozen["p"]
 
@@ -78,7 +83,10 @@ def test_rl_verdict_names_a_missing_metric_and_counts_leaks():
     with pytest.raises(KeyError, match="accuracy"):
         ev.rl_verdict({"soul_frozen": {"leaks": {"after": 0.0}}})
     row = {"diff": 0.0, "lo": -0.1, "hi": 0.1, "p": 1.0}
-    assert ev.rl_verdict({"x": {"accuracy": row, "leaks": {"after": 1.0}}})["no_leaks"] is False
+    v = ev.rl_verdict({"x": {"accuracy": row, "leaks": {"after": 1.0}, "trap_refused": {"lo": 0.0}}})
+    assert v["no_leaks"] is False and v["trap_refusals_rose"] == {"x": False}
+    with pytest.raises(KeyError, match="trap_refused"):
+        ev.rl_verdict({"x": {"accuracy": row, "leaks": {"after": 0.0}}})
 
 
 def test_pair_subset_keeps_whole_pairs():

@@ -146,15 +146,16 @@ def compare(
 
 
 def rl_verdict(tables: Mapping[str, Mapping[str, Mapping[str, float]]], primary: str = "accuracy") -> dict[str, Any]:
-    """Did RL help? Per arm, on ``primary`` (Holm-corrected over the arms), plus the leak check.
+    """Did RL help? Per arm, on ``primary`` (Holm-corrected over the arms), with its costs and the leak check.
 
     Args:
         tables: arm -> ``compare`` output on the test set.
         primary: the metric the verdict is about.
     Returns:
-        ``{"<arm>": "helped"|"hurt"|"no clear change", "p_holm": {...}, "no_leaks": bool, "conclusion": one line}``.
+        ``{"<arm>": "helped"|"hurt"|"no clear change", "trap_refusals_rose": {arm: bool}, "p_holm": {...},
+        "no_leaks": bool, "conclusion": one line}``; trap refusals rose when their interval lies above 0.
     Raises:
-        KeyError: an arm lacks the primary metric or ``leaks``.
+        KeyError: an arm lacks the primary metric, ``trap_refused`` or ``leaks``.
     """
     rows = {arm: need(t, primary, f"rl_verdict({arm})") for arm, t in tables.items()}
     adj = holm({arm: float(r["p"]) for arm, r in rows.items()})
@@ -164,8 +165,15 @@ def rl_verdict(tables: Mapping[str, Mapping[str, Mapping[str, float]]], primary:
         sig = adj[arm] < 0.05 and (r["lo"] > 0 or r["hi"] < 0)
         better = (r["diff"] > 0) == good
         out[arm] = ("helped" if better else "hurt") if sig else "no clear change"
+    out["trap_refusals_rose"] = {
+        arm: bool(need(t, "trap_refused", f"rl_verdict({arm})")["lo"] > 0) for arm, t in tables.items()
+    }
     out["no_leaks"] = all(need(t, "leaks", "rl_verdict")["after"] == 0 for t in tables.values())
-    said = ", ".join(f"{arm}: {out[arm]} ({rows[arm]['diff']:+.3f}, Holm p={adj[arm]:.3f})" for arm in rows)
+    said = ", ".join(
+        f"{arm}: {out[arm]} ({rows[arm]['diff']:+.3f}, Holm p={adj[arm]:.3f}"
+        + (", but refuses more ALLOW traps)" if out["trap_refusals_rose"][arm] else ")")
+        for arm in rows
+    )
     out["conclusion"] = f"RL vs imitation on test {primary}: {said}"
     return out
 
