@@ -154,3 +154,16 @@ def test_grpo_settings_are_checked():
         tr.GRPOSettings(num_generations=1)
     with pytest.raises(ValueError, match="weights"):
         tr.GRPOSettings(weights=(1.0, 1.0))
+
+
+@pytest.mark.gpu  # bitsandbytes NF4: the real-checkpoint path of notebook 07 (load_in_4bit=true)
+def test_4bit_policy_trains_and_its_soul_folder_fuses(base_and_soul, tok, tmp_path):
+    base, soul_dir, _ = base_and_soul
+    policy = tr.load_policy(base, soul_dir, train_soul=True, load_in_4bit=True)
+    reference = tr.load_policy(base, soul_dir, trainable=False, load_in_4bit=True)
+    s = tr.GRPOSettings(steps=2, num_generations=4, prompts_per_step=1, max_completion_length=8, soul_lr=0.5)
+    history = tr.train_grpo(policy, reference, ["How do I boil an egg?"], ["ALLOW"], s)
+    assert len(history) == 2 and torch.isfinite(policy.soul.alpha.alpha).item()
+    rl_soul = policy.soul.save(tmp_path / "rl_soul")
+    out = fusion.fuse_soul_folder(base, rl_soul, *_ids(tok), load_in_4bit=True)
+    assert out["parity"]["max_abs_diff"] <= 1e-4 and out["qlora_gap"] is not None
