@@ -474,3 +474,57 @@ class SafetyEvalStageConfig(StageConfig):
         check(self.lam >= 0, "lam", self.lam, "must be >= 0")
         for name in ("max_over_refusal", "max_trap_refused"):
             check(0.0 <= getattr(self, name) <= 1.0, name, getattr(self, name), "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class QuadRLStageConfig(StageConfig):
+    """Stage 07: GRPO (TRL) over notebook 03's soul-injected model with rule-based rewards, soul frozen vs trained,
+    measured before/after on the generated dev split and the hand-written test set."""
+
+    seed: int = 0
+    seeds: int = 2  # GRPO runs per arm
+    steps: int = 25  # GRPO steps per run
+    num_generations: int = 8  # completions per prompt (the group)
+    prompts_per_step: int = 2
+    max_completion_length: int = 96
+    lr: float = 5e-4  # LoRA
+    soul_lr: float = 5e-3  # rotation generators and alpha (the soul_trained arm)
+    temperature: float = 1.0
+    w_structure: float = 1.0
+    w_consistency: float = 1.0
+    w_correctness: float = 2.0
+    w_stability: float = 0.1
+    dev_prompts: int = 64  # generated dev prompts evaluated (whole translation pairs); 0 = all
+    test_prompts: int = 0  # hand-written test prompts evaluated (whole pairs); 0 = all 330
+    eval_max_new_tokens: int = 96
+    eval_batch: int = 64
+    n_boot: int = 500  # bootstrap resamples of translation pairs
+    n_examples: int = 3  # highest- and lowest-reward completions shown
+    load_in_4bit: bool = False  # a real checkpoint on a GPU: notebook 03's soul trained on a 4-bit base
+    # The embedded model's matrices are too small to split across threads (as in stage 06); a real one wants 0.
+    torch_threads: int = 1
+
+    def reward_weights(self) -> tuple[float, float, float, float]:
+        """Weights of structure, consistency, correctness, stability (``rl.training.REWARDS`` order)."""
+        return (self.w_structure, self.w_consistency, self.w_correctness, self.w_stability)
+
+    def __post_init__(self) -> None:
+        _positive(
+            self,
+            "seeds",
+            "steps",
+            "prompts_per_step",
+            "max_completion_length",
+            "lr",
+            "soul_lr",
+            "temperature",
+            "eval_max_new_tokens",
+            "eval_batch",
+            "n_boot",
+        )
+        _threads(self)
+        check(self.num_generations >= 2, "num_generations", self.num_generations, "must be >= 2 (a group)")
+        for name in ("w_structure", "w_consistency", "w_correctness", "w_stability"):
+            check(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0")
+        for name in ("dev_prompts", "test_prompts", "n_examples"):
+            check(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0 (0: all / none)")

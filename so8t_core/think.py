@@ -215,6 +215,53 @@ def thinking_parts(raw: str) -> list[tuple[str, str]]:
     return parts
 
 
+@dataclass(frozen=True)
+class Part:
+    """One top-level part of a raw output (``top_level_parts``): tag name, inner text, closed or not, and whether
+    any think/final tag occurs inside it."""
+
+    name: str
+    content: str
+    closed: bool
+    nested: bool
+
+
+def top_level_parts(raw: str) -> list[Part]:
+    """The think and final parts at top level, in the order they open: the outline a layout reward grades.
+
+    Same lexer as ``extract_final``. Inside a part every think/final tag is nested (it marks ``nested`` and, if it
+    opens, must be closed before the part can close); a part closes at the close tag of its own name once nothing
+    inside is open. An unclosed part runs to the end. Stray closes and text at top level are skipped.
+
+    Args:
+        raw: model output.
+    Returns:
+        ``Part`` per top-level part (``name`` like ``think-observation`` or ``final``), content stripped.
+    """
+    parts: list[Part] = []
+    stack: list[str] = []
+    buf: list[str] = []
+    nested = False
+    for t in lex(strip_control(raw)):
+        tag = t.kind in ("open", "close")
+        if not stack:
+            if tag and t.kind == "open":
+                stack, buf, nested = [t.name], [], False
+            continue
+        if tag and t.kind == "close" and t.name == stack[-1]:
+            stack.pop()
+            if not stack:
+                parts.append(Part(t.name, "".join(buf).strip(), True, nested))
+                continue
+        elif tag and t.kind == "open":
+            stack.append(t.name)
+        nested = nested or tag
+        buf.append(t.text)
+    if stack:
+        parts.append(Part(stack[0], "".join(buf).strip(), False, nested))
+    return parts
+
+
 def thinking_hash(raw: str) -> str:
     """SHA-256 hex digest of the thinking, so an audit can match thinking without storing it.
 
@@ -301,7 +348,13 @@ def _strip_special(text: str, tokenizer: Any) -> str:
     return text
 
 
-def _stop_ids(tokenizer: Any) -> list[int]:
+def decode_raw(tokenizer: Any, ids: Any) -> str:
+    """Generated token ids as raw text: special tokens kept while decoding (think tags that are special tokens
+    survive), then the tokenizer's other special tokens removed. What ``extract_final`` and the rewards read."""
+    return _strip_special(tokenizer.decode(ids, skip_special_tokens=False), tokenizer)
+
+
+def stop_ids(tokenizer: Any) -> list[int]:
     """End of sequence, plus Phi-3's end-of-turn ``<|end|>`` when the vocabulary has it."""
     stops = [tokenizer.eos_token_id]
     end = tokenizer.convert_tokens_to_ids("<|end|>")
@@ -324,10 +377,10 @@ def generate_raw(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.no_grad():
         out = model.generate(
-            **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=_stop_ids(tokenizer)
+            **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=stop_ids(tokenizer)
         )
     new = out[0, enc["input_ids"].shape[1] :]  # (new tokens,)
-    return _strip_special(tokenizer.decode(new, skip_special_tokens=False), tokenizer)
+    return decode_raw(tokenizer, new)
 
 
 def respond(

@@ -90,8 +90,8 @@ def test_failing_stage_exits_nonzero_names_cell_and_index_shows_it(isolated_outp
 
 
 @pytest.mark.slow
-def test_smoke_pipeline_model_stages_00_03_04_05_06(isolated_outputs):
-    r = run_module("so8t_core.pipeline", "--profile", "smoke", "--only", "00,03,04,05,06")
+def test_smoke_pipeline_model_stages_00_03_04_05_06_07(isolated_outputs):
+    r = run_module("so8t_core.pipeline", "--profile", "smoke", "--only", "00,03,04,05,06,07")
     assert r.returncode == 0, r.stderr[-3000:]
     art = isolated_outputs / "artifacts"
     m3 = json.loads((art / "03_soul_injection" / "metrics.json").read_text())
@@ -116,8 +116,15 @@ def test_smoke_pipeline_model_stages_00_03_04_05_06(isolated_outputs):
     assert (art / "05_visual_adapter" / "manifest.json").exists()
     m6 = json.loads((art / "06_safety_eval" / "metrics.json").read_text())
     assert m6["n_test"] > 0 and (art / "06_safety_eval" / "manifest.json").exists()
+    m7 = json.loads((art / "07_quad_reinforcement" / "metrics.json").read_text())
+    assert {"soul_frozen/test", "soul_trained/test", "soul_frozen/dev"} <= set(m7["before_after"])
+    assert m7["no_thinking_leaks"] is True and isinstance(m7["reward_hacking"], bool)
+    assert all(len(c["structure"]) == 3 for c in m7["reward_curves"].values()) and len(m7["reward_curves"]) == 4
+    assert (art / "07_quad_reinforcement" / "fused" / "config.json").exists()
+    assert (art / "07_quad_reinforcement" / "manifest.json").exists()
     rows = index_rows((isolated_outputs / "reports" / "index.html").read_text())
-    for stage in ("00_base_model", "03_soul_injection", "04_fusion_and_gguf", "05_visual_adapter", "06_safety_eval"):
+    stages = ("00_base_model", "03_soul_injection", "04_fusion_and_gguf", "05_visual_adapter", "06_safety_eval")
+    for stage in (*stages, "07_quad_reinforcement"):
         m = json.loads((art / stage / "metrics.json").read_text())
         assert m["verdicts"] and all(f"<b>{v}</b>" in rows[stage] for v in m["verdicts"]), stage
         assert f'alt="{m["headline"]}"' in rows[stage], stage

@@ -84,6 +84,7 @@ def _stage_configs() -> dict:
         "04_fusion_and_gguf": config.FusionStageConfig,
         "05_visual_adapter": config.VisualStageConfig,
         "06_safety_eval": config.SafetyEvalStageConfig,
+        "07_quad_reinforcement": config.QuadRLStageConfig,
     }
 
 

@@ -175,6 +175,7 @@ def test_gpu_profile_names_only_declared_parameters_with_valid_values():
         "04_fusion_and_gguf": config.FusionStageConfig,
         "05_visual_adapter": config.VisualStageConfig,
         "06_safety_eval": config.SafetyEvalStageConfig,
+        "07_quad_reinforcement": config.QuadRLStageConfig,
     }
     assert set(profile) <= set(classes)
     for stage, overrides in profile.items():

@@ -31,7 +31,11 @@ import torch
 from torch import Tensor, nn
 
 from so8t_core.config import check
-from so8t_core.gate.soul import SOUL_CONFIG, SOUL_FILE, SoulWrapper, _causal_lm
+from so8t_core.gate.soul import SoulWrapper, _causal_lm, fused_head_weight
+from so8t_core.lm.loading import load_soul_folder
+
+# fused_head_weight (gate.soul) and load_soul_folder (lm.loading) live lower, where notebook 07 trains with them too;
+# they stay importable from here.
 
 FP32_ATOL = 1e-4  # fused vs wrapper, float32: the parity contract notebook 04 checks
 LOW_PRECISION_RTOL = 1e-2  # 16-bit weights: relative to the largest |logit| (W' is rounded once more)
@@ -40,28 +44,6 @@ CARD = "README.md"
 
 class FusionError(RuntimeError):
     """A fusion or a fused folder whose result would be wrong; nothing was written."""
-
-
-def fused_head_weight(W: Tensor, R: Tensor, s: Tensor | float) -> Tensor:
-    """W' = W + s W R in float32, using the block structure of R.
-
-    Args:
-        W: (V, H) lm_head weight, any float dtype.
-        R: (H/8, 8, 8) rotation blocks R_total = R_cmd @ R_safe.
-        s: sigmoid(alpha), a scalar.
-    Returns:
-        (V, H) float32 W'.
-    Explained in notebooks/04_fusion_and_gguf.ipynb.
-    """
-    V, H = W.shape
-    n_blocks = R.shape[0]
-    check(H == n_blocks * 8, "R.shape", tuple(R.shape), f"needs H/8 = {H // 8} blocks for lm_head width {H}")
-    W32 = W.float()
-    Wb = W32.reshape(V, n_blocks, 8)  # (V, blocks, 8): row v, block b, input i
-    # (W R)[v, b, j] = sum_i W[v, b, i] R_b[i, j]
-    WR = torch.einsum("vbi,bij->vbj", Wb, R.to(device=W.device, dtype=torch.float32))  # (V, blocks, 8)
-    s32 = torch.as_tensor(s, dtype=torch.float32, device=W.device)
-    return W32 + s32 * WR.reshape(V, H)  # (V, H)
 
 
 def is_tied(model: nn.Module) -> bool:
@@ -225,47 +207,6 @@ def tiny_tied_llama(
 
 
 # --- soul folders, the 4-bit path, saving ---
-
-
-def load_soul_folder(
-    base_model: str | Path,
-    soul_dir: str | Path,
-    *,
-    load_in_4bit: bool = False,
-    dtype: torch.dtype = torch.float32,
-    device_map: Any = None,
-) -> tuple[SoulWrapper, Any]:
-    """The SoulWrapper saved by notebook 03 around a fresh load of its base, and the tokenizer.
-
-    Args:
-        base_model: the base's folder or hub id (``loading.resolve_base(stage00)``).
-        soul_dir: folder written by ``SoulWrapper.save`` (soul files, plus the LoRA adapter if one was trained).
-        load_in_4bit: load the base in NF4 (needs CUDA), as notebook 03 trained it.
-        dtype: weight dtype of a full-precision load.
-        device_map: passed to ``from_pretrained``.
-    Returns:
-        ``(wrapper in eval mode, tokenizer)``.
-    Raises:
-        FileNotFoundError: a soul file is missing (named, with the notebook that writes it).
-        ValueError: corrupt soul files, or a soul whose hidden size differs from the base's.
-    Explained in notebooks/04_fusion_and_gguf.ipynb.
-    """
-    from so8t_core.lm.loading import load_model_and_tokenizer
-
-    d = Path(soul_dir)
-    for name in (SOUL_FILE, SOUL_CONFIG):
-        if not (d / name).is_file():
-            raise FileNotFoundError(f"{d / name} is missing: not a soul folder (run notebooks/03_soul_injection.ipynb)")
-    model, tok = load_model_and_tokenizer(base_model, load_in_4bit=load_in_4bit, dtype=dtype, device_map=device_map)
-    if (d / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, d)
-    wrapper = SoulWrapper.load(d, model).eval()
-    device = next(model.parameters()).device
-    wrapper.rotation.to(device)  # move only the soul: a 4-bit model refuses .to()
-    wrapper.alpha.to(device)
-    return wrapper, tok
 
 
 def fuse_soul_folder(

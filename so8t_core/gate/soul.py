@@ -237,6 +237,28 @@ class SoulWrapper(nn.Module):
         return wrapper
 
 
+def fused_head_weight(W: Tensor, R: Tensor, s: Tensor | float) -> Tensor:
+    """W' = W + s W R in float32, using the block structure of R.
+
+    Args:
+        W: (V, H) lm_head weight, any float dtype.
+        R: (H/8, 8, 8) rotation blocks R_total = R_cmd @ R_safe.
+        s: sigmoid(alpha), a scalar.
+    Returns:
+        (V, H) float32 W'.
+    Explained in notebooks/04_fusion_and_gguf.ipynb; ``so8t_core.rl`` trains through it (notebook 07).
+    """
+    V, H = W.shape
+    n_blocks = R.shape[0]
+    check(H == n_blocks * 8, "R.shape", tuple(R.shape), f"needs H/8 = {H // 8} blocks for lm_head width {H}")
+    W32 = W.float()
+    Wb = W32.reshape(V, n_blocks, 8)  # (V, blocks, 8): row v, block b, input i
+    # (W R)[v, b, j] = sum_i W[v, b, i] R_b[i, j]
+    WR = torch.einsum("vbi,bij->vbj", Wb, R.to(device=W.device, dtype=torch.float32))  # (V, blocks, 8)
+    s32 = torch.as_tensor(s, dtype=torch.float32, device=W.device)
+    return W32 + s32 * WR.reshape(V, H)  # (V, H)
+
+
 def describe(wrapper: SoulWrapper) -> dict[str, Any]:
     """Trainable parameter counts of the soul and of the rest (LoRA), for tables."""
     soul = sum(p.numel() for p in wrapper.soul_parameters()) if wrapper.use_gate else 0

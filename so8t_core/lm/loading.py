@@ -247,3 +247,44 @@ def resolve_base(stage_dir: str | Path) -> str:
     Explained in notebooks/00_base_model.ipynb.
     """
     return read_model_ref(stage_dir)["base_model"]
+
+
+def load_soul_folder(
+    base_model: str | Path,
+    soul_dir: str | Path,
+    *,
+    load_in_4bit: bool = False,
+    dtype: torch.dtype = torch.float32,
+    device_map: Any = None,
+) -> tuple[Any, Any]:
+    """The SoulWrapper saved by notebook 03 around a fresh load of its base, and the tokenizer.
+
+    Args:
+        base_model: the base's folder or hub id (``loading.resolve_base(stage00)``).
+        soul_dir: folder written by ``SoulWrapper.save`` (soul files, plus the LoRA adapter if one was trained).
+        load_in_4bit: load the base in NF4 (needs CUDA), as notebook 03 trained it.
+        dtype: weight dtype of a full-precision load.
+        device_map: passed to ``from_pretrained``.
+    Returns:
+        ``(wrapper in eval mode, tokenizer)``.
+    Raises:
+        FileNotFoundError: a soul file is missing (named, with the notebook that writes it).
+        ValueError: corrupt soul files, or a soul whose hidden size differs from the base's.
+    Explained in notebooks/04_fusion_and_gguf.ipynb.
+    """
+    from so8t_core.gate.soul import SOUL_CONFIG, SOUL_FILE, SoulWrapper
+
+    d = Path(soul_dir)
+    for name in (SOUL_FILE, SOUL_CONFIG):
+        if not (d / name).is_file():
+            raise FileNotFoundError(f"{d / name} is missing: not a soul folder (run notebooks/03_soul_injection.ipynb)")
+    model, tok = load_model_and_tokenizer(base_model, load_in_4bit=load_in_4bit, dtype=dtype, device_map=device_map)
+    if (d / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, d)
+    wrapper = SoulWrapper.load(d, model).eval()
+    device = next(model.parameters()).device
+    wrapper.rotation.to(device)  # move only the soul: a 4-bit model refuses .to()
+    wrapper.alpha.to(device)
+    return wrapper, tok
