@@ -9,7 +9,6 @@ import pytest
 from so8t_core.config import AlphaStageConfig, SoulStageConfig
 from so8t_core.export.gguf import parity_targets
 from so8t_core.gate.studies import alpha_verdicts, rotation_verdicts
-from so8t_core.lm.study import soul_verdicts
 from so8t_core.think import format_quad, in_quad_layout
 from so8t_core.verdicts import higher, lower, need
 from so8t_core.vision.train import random_tower_verdicts, text_only_baselines, tower_verdicts, visual_verdicts
@@ -21,44 +20,6 @@ def test_need_names_the_missing_key_and_what_needed_it() -> None:
         need({"a": 1}, "b", "soul_verdicts")
     assert lower({"a": 1.0, "b": 2.0}, "a", "b", "x") and not higher({"a": 1.0, "b": 2.0}, "a", "b", "x")
     assert not lower({"a": 2.0, "b": 2.0}, "a", "b", "x")  # a tie is no win
-
-
-# --- notebook 03 ---
-PPL = {"soul_scheduled": 1.80, "lora_only": 1.78, "scale_only": 1.81, "target_0.0": 1.79, "target_3.0": 1.82}
-
-
-@pytest.mark.parametrize(
-    "trained,base,key,want",
-    [
-        (PPL, 1.71, "soul_beats_lora_only", False),
-        (PPL | {"soul_scheduled": 1.77}, 1.71, "soul_beats_lora_only", True),
-        (PPL, 1.71, "rotation_beats_scale_only", True),
-        (PPL, 1.71, "best_variant", "lora_only"),
-        (PPL, 1.71, "best_target_run", "target_0.0"),
-        (PPL, 1.71, "golden_ratio_best_target", False),
-        (PPL | {"target_0.0": 1.9}, 1.71, "golden_ratio_best_target", True),
-        (PPL, 1.71, "finetune_beats_base", False),
-        (PPL, 1.90, "finetune_beats_base", True),
-    ],
-)
-def test_soul_verdicts(trained, base, key, want) -> None:
-    assert soul_verdicts(trained, base)[key] == want
-
-
-@pytest.mark.parametrize("missing", ["soul_scheduled", "lora_only", "scale_only"])
-def test_soul_verdicts_raise_on_a_missing_variant(missing: str) -> None:
-    with pytest.raises(KeyError, match=missing):
-        soul_verdicts({k: v for k, v in PPL.items() if k != missing}, 1.7)
-
-
-@pytest.mark.parametrize(
-    "diffs,every,loses", [([-0.1, -0.2], True, False), ([0.1, 0.2], False, True), ([0.1, -0.1], False, False)]
-)
-def test_soul_verdicts_over_seeds(diffs, every, loses) -> None:
-    v = soul_verdicts(PPL, 1.7, {"soul_minus_lora": diffs, "spread": 0.002})
-    assert (v["soul_beats_lora_only_every_seed"], v["soul_loses_every_seed"], v["seed_spread"]) == (every, loses, 0.002)
-    with pytest.raises(KeyError, match="spread"):
-        soul_verdicts(PPL, 1.7, {"soul_minus_lora": diffs})
 
 
 # --- notebook 04 ---

@@ -158,6 +158,37 @@ def gate_rows(
     }
 
 
+def table(
+    results: Mapping[str, Mapping[str, Any]], rows: Mapping[str, dict], ref: str, valid: Mapping[str, bool]
+) -> list[dict[str, Any]]:
+    """One row per task and variant: trainable parameters, seeds, mean test NLL and exact match, and the paired
+    comparison with ``ref`` (intervals, p, Holm-adjusted p, outcome) where there is one.
+
+    Args:
+        results: task -> a tier's ``run_task`` result.
+        rows: Holm-adjusted comparison rows of that tier.
+        ref: the tier's reference variant.
+        valid: task -> valid.
+    """
+    out = []
+    for task, res in results.items():
+        for v, nll in need(res, "nll", "table").items():
+            row: dict[str, Any] = {
+                "task": task,
+                "variant": v,
+                "params": int(res["params"][v]),
+                "seeds": int(nll.shape[0]),
+                "test_nll": float(nll.mean()),
+                "exact_match": float(res["em"][v].mean()),
+                "valid": bool(valid[task]),
+            }
+            cmp = rows.get(f"{task}/{v} - {ref}")
+            if cmp is not None:
+                row |= {f"vs_{ref}": {k: float(x) for k, x in cmp.items()}, "outcome": outcome(cmp)}
+            out.append(row)
+    return out
+
+
 def study_verdicts(
     rows_a: Mapping[str, dict],
     rows_b: Mapping[str, dict],
