@@ -153,7 +153,7 @@ def build(family: str, norm: nn.Module, lm_head: nn.Linear, alpha: float = 0.0, 
         return Temperature(norm, lm_head)
     head = Head(norm, lm_head)
     if family == "ln":
-        head.norm.weight.requires_grad_(True)
+        head.norm.requires_grad_(True)  # RMSNorm: its gain only
     elif family not in ("base", "ln"):
         head = _peft(family, head)
     return head
