@@ -224,6 +224,9 @@ def run_task(load, soul: SoulConfig, run: TierB, enc: dict[str, dict[str, Tensor
     """
     dev: dict[str, dict[float, float]] = {}
     for v in ("lora", "soul", "oft_all"):
+        if len(run.lrs) == 1:  # nothing to choose: no dev runs
+            dev[FAMILY[v]] = {run.lrs[0]: float("nan")}
+            continue
         dev[FAMILY[v]] = {
             lr: float(run_variant(v, load, soul, run, enc["train"], enc["dev"], lr, 0)["nll"].mean()) for lr in run.lrs
         }

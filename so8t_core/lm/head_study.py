@@ -170,6 +170,7 @@ def _peft(family: str, head: Head) -> nn.Module:
     }
     with warnings.catch_warnings():  # BOFT's CUDA kernel is absent on a CPU; peft then builds its own on torch
         warnings.filterwarnings("ignore", message="Failed to load the CUDA extension")
+        warnings.filterwarnings("ignore", message="Setting boft_n_butterfly_factor to 1")
         return peft.get_peft_model(head, configs[family]())
 
 
@@ -266,6 +267,9 @@ def run_task(
     for name, spec in specs.items():
         fam = lr_family(name, spec)
         if fam == "base" or fam in dev or (spec["family"].startswith("soul") and name != "soul_learned"):
+            continue
+        if len(run.lrs) == 1:  # nothing to choose: no dev runs
+            dev[fam] = {run.lrs[0]: float("nan")}
             continue
         dev[fam] = {lr: float(score(fit(build(**spec, norm=norm, lm_head=lm_head), cache["train"], lr,
                                              run.steps, run.batch, 0), cache["dev"])["nll"].mean())
