@@ -260,7 +260,7 @@ def alpha_verdicts(table: Sequence[Mapping[str, Any]], target: float, tol: float
     teachers = list(dict.fromkeys(str(r["teacher"]) for r in table))
     loss = {(t, m): need(rows, f"{m} for teacher {t}", what)["final_loss"] for t in teachers for m in MODES_2}
     learned_alpha = {t: rows[f"learned for teacher {t}"]["final_alpha"] for t in teachers}
-    out = {
+    out: dict[str, Any] = {
         "learned_wins_for_teachers": [t for t in teachers if loss[(t, "learned")] < loss[(t, "scheduled")]],
         "schedule_wins_for_teachers": [t for t in teachers if loss[(t, "scheduled")] < loss[(t, "learned")]],
         "learned_alpha_settles_at_target_for": [t for t in teachers if abs(learned_alpha[t] - target) <= tol],
