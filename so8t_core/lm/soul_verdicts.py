@@ -184,7 +184,7 @@ def table(
             }
             cmp = rows.get(f"{task}/{v} - {ref}")
             if cmp is not None:
-                row |= {f"vs_{ref}": {k: float(x) for k, x in cmp.items()}, "outcome": outcome(cmp)}
+                row |= {f"vs_{ref}": dict(cmp), "outcome": outcome(cmp)}
             out.append(row)
     return out
 
