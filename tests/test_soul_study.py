@@ -235,3 +235,48 @@ def test_compare_and_holm_rows():
     )
     assert sv.outcome(rows["x"]) == "better" and rows["x"]["p_holm"] >= rows["x"]["p"]
     assert sv.outcome(rows["y"]) == "no clear difference"
+
+
+# --- tier B ---
+
+
+@pytest.fixture
+def tier_b_setup(tiny_lm):
+    from so8t_core.gate.soul import SoulConfig
+
+    texts = ["Q: What is 2 + 3? A: 5", "Q: What does the Japanese word 歩行 mean? A: walk"] * 20
+    lm = tiny_lm(texts, hidden=32, layers=1)
+    items = [tasks.Item("Q: What is 2 + 3? A:", "5", 0), tasks.Item("Q: What is 4 + 4? A:", "8", 1)] * 4
+    return lm, tasks.encode_items(lm.tok, items), SoulConfig(hidden_size=32)
+
+
+@pytest.mark.parametrize("freeze, steps, moves", [(True, 2, False), (False, 2, True), (True, 4, True)])
+def test_frozen_r_waits_for_the_gate_to_open(tier_b_setup, freeze, steps, moves):
+    import copy
+
+    from so8t_core.lm import body_study as bs
+
+    lm, enc, soul = tier_b_setup
+    run = bs.TierB(steps=steps, batch=2, seeds=(1, 2))  # alpha: -5 at steps 0-1, sigmoid > 0.05 from step 2
+    w = bs.build("soul_frozen_r", copy.deepcopy(lm.model), soul, run, seed=0)
+    bs.train(w, enc, 1e-2, run, seed=0, freeze_r=freeze)
+    assert bool(w.rotation.r_cmd.generators.abs().sum() > 0) == moves
+
+
+def test_tier_b_sizes_and_scores(tier_b_setup):
+    import copy
+
+    from so8t_core.lm import body_study as bs
+
+    lm, enc, soul = tier_b_setup
+    run = bs.TierB(steps=1, batch=2, seeds=(1, 2))
+    oft = bs.build("oft_all", copy.deepcopy(lm.model), soul, run, 0)
+    matched = bs.build("lora_matched", copy.deepcopy(lm.model), soul, run, 0)
+    lora, with_soul = (bs.build(v, copy.deepcopy(lm.model), soul, run, 0) for v in ("lora", "soul"))
+    assert bs.n_trainable(oft) == bs.oft_params(lm.model)
+    assert bs.n_trainable(with_soul) == bs.n_trainable(lora) + 2 * 32 // 8 * 28  # two rotations, scheduled alpha
+    assert abs(bs.n_trainable(matched) - bs.oft_params(lm.model)) <= bs.n_trainable(matched) // bs.matched_rank(
+        lm.model
+    )
+    s = bs.score(lora, enc)
+    assert s["nll"].shape == (8,) and np.all(s["nll"] > 0)
