@@ -280,3 +280,19 @@ def test_tier_b_sizes_and_scores(tier_b_setup):
     )
     s = bs.score(lora, enc)
     assert s["nll"].shape == (8,) and np.all(s["nll"] > 0)
+
+
+@pytest.mark.parametrize("centre, outside", [(1.2, False), (4.0, True)])
+def test_alpha_argmin_reading_says_when_the_parabola_extrapolates(centre, outside):
+    grid = [0.0, 1.0, 1.5, 2.0, 3.0]
+    nll = np.array([[(a - centre) ** 2 + 0.01 * s for a in grid] for s in range(3)])
+    r = sv.alpha_argmin(grid, nll, n_boot=50)
+    assert r["estimate"] == pytest.approx(centre, abs=1e-6) and r["grid"] == grid
+    v = {
+        "valid_tasks_A": [],
+        "invalid_tasks_A": [],
+        "valid_tasks_B": [],
+        "invalid_tasks_B": [],
+        "alpha_argmin": {"t": r},
+    }
+    assert ("extrapolates" in sv.reading(v)[-1]) == outside

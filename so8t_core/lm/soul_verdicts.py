@@ -112,8 +112,10 @@ def alpha_argmin(grid: Sequence[float], nll: np.ndarray, n_boot: int = 1000, see
     Args:
         grid: the fixed alphas.
         nll: (n_seeds, len(grid)) mean test NLL of each fixed-alpha soul.
+    Returns:
+        ``quadratic_argmin_bootstrap``'s fields and the ``grid``.
     """
-    return quadratic_argmin_bootstrap(list(grid), nll, n_boot=n_boot, seed=seed)
+    return {**quadratic_argmin_bootstrap(list(grid), nll, n_boot=n_boot, seed=seed), "grid": [float(a) for a in grid]}
 
 
 TIER_A_EXTRA = (("soul_composed_learned", "soul_learned"), ("soul_normed_learned", "soul_learned"))
@@ -261,10 +263,12 @@ def reading(verdicts: Mapping[str, Any]) -> list[str]:
             f"{_list(on) if on else 'no valid task'}; at least 2 needed)."
         )
     for task, r in v.get("alpha_argmin", {}).items():
+        grid = r.get("grid", [])
+        outside = bool(grid) and not min(grid) <= r["estimate"] <= max(grid)
         say.append(
             f"Best alpha by a parabola over the grid on {task}: {r['estimate']:.2f} "
             f"(95% seed bootstrap {r['lo']:.2f} to {r['hi']:.2f}, {r['n_dropped']} of {r['n_boot']} resamples "
-            "without a minimum)."
+            "without a minimum)" + (", outside the grid: the parabola extrapolates." if outside else ".")
         )
     return say
 
