@@ -263,8 +263,22 @@ class SoulStageConfig(StageConfig):
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     eval_docs: int = 200
-    run_ablations: bool = True
-    noise_seeds: int = 2  # extra seeds for lora_only and soul_scheduled (seed noise of held-out ppl)
+    n_facts: int = 100  # known facts the remap and format tasks ask about
+    fact_min_count: int = 2  # a fact is known when notebook 00's corpus states it this often
+    n_train: int = 2000
+    n_dev: int = 400
+    n_test: int = 400
+    a_steps: int = 60  # tier A: steps, minibatch of answer positions, test seeds 1..a_seeds, dev learning rates
+    a_batch: int = 128
+    a_seeds: int = 5
+    a_lrs: tuple = (3e-3, 1e-2, 3e-2)
+    b_steps: int = 40  # tier B: steps, items per step, test seeds 1..b_seeds, dev learning rates
+    b_batch: int = 8
+    b_seeds: int = 3
+    b_lrs: tuple = (1e-3, 3e-3, 1e-2)
+    alpha_grid: tuple = (-2.0, 0.0, 1.0, 1.5, GOLDEN_RATIO, 1.75, 2.0, 3.0)
+    retention_docs: int = 40  # held-out pretraining documents for retention (tier B)
+    n_boot: int = 1000
     torch_threads: int = 0  # 0 keeps torch's default (all cores); see Stage
 
     SOUL_FIELDS = (
@@ -287,12 +301,20 @@ class SoulStageConfig(StageConfig):
         return {k: getattr(self, k) for k in self.SOUL_FIELDS}
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "alpha_targets", tuple(float(a) for a in self.alpha_targets))
+        for name in ("alpha_targets", "a_lrs", "b_lrs", "alpha_grid"):
+            object.__setattr__(self, name, tuple(float(a) for a in getattr(self, name)))
         _positive(
             self, "steps", "batch_size", "seq_len", "lr", "soul_lr", "grad_accum", "lora_r", "lora_alpha", "eval_docs"
         )
+        _positive(self, "n_facts", "n_train", "n_dev", "n_test", "a_steps", "a_batch", "b_steps", "b_batch")
+        _positive(self, "retention_docs", "n_boot", "fact_min_count")
         _threads(self)
-        check(self.noise_seeds >= 0, "noise_seeds", self.noise_seeds, "must be >= 0")
+        for name in ("a_seeds", "b_seeds"):
+            check(getattr(self, name) >= 2, name, getattr(self, name), "need at least 2 seeds for an interval")
+        for name in ("a_lrs", "b_lrs"):
+            rates = getattr(self, name)
+            check(len(rates) > 0 and min(rates) > 0, name, rates, "need at least one rate, all > 0")
+        check(len(set(self.alpha_grid)) >= 3, "alpha_grid", self.alpha_grid, "need 3 distinct values for a parabola")
         check(self.map in MAPS, "map", self.map, f"must be one of {MAPS}")
         check(self.seq_len >= 8, "seq_len", self.seq_len, "must be >= 8")
         check(self.alpha_target > self.alpha_start, "alpha_target", self.alpha_target, "must exceed alpha_start")

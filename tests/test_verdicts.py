@@ -9,7 +9,6 @@ import pytest
 from so8t_core.config import AlphaStageConfig, SoulStageConfig
 from so8t_core.export.gguf import parity_targets
 from so8t_core.gate.studies import alpha_verdicts, rotation_verdicts
-from so8t_core.lm.study import soul_verdicts
 from so8t_core.think import format_quad, in_quad_layout
 from so8t_core.verdicts import higher, lower, need
 from so8t_core.vision.train import random_tower_verdicts, text_only_baselines, tower_verdicts, visual_verdicts
@@ -21,44 +20,6 @@ def test_need_names_the_missing_key_and_what_needed_it() -> None:
         need({"a": 1}, "b", "soul_verdicts")
     assert lower({"a": 1.0, "b": 2.0}, "a", "b", "x") and not higher({"a": 1.0, "b": 2.0}, "a", "b", "x")
     assert not lower({"a": 2.0, "b": 2.0}, "a", "b", "x")  # a tie is no win
-
-
-# --- notebook 03 ---
-PPL = {"soul_scheduled": 1.80, "lora_only": 1.78, "scale_only": 1.81, "target_0.0": 1.79, "target_3.0": 1.82}
-
-
-@pytest.mark.parametrize(
-    "trained,base,key,want",
-    [
-        (PPL, 1.71, "soul_beats_lora_only", False),
-        (PPL | {"soul_scheduled": 1.77}, 1.71, "soul_beats_lora_only", True),
-        (PPL, 1.71, "rotation_beats_scale_only", True),
-        (PPL, 1.71, "best_variant", "lora_only"),
-        (PPL, 1.71, "best_target_run", "target_0.0"),
-        (PPL, 1.71, "golden_ratio_best_target", False),
-        (PPL | {"target_0.0": 1.9}, 1.71, "golden_ratio_best_target", True),
-        (PPL, 1.71, "finetune_beats_base", False),
-        (PPL, 1.90, "finetune_beats_base", True),
-    ],
-)
-def test_soul_verdicts(trained, base, key, want) -> None:
-    assert soul_verdicts(trained, base)[key] == want
-
-
-@pytest.mark.parametrize("missing", ["soul_scheduled", "lora_only", "scale_only"])
-def test_soul_verdicts_raise_on_a_missing_variant(missing: str) -> None:
-    with pytest.raises(KeyError, match=missing):
-        soul_verdicts({k: v for k, v in PPL.items() if k != missing}, 1.7)
-
-
-@pytest.mark.parametrize(
-    "diffs,every,loses", [([-0.1, -0.2], True, False), ([0.1, 0.2], False, True), ([0.1, -0.1], False, False)]
-)
-def test_soul_verdicts_over_seeds(diffs, every, loses) -> None:
-    v = soul_verdicts(PPL, 1.7, {"soul_minus_lora": diffs, "spread": 0.002})
-    assert (v["soul_beats_lora_only_every_seed"], v["soul_loses_every_seed"], v["seed_spread"]) == (every, loses, 0.002)
-    with pytest.raises(KeyError, match="spread"):
-        soul_verdicts(PPL, 1.7, {"soul_minus_lora": diffs})
 
 
 # --- notebook 04 ---
@@ -249,34 +210,38 @@ def test_rotation_verdicts_conclusion_follows_the_numbers() -> None:
 PHI = (1 + 5**0.5) / 2
 
 
-def alpha_table(losses: dict) -> list[dict]:
-    return [{"teacher_alpha": round(a, 3), "mode": m, "final_loss": v} for (a, m), v in losses.items()]
+def alpha_table(losses: dict, alphas: dict | None = None) -> list[dict]:
+    alphas = alphas or {}
+    return [
+        {"teacher": t, "mode": m, "final_loss": v, "final_alpha": alphas.get(t, 0.5)} for (t, m), v in losses.items()
+    ]
 
 
-ALPHA = {(0.0, "scheduled"): 0.5, (0.0, "learned"): 0.1, (PHI, "scheduled"): 0.05, (PHI, "learned"): 0.07,
-         (3.0, "scheduled"): 0.4, (3.0, "learned"): 0.2}  # fmt: skip
+ALPHA = {("dense_orthogonal", "scheduled"): 0.5, ("dense_orthogonal", "learned"): 0.4,
+         ("linear", "scheduled"): 0.3, ("linear", "learned"): 0.35}  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "change, want",
+    "change, alphas, learned, schedule, settles",
     [
-        ({}, ([0.0, 3.0], True, True, "wins only when the teacher's alpha is 1.618")),
-        ({(PHI, "learned"): 0.01}, ([0.0, PHI, 3.0], True, False, "wins for every teacher, 1.618 included")),
-        ({(3.0, "learned"): 0.9}, ([0.0], False, True, "the schedule wins for teachers [1.618, 3.0]")),
+        ({}, {}, ["dense_orthogonal"], ["linear"], []),
+        ({("linear", "learned"): 0.1}, {}, ["dense_orthogonal", "linear"], [], []),
+        (
+            {("dense_orthogonal", "learned"): 0.9},
+            {"linear": PHI + 0.01},
+            [],
+            ["dense_orthogonal", "linear"],
+            ["linear"],
+        ),
     ],
 )
-def test_alpha_verdicts(change, want) -> None:
-    v = alpha_verdicts(alpha_table(ALPHA | change), PHI)
-    wins, off, at, reading = want
-    assert v["learned_wins_for_teachers"] == [round(a, 3) for a in wins]
-    assert v["learned_beats_scheduled_off_target"] is off and v["scheduled_beats_learned_at_target"] is at
-    assert reading in v["conclusion"]
+def test_alpha_verdicts(change, alphas, learned, schedule, settles) -> None:
+    v = alpha_verdicts(alpha_table(ALPHA | change, alphas), PHI)
+    assert v["learned_wins_for_teachers"] == learned and v["schedule_wins_for_teachers"] == schedule
+    assert v["learned_alpha_settles_at_target_for"] == settles
+    assert "the learned alpha ends at dense_orthogonal" in v["conclusion"]
 
 
-def test_alpha_verdicts_need_both_modes_and_a_teacher_at_and_off_the_target() -> None:
-    with pytest.raises(KeyError, match="alpha_verdicts: no 'learned at teacher alpha 3'"):
-        alpha_verdicts(alpha_table({k: v for k, v in ALPHA.items() if k != (3.0, "learned")}), PHI)
-    with pytest.raises(KeyError, match="one at the target"):
-        alpha_verdicts(alpha_table({k: v for k, v in ALPHA.items() if k[0] != PHI}), PHI)
-    with pytest.raises(KeyError, match="one at the target"):
-        alpha_verdicts(alpha_table({k: v for k, v in ALPHA.items() if k[0] == PHI}), PHI)
+def test_alpha_verdicts_need_both_modes() -> None:
+    with pytest.raises(KeyError, match="alpha_verdicts: no 'learned for teacher linear'"):
+        alpha_verdicts(alpha_table({k: v for k, v in ALPHA.items() if k != ("linear", "learned")}), PHI)

@@ -1,5 +1,5 @@
-"""The comparisons of notebook 03: base, LoRA-only, soul (scheduled / learned alpha) and alpha-target ablations,
-each trained from the same base, LoRA init, data order and seed, and scored by held-out perplexity.
+"""Notebook 03's main run: the base, its corpus, and LoRA + soul variants trained by ``inject`` on the corpus and
+scored by held-out perplexity (the soul study on shifted tasks lives in ``head_study`` and ``body_study``).
 
 Explained in notebooks/03_soul_injection.ipynb.
 """
@@ -7,7 +7,7 @@ Explained in notebooks/03_soul_injection.ipynb.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,6 @@ from so8t_core.lm.corpus import Corpus
 from so8t_core.lm.inject import InjectConfig, inject
 from so8t_core.lm.loading import load_model_and_tokenizer, read_model_ref
 from so8t_core.lm.lora import LoraSettings, apply_lora
-from so8t_core.verdicts import lower, need
 
 
 def load_base(stage00: Path, device_map: Any = None):
@@ -140,70 +139,6 @@ def score_variant(
         "seconds": round(time.time() - t0, 1),
         "seed": seed,
     }
-
-
-def seed_repeats(
-    names: list[str],
-    seeds: list[int],
-    variants: dict[str, SoulConfig],
-    stage00: Path,
-    lora: LoraSettings,
-    cfg: InjectConfig,
-    train_data,
-    heldout,
-) -> dict[str, list[float]]:
-    """Held-out perplexity of ``names`` re-trained under each of ``seeds`` (LoRA init and data order change):
-    how far a variant moves between seeds, the yardstick for the differences between variants.
-
-    Returns:
-        ``{name: [ppl under seeds[0], ppl under seeds[1], ...]}``.
-    """
-    return {
-        n: [
-            run_variant(n, stage00, lora, variants[n], replace(cfg, seed=s), train_data, heldout)[1]["heldout_ppl"]
-            for s in seeds
-        ]
-        for n in names
-    }
-
-
-def soul_verdicts(
-    trained: Mapping[str, float], base_ppl: float, seed_noise: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """Notebook 03's findings from held-out perplexities (lower is better).
-
-    Args:
-        trained: variant name -> held-out perplexity; needs ``soul_scheduled`` (the design, target phi),
-            ``lora_only`` and ``scale_only``; ``target_*`` runs are the same gate with another alpha target.
-        base_ppl: the untouched base's held-out perplexity.
-        seed_noise: ``{"soul_minus_lora": [per seed], "spread": float}`` or None when not measured.
-    Returns:
-        ``best_variant``, ``best_target_run``, ``soul_beats_lora_only``, ``rotation_beats_scale_only``,
-        ``golden_ratio_best_target``, ``finetune_beats_base`` and, with ``seed_noise``,
-        ``soul_beats_lora_only_every_seed``, ``soul_loses_every_seed``, ``seed_spread``.
-    Raises:
-        KeyError: a variant the verdicts need is missing.
-    """
-    what = "soul_verdicts"
-    need(trained, "soul_scheduled", what)
-    targets = {k: v for k, v in trained.items() if k.startswith("target_") or k == "soul_scheduled"}
-    best, best_target = min(trained, key=trained.__getitem__), min(targets, key=targets.__getitem__)
-    out: dict[str, Any] = {
-        "best_variant": best,
-        "best_target_run": best_target,
-        "soul_beats_lora_only": lower(trained, "soul_scheduled", "lora_only", what),
-        "rotation_beats_scale_only": lower(trained, "soul_scheduled", "scale_only", what),
-        "golden_ratio_best_target": best_target == "soul_scheduled",
-        "finetune_beats_base": trained[best] < base_ppl,
-    }
-    if seed_noise is not None:
-        d = list(need(seed_noise, "soul_minus_lora", "seed_noise"))
-        out |= {
-            "soul_beats_lora_only_every_seed": bool(d) and all(x < 0 for x in d),
-            "soul_loses_every_seed": bool(d) and all(x > 0 for x in d),
-            "seed_spread": float(need(seed_noise, "spread", "seed_noise")),
-        }
-    return out
 
 
 def still_improving(curve: Sequence[float], rel_tol: float = 1e-3) -> bool:

@@ -36,7 +36,26 @@ from so8t_core.lm.loading import read_model_ref
 from so8t_core.lm.lora import LoraSettings
 
 STAGE = "03_soul_injection"
-NOT_OPTIONS = ("alpha_targets", "run_ablations", "noise_seeds")  # the ablation study's, not the main run's
+# the soul study's, not the main run's
+NOT_OPTIONS = (
+    "alpha_targets",
+    "n_facts",
+    "fact_min_count",
+    "n_train",
+    "n_dev",
+    "n_test",
+    "a_steps",
+    "a_batch",
+    "a_seeds",
+    "a_lrs",
+    "b_steps",
+    "b_batch",
+    "b_seeds",
+    "b_lrs",
+    "alpha_grid",
+    "retention_docs",
+    "n_boot",
+)
 
 
 def _bool(text: str) -> bool:

@@ -1,0 +1,290 @@
+"""Tier A of notebook 03's soul study: the body frozen, only what sits on the final hidden state trained.
+
+The base runs once per task; the hidden states *before* its final norm are cached at every position that predicts
+an answer token. Every variant is then a small module ``x -> logits`` on those cached states, trained in seconds:
+
+    base            W norm(x)                                  (nothing trained)
+    temperature     W norm(x) / tau                            (1)
+    ln              W norm_g(x), the final norm's gain g        (H)
+    ia3             peft IA3 on lm_head: W (l * h)              (H)
+    oft             peft OFT on lm_head, 8-wide blocks: W R h   (H/8 * 28)
+    boft            peft BOFT on lm_head, 8-wide blocks, 2 butterfly factors
+    lora_r1         peft LoRA r=1 on lm_head                    (H + V)
+    soul            W (h + sigmoid(alpha) R h), one block rotation R; alpha fixed or learned
+    soul_composed   the same with R = R_cmd R_safe (twice the generators)
+    soul_normed     W (h + sigmoid(alpha) R h) / (1 + sigmoid(alpha)): the soul without its norm gain
+
+``oft`` is the soul without its residual and its scale, the closest established method and the reference.
+
+Explained in notebooks/03_soul_injection.ipynb.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from so8t_core.config import GOLDEN_RATIO, check
+from so8t_core.gate.rotation import BlockSO8Rotation, ComposedSO8Rotation
+
+ALPHA_GRID = (-2.0, 0.0, 1.0, 1.5, GOLDEN_RATIO, 1.75, 2.0, 3.0)
+FAMILIES = ("temperature", "ln", "ia3", "oft", "boft", "lora_r1", "soul", "soul_composed", "soul_normed")
+
+
+@dataclass
+class Cached:
+    """Pre-norm hidden states at answer-predicting positions of one split.
+
+    Attributes:
+        x: (P, H) states.
+        y: (P,) the answer token each position predicts.
+        item: (P,) the item each position belongs to (items are numbered 0..n_items-1).
+        n_items: number of items.
+    """
+
+    x: Tensor
+    y: Tensor
+    item: Tensor
+    n_items: int
+
+
+@torch.no_grad()
+def cache_states(model, enc: dict[str, Tensor], batch_size: int = 64) -> Cached:
+    """Run the frozen base over encoded items and keep the final norm's input where an answer token is next.
+
+    Args:
+        model: a transformers causal LM whose ``model.norm`` is the final norm (Llama/Phi-3 layout).
+        enc: ``so8t_core.lm.tasks.encode_items`` output.
+        batch_size: items per forward pass.
+    Returns:
+        The cache (float32, on the CPU).
+    """
+    norm_in: list[Tensor] = []
+    hook = model.model.norm.register_forward_hook(lambda m, inp, out: norm_in.append(inp[0].detach()))
+    xs, ys, items = [], [], []
+    try:
+        for s in range(0, len(enc["input_ids"]), batch_size):
+            ids, mask, lab = (enc[k][s : s + batch_size] for k in ("input_ids", "attention_mask", "labels"))
+            model(input_ids=ids, attention_mask=mask)
+            h = norm_in.pop()  # (B, T, H)
+            pos = lab[:, 1:] != -100  # (B, T-1): position t predicts token t+1
+            xs.append(h[:, :-1][pos].float())
+            ys.append(lab[:, 1:][pos])
+            items.append((torch.arange(len(ids)) + s)[:, None].expand_as(pos)[pos])
+    finally:
+        hook.remove()
+    return Cached(torch.cat(xs), torch.cat(ys), torch.cat(items), len(enc["input_ids"]))
+
+
+class Head(nn.Module):
+    """``x -> W norm(x)`` with the base's final norm and lm_head copied (frozen unless a family trains them)."""
+
+    def __init__(self, norm: nn.Module, lm_head: nn.Linear) -> None:
+        super().__init__()
+        self.norm, self.lm_head = copy.deepcopy(norm).float(), copy.deepcopy(lm_head).float()
+        self.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.lm_head(self.norm(x))
+
+
+class Temperature(Head):
+    """``W norm(x) / tau`` with ``tau = exp(log_tau)`` learned."""
+
+    def __init__(self, norm: nn.Module, lm_head: nn.Linear) -> None:
+        super().__init__(norm, lm_head)
+        self.log_tau = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x) * torch.exp(-self.log_tau)
+
+
+class SoulHead(Head):
+    """``W (h + s R h) / d`` with ``s = sigmoid(alpha)``, ``d = 1 + s`` when ``normed`` else 1.
+
+    Args:
+        norm, lm_head: the base's final norm and head.
+        alpha: the fixed value, or the start of a learned one.
+        learned: whether alpha is trained.
+        composed: R = R_cmd R_safe (two generator sets) instead of one block rotation.
+        normed: divide by 1 + s, so the gate rotates without scaling the logits.
+    """
+
+    def __init__(
+        self, norm: nn.Module, lm_head: nn.Linear, alpha: float, learned: bool, composed: bool, normed: bool
+    ) -> None:
+        super().__init__(norm, lm_head)
+        H = lm_head.in_features
+        self.rotation = ComposedSO8Rotation(H) if composed else BlockSO8Rotation(H)
+        self.alpha = nn.Parameter(torch.tensor(float(alpha)), requires_grad=learned)
+        self.normed = normed
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.norm(x)  # (P, H)
+        s = torch.sigmoid(self.alpha)
+        mixed = h + s * self.rotation(h)
+        return self.lm_head(mixed / (1 + s) if self.normed else mixed)
+
+
+def build(family: str, norm: nn.Module, lm_head: nn.Linear, alpha: float = 0.0, learned: bool = True) -> nn.Module:
+    """A fresh tier-A variant of ``family`` around copies of the base's final norm and head.
+
+    Args:
+        family: one of ``FAMILIES`` or ``"base"``.
+        norm: the base's final norm.
+        lm_head: the base's output projection.
+        alpha: soul families: the fixed alpha, or where a learned one starts.
+        learned: soul families: train alpha.
+    Returns:
+        A module ``x (P, H) -> logits (P, V)`` whose trainable parameters are the family's.
+    """
+    check(family in (*FAMILIES, "base"), "family", family, f"must be 'base' or one of {FAMILIES}")
+    if family.startswith("soul"):
+        return SoulHead(norm, lm_head, alpha, learned, family == "soul_composed", family == "soul_normed")
+    if family == "temperature":
+        return Temperature(norm, lm_head)
+    head = Head(norm, lm_head)
+    if family == "ln":
+        head.norm.requires_grad_(True)  # RMSNorm: its gain only
+    elif family not in ("base", "ln"):
+        head = _peft(family, head)
+    return head
+
+
+def _peft(family: str, head: Head) -> nn.Module:
+    import peft
+
+    configs = {
+        "ia3": lambda: peft.IA3Config(target_modules=["lm_head"], feedforward_modules=["lm_head"]),
+        "oft": lambda: peft.OFTConfig(r=0, oft_block_size=8, target_modules=["lm_head"]),
+        "boft": lambda: peft.BOFTConfig(boft_block_size=8, boft_n_butterfly_factor=2, target_modules=["lm_head"]),
+        "lora_r1": lambda: peft.LoraConfig(r=1, lora_alpha=1, target_modules=["lm_head"]),
+    }
+    with warnings.catch_warnings():  # BOFT's CUDA kernel is absent on a CPU; peft then builds its own on torch
+        warnings.filterwarnings("ignore", message="Failed to load the CUDA extension")
+        warnings.filterwarnings("ignore", message="Setting boft_n_butterfly_factor to 1")
+        return peft.get_peft_model(head, configs[family]())
+
+
+def n_trainable(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def fit(module: nn.Module, data: Cached, lr: float, steps: int, batch: int, seed: int) -> nn.Module:
+    """AdamW on the mean answer-token cross entropy, minibatches of ``batch`` positions drawn by ``seed``."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        return module
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(seed)
+    module.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(data.y), (min(batch, len(data.y)),), generator=g)
+        loss = nn.functional.cross_entropy(module(data.x[idx]), data.y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    module.eval()
+    return module
+
+
+@torch.no_grad()
+def score(module: nn.Module, data: Cached) -> dict[str, np.ndarray]:
+    """Per-item answer-token NLL (mean over the item's tokens) and teacher-forced exact match (every token argmax).
+
+    Returns:
+        ``{"nll": (n_items,), "em": (n_items,)}``.
+    """
+    logits = module(data.x)  # (P, V)
+    nll = nn.functional.cross_entropy(logits, data.y, reduction="none")
+    hit = (logits.argmax(-1) == data.y).float()
+    n = torch.zeros(data.n_items).index_add_(0, data.item, torch.ones_like(nll))
+    per_nll = torch.zeros(data.n_items).index_add_(0, data.item, nll) / n.clamp(min=1)
+    per_hit = torch.zeros(data.n_items).index_add_(0, data.item, hit)
+    return {"nll": per_nll.numpy(), "em": (per_hit == n).float().numpy()}
+
+
+def variant_specs(alpha_grid: Sequence[float] = ALPHA_GRID) -> dict[str, dict[str, Any]]:
+    """Name -> ``build`` keywords of every tier-A variant: the families, and the soul at each fixed alpha."""
+    specs: dict[str, dict[str, Any]] = {"base": {"family": "base"}}
+    for f in FAMILIES:
+        specs[f if not f.startswith("soul") else f"{f}_learned"] = {"family": f}
+    for a in alpha_grid:
+        specs[alpha_name(a)] = {"family": "soul", "alpha": a, "learned": False}
+    return specs
+
+
+def alpha_name(a: float) -> str:
+    """``soul_a1.618`` for the soul with alpha fixed at 1.618 (three decimals, so phi is told from 1.6)."""
+    return f"soul_a{a:.3f}".rstrip("0").rstrip(".") if not math.isclose(a, round(a)) else f"soul_a{a:.0f}"
+
+
+def lr_family(name: str, spec: dict[str, Any]) -> str:
+    """The family whose dev-chosen learning rate a variant uses (every soul variant shares the soul's)."""
+    return "soul" if spec["family"].startswith("soul") else spec["family"]
+
+
+@dataclass(frozen=True)
+class TierA:
+    """Sizes of a tier-A run: learning rates tried on dev (seed 0), steps, minibatch, and the test seeds."""
+
+    lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
+    steps: int = 100
+    batch: int = 128
+    seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
+
+    def __post_init__(self) -> None:
+        check(len(self.lrs) > 0 and min(self.lrs) > 0, "lrs", self.lrs, "need at least one positive rate")
+        check(self.steps > 0, "steps", self.steps, "must be > 0")
+        check(self.batch > 0, "batch", self.batch, "must be > 0")
+        check(len(self.seeds) >= 2, "seeds", self.seeds, "need at least 2 seeds for an interval")
+
+
+def run_task(
+    cache: dict[str, Cached], norm: nn.Module, lm_head: nn.Linear, run: TierA, specs: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Tier A on one task: each family's learning rate chosen on dev with seed 0, then every variant under each
+    test seed.
+
+    Args:
+        cache: split -> cached states (``train``, ``dev``, ``test``).
+        norm, lm_head: the base's final norm and head.
+        run: sizes.
+        specs: ``variant_specs()``.
+    Returns:
+        ``{"lr": {family: lr}, "dev_nll": {family: {lr: nll}}, "params": {variant: n}, "nll": {variant: (S, I)},
+        "em": {variant: (S, I)}}``.
+    """
+    dev: dict[str, dict[float, float]] = {}
+    for name, spec in specs.items():
+        fam = lr_family(name, spec)
+        if fam == "base" or fam in dev or (spec["family"].startswith("soul") and name != "soul_learned"):
+            continue
+        if len(run.lrs) == 1:  # nothing to choose: no dev runs
+            dev[fam] = {run.lrs[0]: float("nan")}
+            continue
+        dev[fam] = {lr: float(score(fit(build(**spec, norm=norm, lm_head=lm_head), cache["train"], lr,
+                                             run.steps, run.batch, 0), cache["dev"])["nll"].mean())
+                    for lr in run.lrs}  # fmt: skip
+    lr = {f: min(d, key=d.__getitem__) for f, d in dev.items()}
+    nll: dict[str, np.ndarray] = {}
+    em: dict[str, np.ndarray] = {}
+    params: dict[str, int] = {}
+    for name, spec in specs.items():
+        rows = []
+        for s in run.seeds:
+            m = build(**spec, norm=norm, lm_head=lm_head)
+            params[name] = n_trainable(m)
+            if name != "base":
+                fit(m, cache["train"], lr[lr_family(name, spec)], run.steps, run.batch, s)
+            rows.append(score(m, cache["test"]))
+        nll[name], em[name] = np.stack([r["nll"] for r in rows]), np.stack([r["em"] for r in rows])
+    return {"lr": lr, "dev_nll": dev, "params": params, "nll": nll, "em": em}

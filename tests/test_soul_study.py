@@ -1,0 +1,298 @@
+"""Notebook 03's soul study: task generators, tier-A heads, tier-B sizes and the verdict functions (table-driven)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from so8t_core.lm import head_study as hs
+from so8t_core.lm import soul_verdicts as sv
+from so8t_core.lm import tasks
+
+WORDS = [
+    ("歩行", "ほこう", "walk"),
+    ("根底", "こんてい", "root"),
+    ("建前", "たてまえ", "face"),
+    ("水素", "すいそ", "hydrogen"),
+]
+DOCS = [f'The Japanese word {w} ({r}) means "{g}".' for w, r, g in WORDS] * 2 + [
+    "「奮起」（ふんき）は英語で「rousing」という意味です。",  # seen once: not known at min_count 2
+    'The Japanese word 紺 (こん) means "navy blue".',  # two-word gloss
+    'The Japanese word 紺 (こん) means "navy blue".',
+]
+FACTS = tasks.known_facts(DOCS)
+
+
+# --- tasks ---
+
+
+def test_known_facts_keep_seen_one_word_facts_only():
+    assert [f.gloss for f in FACTS] == ["walk", "root", "face", "hydrogen"]
+    assert [f.gloss for f in tasks.known_facts(DOCS, min_count=1)][-1] == "rousing"
+    assert len(tasks.known_facts(DOCS, limit=2)) == 2
+
+
+@pytest.mark.parametrize("task", tasks.TASKS)
+def test_make_task_is_deterministic_and_sized(task):
+    a = tasks.make_task(task, 0, FACTS, n_train=50, n_dev=20, n_test=30)
+    assert a == tasks.make_task(task, 0, FACTS, n_train=50, n_dev=20, n_test=30)
+    assert a != tasks.make_task(task, 1, FACTS, n_train=50, n_dev=20, n_test=30)
+    assert {s: len(v) for s, v in a.items()} == {"train": 50, "dev": 20, "test": 30}
+
+
+@pytest.mark.parametrize("task", tasks.TASKS)
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_test_templates_are_disjoint_from_train_and_dev(task, seed):
+    sp = tasks.make_task(task, seed, FACTS, n_train=300, n_dev=100, n_test=100)
+    used = {s: {it.template for it in sp[s]} for s in tasks.SPLITS}
+    assert not used["test"] & (used["train"] | used["dev"]) and len(used["test"]) >= 2
+    assert not {it.prompt for it in sp["test"]} & {it.prompt for it in sp["train"]}
+
+
+def test_arith_tests_operand_pairs_never_trained_and_answers_are_right():
+    sp = tasks.make_task("arith", 0, n_train=500, n_dev=50, n_test=100)
+    pairs = {s: set() for s in tasks.SPLITS}
+    for s in tasks.SPLITS:
+        for it in sp[s]:
+            nums = [int(x) for x in __import__("re").findall(r"\d+", it.prompt)][:3]
+            assert int(it.answer) == (nums[0] + nums[1]) * nums[2]
+            pairs[s].add(tuple(nums[:2]))
+    assert not pairs["test"] & pairs["train"]
+
+
+@pytest.mark.parametrize("task, check", [("remap", "permuted"), ("format", "upper")])
+def test_fact_answers(task, check):
+    sp = tasks.make_task(task, 0, FACTS, n_train=64, n_dev=16, n_test=16)
+    gloss = {f.word: f.gloss for f in FACTS}
+    answer_of: dict[str, str] = {}
+    for it in sp["train"] + sp["test"]:
+        word = next(w for w in gloss if w in it.prompt)
+        if check == "upper":
+            assert it.answer == gloss[word].upper()
+        else:
+            assert it.answer != gloss[word] and it.answer in gloss.values()
+            assert answer_of.setdefault(word, it.answer) == it.answer  # one fixed permutation
+
+
+@pytest.mark.parametrize("n, seed", [(2, 0), (5, 1), (100, 3)])
+def test_derangement_has_no_fixed_point(n, seed):
+    p = tasks.derangement(n, seed)
+    assert sorted(p) == list(range(n)) and all(p[i] != i for i in range(n))
+
+
+def test_encode_items_labels_only_the_answer(corpus_tok):
+    tok, _ = corpus_tok
+    items = [tasks.Item("Q: What is 2 + 3? A:", "5", 0), tasks.Item("Q: x? A:", "blue", 1)]
+    enc = tasks.encode_items(tok, items)
+    for i, it in enumerate(items):
+        lab = enc["labels"][i][enc["labels"][i] != -100].tolist()
+        assert lab[-1] == tok.eos_token_id
+        assert tok.decode(lab[:-1]).strip() == it.answer
+
+
+def test_make_task_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="task="):
+        tasks.make_task("nope", 0, FACTS)
+    with pytest.raises(ValueError, match="facts="):
+        tasks.make_task("remap", 0, FACTS[:1])
+    with pytest.raises(ValueError, match="n_test="):
+        tasks.make_task("arith", 0, n_test=0)
+
+
+# --- tier A heads ---
+
+H, V = 16, 40
+
+
+@pytest.fixture
+def base_head():
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(H, elementwise_affine=True)
+    return norm, torch.nn.Linear(H, V, bias=False)
+
+
+@pytest.mark.parametrize(
+    "family, kw, params, same_as_base",
+    [
+        ("temperature", {}, 1, True),
+        ("ln", {}, 2 * H, True),  # LayerNorm here: weight and bias
+        ("ia3", {}, H, True),
+        ("oft", {}, H // 8 * 28, True),
+        ("lora_r1", {}, H + V, True),
+        ("soul", {"alpha": 0.0, "learned": True}, H // 8 * 28 + 1, False),
+        ("soul", {"alpha": 1.0, "learned": False}, H // 8 * 28, False),
+        ("soul_composed", {}, 2 * H // 8 * 28 + 1, False),
+        ("soul_normed", {}, H // 8 * 28 + 1, True),  # (h + s h) / (1 + s) = h at R = I
+    ],
+)
+def test_tier_a_families_sizes_and_start(base_head, family, kw, params, same_as_base):
+    norm, head = base_head
+    m = hs.build(family, norm, head, **kw)
+    x = torch.randn(5, H)
+    assert hs.n_trainable(m) == params
+    assert torch.allclose(m(x), head(norm(x)), atol=1e-5) == same_as_base
+    base_ids = {id(norm.weight), id(norm.bias), id(head.weight)}
+    assert not any(id(p) in base_ids for p in m.parameters())  # the variant trains copies, never the base
+
+
+def test_tier_a_fit_lowers_the_loss_and_score_counts_items(base_head):
+    norm, head = base_head
+    x = torch.randn(60, H)
+    data = hs.Cached(x, (x[:, 0] > 0).long() * 3, torch.arange(60) // 2, 30)  # two positions per item
+    before = hs.score(hs.build("oft", norm, head), data)
+    after = hs.score(hs.fit(hs.build("lora_r1", norm, head), data, 0.05, 80, 32, 0), data)
+    assert before["nll"].shape == (30,) and after["nll"].mean() < before["nll"].mean()
+    assert set(np.unique(after["em"])) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("a, name", [(1.618033988749895, "soul_a1.618"), (1.5, "soul_a1.5"), (-2.0, "soul_a-2")])
+def test_alpha_names(a, name):
+    assert hs.alpha_name(a) == name
+
+
+# --- verdicts ---
+
+
+def row(mean, lo, hi, p_holm=0.001, blo=None, bhi=None):
+    return {"mean": mean, "t_lo": lo, "t_hi": hi, "boot_lo": lo if blo is None else blo,
+            "boot_hi": hi if bhi is None else bhi, "p": p_holm, "p_holm": p_holm}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "r, want",
+    [
+        (row(-1, -2, -0.5), "better"),
+        (row(1, 0.5, 2), "worse"),
+        (row(-1, -2, 0.5), "no clear difference"),  # t-interval straddles 0
+        (row(-1, -2, -0.5, bhi=0.1), "no clear difference"),  # bootstrap straddles 0
+        (row(-1, -2, -0.5, p_holm=0.2), "no clear difference"),  # not significant after Holm
+    ],
+)
+def test_outcome(r, want):
+    assert sv.outcome(r) == want
+
+
+@pytest.mark.parametrize(
+    "gate, want",
+    [
+        ({"remap": row(-1, -2, -0.5)}, {"remap": True}),
+        ({"remap": row(-1, -2, 0.1)}, {"remap": False}),  # LoRA not clearly better than the base
+        ({"remap": row(0.5, 0.1, 1.0), "arith": row(-0.2, -0.3, -0.1)}, {"remap": False, "arith": True}),
+    ],
+)
+def test_validity_gate(gate, want):
+    assert sv.validity(gate) == want
+
+
+WIN, TIE = row(-1, -2, -0.5), row(-0.1, -1, 0.8)
+PHI, R1, R2 = "soul_a1.618", "soul_a1.5", "soul_a1.75"
+ALL = {"remap": True, "format": True, "arith": True}
+
+
+def phi_rows(outcomes: dict[str, tuple[dict, dict]]) -> dict[str, dict]:
+    return {f"{t}/{PHI} - {r}": x for t, (a, b) in outcomes.items() for r, x in ((R1, a), (R2, b))}
+
+
+@pytest.mark.parametrize(
+    "outcomes, valid, special, on",
+    [
+        ({"remap": (WIN, WIN), "format": (WIN, WIN), "arith": (TIE, TIE)}, ALL, True, ["remap", "format"]),
+        ({"remap": (WIN, WIN), "format": (WIN, TIE), "arith": (TIE, TIE)}, ALL, False, ["remap"]),
+        ({"remap": (WIN, WIN), "format": (WIN, WIN), "arith": (TIE, TIE)}, ALL | {"format": False}, False, ["remap"]),
+        ({"remap": (TIE, TIE), "format": (TIE, TIE), "arith": (TIE, TIE)}, ALL, False, []),
+    ],
+)  # fmt: skip
+def test_phi_special_needs_both_neighbours_on_two_valid_tasks(outcomes, valid, special, on):
+    v = sv.phi_special(phi_rows(outcomes), valid, PHI, [R1, R2])
+    assert v == {"phi_special": special, "phi_beats_neighbours_on": on}
+
+
+def test_study_verdicts_skip_invalid_tasks_and_raise_on_missing_rows():
+    valid = {"remap": True, "arith": False}
+    keys_a = ["soul_learned - oft", "soul_composed_learned - soul_learned", "soul_normed_learned - soul_learned"]
+    keys_b = ["soul - lora", "soul_frozen_r - soul", "lora_pet - lora", "soul_pet - soul", "oft_all - lora_matched"]
+    rows_a = {f"{t}/{k}": WIN for t in valid for k in keys_a} | phi_rows({t: (WIN, WIN) for t in valid})
+    rows_b = {f"{t}/{k}": WIN for t in valid for k in keys_b}
+    v = sv.study_verdicts(rows_a, rows_b, valid, valid, PHI, [R1, R2])
+    assert v["soul_beats_oft_on"] == ["remap"] and v["invalid_tasks_B"] == ["arith"] and not v["phi_special"]
+    assert v["soul_loses_to_lora_on"] == [] and v["pet_helps_soul_on"] == ["remap"]
+    assert any("arith invalid" in s for s in sv.reading(v))
+    with pytest.raises(KeyError, match="soul - lora"):
+        sv.study_verdicts(
+            rows_a, {k: r for k, r in rows_b.items() if "soul - lora" not in k}, valid, valid, PHI, [R1, R2]
+        )
+
+
+def test_compare_and_holm_rows():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1.0, 0.1, (4, 12)), rng.normal(2.0, 0.1, (4, 12))
+    rows = sv.add_holm(
+        {
+            "x": sv.compare(a, b, [i % 3 for i in range(12)], n_boot=200),
+            "y": sv.compare(a, a + rng.normal(0.0, 0.1, a.shape), [i % 3 for i in range(12)], n_boot=200),
+        }
+    )
+    assert sv.outcome(rows["x"]) == "better" and rows["x"]["p_holm"] >= rows["x"]["p"]
+    assert sv.outcome(rows["y"]) == "no clear difference"
+
+
+# --- tier B ---
+
+
+@pytest.fixture
+def tier_b_setup(tiny_lm):
+    from so8t_core.gate.soul import SoulConfig
+
+    texts = ["Q: What is 2 + 3? A: 5", "Q: What does the Japanese word 歩行 mean? A: walk"] * 20
+    lm = tiny_lm(texts, hidden=32, layers=1)
+    items = [tasks.Item("Q: What is 2 + 3? A:", "5", 0), tasks.Item("Q: What is 4 + 4? A:", "8", 1)] * 4
+    return lm, tasks.encode_items(lm.tok, items), SoulConfig(hidden_size=32)
+
+
+@pytest.mark.parametrize("freeze, steps, moves", [(True, 2, False), (False, 2, True), (True, 4, True)])
+def test_frozen_r_waits_for_the_gate_to_open(tier_b_setup, freeze, steps, moves):
+    import copy
+
+    from so8t_core.lm import body_study as bs
+
+    lm, enc, soul = tier_b_setup
+    run = bs.TierB(steps=steps, batch=2, seeds=(1, 2))  # alpha: -5 at steps 0-1, sigmoid > 0.05 from step 2
+    w = bs.build("soul_frozen_r", copy.deepcopy(lm.model), soul, run, seed=0)
+    bs.train(w, enc, 1e-2, run, seed=0, freeze_r=freeze)
+    assert bool(w.rotation.r_cmd.generators.abs().sum() > 0) == moves
+
+
+def test_tier_b_sizes_and_scores(tier_b_setup):
+    import copy
+
+    from so8t_core.lm import body_study as bs
+
+    lm, enc, soul = tier_b_setup
+    run = bs.TierB(steps=1, batch=2, seeds=(1, 2))
+    oft = bs.build("oft_all", copy.deepcopy(lm.model), soul, run, 0)
+    matched = bs.build("lora_matched", copy.deepcopy(lm.model), soul, run, 0)
+    lora, with_soul = (bs.build(v, copy.deepcopy(lm.model), soul, run, 0) for v in ("lora", "soul"))
+    assert bs.n_trainable(oft) == bs.oft_params(lm.model)
+    assert bs.n_trainable(with_soul) == bs.n_trainable(lora) + 2 * 32 // 8 * 28  # two rotations, scheduled alpha
+    assert abs(bs.n_trainable(matched) - bs.oft_params(lm.model)) <= bs.n_trainable(matched) // bs.matched_rank(
+        lm.model
+    )
+    s = bs.score(lora, enc)
+    assert s["nll"].shape == (8,) and np.all(s["nll"] > 0)
+
+
+@pytest.mark.parametrize("centre, outside", [(1.2, False), (4.0, True)])
+def test_alpha_argmin_reading_says_when_the_parabola_extrapolates(centre, outside):
+    grid = [0.0, 1.0, 1.5, 2.0, 3.0]
+    nll = np.array([[(a - centre) ** 2 + 0.01 * s for a in grid] for s in range(3)])
+    r = sv.alpha_argmin(grid, nll, n_boot=50)
+    assert r["estimate"] == pytest.approx(centre, abs=1e-6) and r["grid"] == grid
+    v = {
+        "valid_tasks_A": [],
+        "invalid_tasks_A": [],
+        "valid_tasks_B": [],
+        "invalid_tasks_B": [],
+        "alpha_argmin": {"t": r},
+    }
+    assert ("extrapolates" in sv.reading(v)[-1]) == outside
