@@ -274,7 +274,7 @@ class SoulStageConfig(StageConfig):
     a_lrs: tuple = (3e-3, 1e-2, 3e-2)
     b_steps: int = 40  # tier B: steps, items per step, test seeds 1..b_seeds, dev learning rates
     b_batch: int = 8
-    b_seeds: int = 3
+    b_seeds: int = 5
     b_lrs: tuple = (1e-3, 3e-3, 1e-2)
     alpha_grid: tuple = (-2.0, 0.0, 1.0, 1.5, GOLDEN_RATIO, 1.75, 2.0, 3.0)
     retention_docs: int = 40  # held-out pretraining documents for retention (tier B)
