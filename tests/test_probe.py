@@ -76,5 +76,8 @@ def test_precondition_verdicts(rnd, tfidf, want) -> None:
     v = pr.precondition_verdicts(diffs)
     assert (v["pretraining_beats_random_init"], v["probe_beats_tfidf"], v["probe_loses_to_tfidf"]) == want
     assert pr.reading(v, diffs)  # sentences come from the same numbers
+    diffs["probe_vs_random"]["safety_f1"] = interval(-0.256, -0.018)
+    f1 = [s for s in pr.reading(v, diffs) if "safety F1" in s]
+    assert len(f1) == 1 and " lower than " in f1[0] and "-0.256" in f1[0]
     with pytest.raises(KeyError, match="probe_vs_random"):
         pr.precondition_verdicts({"probe_vs_tfidf": diffs["probe_vs_tfidf"]})

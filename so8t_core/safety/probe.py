@@ -158,6 +158,13 @@ def reading(verdicts: Mapping[str, bool], diffs: Mapping[str, Mapping[str, Mappi
     if "probe_vs_random" in diffs:
         did = "beats" if verdicts["pretraining_beats_random_init"] else "does not beat"
         out.append(f"Pretraining {did} the random-init probe on AUPRC of REFUSE: {iv('probe_vs_random')}.")
+        f1 = diffs["probe_vs_random"].get("safety_f1")
+        if f1 is not None:
+            side = "higher" if f1["lo"] > 0 else "lower" if f1["hi"] < 0 else "not distinguishable"
+            out.append(
+                f"At the dev-tuned threshold its safety F1 is {side} than the random-init probe's: "
+                f"{iv('probe_vs_random', 'safety_f1')}; ranking (AUPRC) and the decision at one threshold can disagree."
+            )
     if verdicts.get("probe_beats_tfidf"):
         out.append(f"The probe on the pretrained base beats TF-IDF: {iv('probe_vs_tfidf')}.")
     elif verdicts.get("probe_loses_to_tfidf"):
