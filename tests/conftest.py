@@ -38,6 +38,15 @@ def tesseract_missing() -> str | None:
     return f"Tesseract language data missing: {missing} (make setup)" if missing else None
 
 
+@pytest.fixture(autouse=True)
+def _no_repo_outputs(tmp_path_factory, monkeypatch):
+    """No test reads or writes the checkout's artifacts/ and reports/: a finished `make pipeline` there must not
+    change what a test sees (a test wanting outputs asks for ``isolated_outputs``)."""
+    root = tmp_path_factory.mktemp("outputs")
+    monkeypatch.setenv("SO8T_ARTIFACTS", str(root / "artifacts"))
+    monkeypatch.setenv("SO8T_REPORTS", str(root / "reports"))
+
+
 @pytest.fixture
 def isolated_outputs(tmp_path, monkeypatch):
     """Point artifacts/ and reports/ into a temporary folder for this test."""

@@ -73,6 +73,13 @@ def test_grpo_trains_lora_and_the_soul_only_when_asked(base_and_soul, tok, train
     policy = tr.load_policy(base, soul_dir, train_soul=train_soul)
     reference = tr.load_policy(base, soul_dir, trainable=False)
     assert (policy.counts["soul"] > 0) is train_soul and policy.counts["lora"] > 0 and reference.counts["lora"] == 0
+    # a random model's completions all score 0 on the text rewards, and with LoRA's B = 0 the policy equals the
+    # reference (KL 0): every advantage would be 0 and nothing could move. A small B makes the KL vary.
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(0)
+        for n, p in policy.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0.0, 0.05)
     soul0 = {k: v.clone() for k, v in policy.soul.soul_state().items()}
     lora0 = {n: p.detach().clone() for n, p in policy.model.named_parameters() if "lora_" in n}
     ref0 = {n: p.detach().clone() for n, p in reference.model.named_parameters()}

@@ -237,6 +237,8 @@ def train_grpo(
             save_strategy="no",
             report_to="none",
             use_cpu=not torch.cuda.is_available(),
+            # TRL defaults to bf16, which on a CPU means bf16 autocast: train in float32 there, as every other stage
+            bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
             seed=s.seed,
             data_seed=s.seed,
             disable_dropout=True,  # the stability reward compares log-probs: no dropout noise in them
@@ -252,9 +254,20 @@ def train_grpo(
         )
         trainer.remove_callback(ProgressCallback)  # keep the tqdm bar, drop its printing of every step's log dict
         trainer.add_callback(_quiet_progress_class()())
-        trainer.train()
+        try:
+            trainer.train()
+        finally:
+            _forget_accelerator_state()
     policy.model.eval()
     return [h for h in trainer.state.log_history if "reward" in h]
+
+
+def _forget_accelerator_state() -> None:
+    """The Trainer's Accelerator settings live in a process-wide singleton; without a reset a later ``Accelerator()``
+    in the same process (notebook 03's training loop, a test) inherits them."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def reward_curves(history: Sequence[dict[str, float]]) -> dict[str, list[float]]:
