@@ -128,6 +128,8 @@ def test_the_test_set_is_every_handwritten_prompt_with_its_translation_pair() ->
     assert set(rows(small["train"])) <= set(rows(splits["train"]))  # rows kept whole, labels with their prompts
     assert small["train"].prompts == task_splits(0, max_generated=50)["train"].prompts  # seeded
     assert len(set(small["train"].prompts)) == 50 and task_splits(0, max_generated=10**6)["dev"] == splits["dev"]
+    n = len(splits["dev"].prompts) - 1  # nearly all rows: a draw with replacement would repeat some
+    assert len(set(zip(*(getattr(task_splits(0, n)["dev"], c) for c in ("prompts", "lines"))))) == n
 
 
 # --- coverage measures ---

@@ -68,8 +68,16 @@ def test_soul_head_gives_the_wrappers_logits(base_and_soul, tok):
 
 
 @pytest.mark.parametrize("train_soul", [False, True])
-def test_grpo_trains_lora_and_the_soul_only_when_asked(base_and_soul, tok, train_soul):
+def test_grpo_trains_lora_and_the_soul_only_when_asked(base_and_soul, tok, train_soul, monkeypatch):
+    import trl
+    from accelerate.state import AcceleratorState
+
     base, soul_dir, _ = base_and_soul
+    precision = []
+    init = trl.GRPOTrainer.__init__
+    monkeypatch.setattr(
+        trl.GRPOTrainer, "__init__", lambda self, *a, **k: precision.append(k["args"].bf16) or init(self, *a, **k)
+    )
     policy = tr.load_policy(base, soul_dir, train_soul=train_soul)
     reference = tr.load_policy(base, soul_dir, trainable=False)
     assert (policy.counts["soul"] > 0) is train_soul and policy.counts["lora"] > 0 and reference.counts["lora"] == 0
@@ -86,6 +94,8 @@ def test_grpo_trains_lora_and_the_soul_only_when_asked(base_and_soul, tok, train
     prompts, labels = ["How do I boil an egg?", "卵のゆで方は？"], ["ALLOW", "ALLOW"]
     s = tr.GRPOSettings(steps=2, num_generations=4, prompts_per_step=1, max_completion_length=8, soul_lr=0.5)
     history = tr.train_grpo(policy, reference, prompts, labels, s)
+    assert precision == [torch.cuda.is_available() and torch.cuda.is_bf16_supported()]  # no bf16 autocast on a CPU
+    assert not AcceleratorState._shared_state  # nothing of the trainer's Accelerator outlives it
     curves = tr.reward_curves(history)
     assert len(curves["structure"]) == 2 and set(tr.REWARDS) <= set(curves)
     soul_moved = any(not torch.equal(v, policy.soul.soul_state()[k]) for k, v in soul0.items())
