@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, Phi3Config, Phi3ForCausalLM
+from transformers import AutoModelForCausalLM
 
 from so8t_core.export import fusion, gguf
 from so8t_core.gate.soul import SoulConfig, SoulWrapper
+from so8t_core.lm.base_model import build_model, special_ids, tiny_phi3_config
 from so8t_core.lm.loading import load_model_and_tokenizer, save_model
 from so8t_core.ops.models import resolve_model
 from so8t_core.rl import evaluation as ev
@@ -25,22 +26,8 @@ def tok(corpus_tok):
 
 @pytest.fixture
 def base_and_soul(tok, tmp_path):
-    torch.manual_seed(0)
-    cfg = Phi3Config(
-        vocab_size=len(tok),
-        hidden_size=H,
-        intermediate_size=2 * H,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        initializer_range=0.2,
-        tie_word_embeddings=False,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.eos_token_id,
-    )
-    base = save_model(Phi3ForCausalLM(cfg).eval(), tok, tmp_path / "base")
+    cfg = tiny_phi3_config(len(tok), hidden_size=H, num_layers=1, num_heads=2, max_positions=256, **special_ids(tok))
+    base = save_model(build_model(cfg, seed=0), tok, tmp_path / "base")
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(base),
         LoraConfig(r=2, lora_alpha=4, lora_dropout=0.0, target_modules=["qkv_proj"], init_lora_weights=False),
