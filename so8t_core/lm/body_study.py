@@ -26,7 +26,7 @@ from torch import Tensor
 
 from so8t_core.config import check
 from so8t_core.gate.alpha import STABLE_MAX_WEIGHT
-from so8t_core.gate.soul import SoulConfig, SoulWrapper
+from so8t_core.gate.soul import SoulConfig, SoulWrapper, describe
 from so8t_core.lm.lora import PHI3_TARGETS, LoraSettings, apply_lora
 
 VARIANTS = ("lora", "lora_pet", "soul", "soul_pet", "soul_frozen_r", "oft_all", "lora_matched")
@@ -113,9 +113,8 @@ def build(variant: str, model, soul: SoulConfig, run: TierB, seed: int) -> SoulW
 
 def n_trainable(w: SoulWrapper) -> int:
     """Trainable numbers of a variant: its adapters, plus the soul's generators and alpha when the gate is on."""
-    soul = {id(p) for p in w.soul_parameters()}
-    body = sum(p.numel() for p in w.parameters() if p.requires_grad and id(p) not in soul)
-    return body + (sum(p.numel() for p in w.soul_parameters()) if w.use_gate else 0)
+    counts = describe(w)
+    return counts["lora_params"] + counts["soul_params"]
 
 
 def _optimizer(w: SoulWrapper, lr: float, ratio: float) -> torch.optim.Optimizer:
