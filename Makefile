@@ -10,25 +10,23 @@ ARGS ?=
 
 .PHONY: setup system llama_cpp web pipeline smoke lint test lab clean
 
+# Each setup step prints what it does and how long it took (scripts/step.sh); each is quick when already done.
 setup: $(STAMP) system llama_cpp web
 
 $(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "so8t needs Python 3.11 (set PYTHON=/path/to/python3.11)")'
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
-	$(PY) -m ipykernel install --sys-prefix --name so8t --display-name "Python (so8t)" >/dev/null
+	@bash scripts/step.sh "venv: $(VENV)/ with the pinned Python packages and the so8t kernel" \
+		bash scripts/setup_venv.sh $(PYTHON) $(VENV)
 	@touch $(STAMP)
 
 system:
-	@bash scripts/setup_system.sh
+	@bash scripts/step.sh "system packages (apt-get, only the missing ones)" bash scripts/setup_system.sh
 
 llama_cpp: $(STAMP)
-	@bash scripts/setup_llama_cpp.sh $(PY)
+	@bash scripts/step.sh "llama.cpp: GGUF converter and llama-cpp-python" bash scripts/setup_llama_cpp.sh $(PY)
 
 # MathJax for the HTML reports (npm, pinned in package.json) into node_modules/
 web: system
-	@bash scripts/setup_web.sh
+	@bash scripts/step.sh "npm: MathJax for the reports" bash scripts/setup_web.sh
 
 pipeline: setup
 	$(PY) -m so8t_core.pipeline --profile $(PROFILE) $(if $(ONLY),--only $(ONLY)) $(ARGS)
@@ -36,7 +34,8 @@ pipeline: setup
 smoke:
 	$(MAKE) pipeline PROFILE=smoke
 
-# Lint, format and type checks (the same as .pre-commit-config.yaml); `make test` runs them first.
+# Lint, format and type checks (the same as .pre-commit-config.yaml); they need only the venv (no apt, npm or
+# llama.cpp build). `make test` runs the whole setup, then these.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check so8t_core tests bench
 	$(VENV)/bin/ruff format --check so8t_core tests bench

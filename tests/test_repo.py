@@ -30,8 +30,18 @@ def test_notebook_is_clean_and_parametrised(path):
 def _pins_pyproject() -> dict[str, str]:
     import tomllib
 
-    deps = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    deps = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
     return dict(d.split("==") for d in deps)
+
+
+def test_llama_cpp_pin_is_the_one_setup_builds():
+    """pyproject's `gguf` extra, the setup script and the converter check name one llama-cpp-python version."""
+    from so8t_core.export.gguf import LLAMA_CPP_VERSION
+
+    script = (REPO_ROOT / "scripts" / "setup_llama_cpp.sh").read_text()
+    assert re.search(rf"^VERSION={re.escape(LLAMA_CPP_VERSION)}$", script, re.M)
+    assert _pins_pyproject()["llama-cpp-python"] == LLAMA_CPP_VERSION
 
 
 def test_environment_yml_pins_match_pyproject():
