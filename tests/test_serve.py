@@ -445,7 +445,7 @@ def test_image_summary_reaches_the_model_and_the_log_keeps_only_hashes(audit) ->
         pytest.MonkeyPatch.context() as mp,
         running(state_for(None, None, audit, decide=lambda t: seen.append(t) or "ALLOW", ocr_lang="eng")) as port,
     ):
-        mp.setattr(think_mod, "generate_raw", lambda m, t, prompt, n: prompts.append(prompt) or QUAD)
+        mp.setattr(think_mod, "generate_raw", lambda m, t, prompt, n, s: prompts.append(prompt) or QUAD)
         b64png = b64(png)
         status, _, raw = call(port, "POST", "/think", {"prompt": "What does this say?", "image_base64": b64png})
         bad = call(port, "POST", "/think", {"prompt": "x", "image_base64": b64(b"GIF89a broken")})
