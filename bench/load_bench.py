@@ -147,6 +147,7 @@ def run_level(state: AppState, mix: list[tuple[str, bytes]], clients: int, timeo
         **percentiles([dt for *_, dt in results]),
         "ok_p99_ms": percentiles([dt for _, s, dt in results if s == 200])["p99_ms"],
         "status_by_kind": {k: dict(v) for k, v in sorted(by_kind.items())},
+        "ms_by_kind": {k: percentiles([dt for kind, _, dt in results if kind == k]) for k in sorted(by_kind)},
         "answered_200": sum(s == 200 for _, s, _ in results),
         "audit_rows": verified.rows_checked,
         "audit_ok": verified.ok,
