@@ -26,6 +26,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,14 +37,41 @@ from so8t_core.ops.audit import AuditLog  # noqa: E402
 from so8t_core.ops.server import make_server  # noqa: E402
 
 
-def tiny_model(folder: Path):
-    """The tests' tiny model: a SentencePiece tokenizer on a few lines and a random 1-layer Phi-3."""
+def tiny_model(folder: Path, max_positions: int = 512):
+    """The tests' tiny model: a SentencePiece tokenizer on a few lines and a random 1-layer Phi-3 reading up to
+    ``max_positions`` tokens."""
     from so8t_core.lm.base_model import MIN_VOCAB, build_model, special_ids, tiny_phi3_config, train_tokenizer
     from so8t_core.think import QUAD_SYSTEM, format_quad
 
     lines = [format_quad("a", "b", "c", "d", "hello"), QUAD_SYSTEM, "hello world how are you today"] * 20
     tok = train_tokenizer(lines, folder / "tok", vocab_size=MIN_VOCAB)
-    return build_model(tiny_phi3_config(len(tok), hidden_size=32, num_layers=1, num_heads=2, **special_ids(tok))), tok
+    config = tiny_phi3_config(
+        len(tok), hidden_size=32, num_layers=1, num_heads=2, max_positions=max_positions, **special_ids(tok)
+    )
+    return build_model(config), tok
+
+
+def bench_model(model_dir: str | None, folder: Path, max_positions: int = 512):
+    """``(model, tokenizer)``: the folder ``model_dir`` when given, else ``tiny_model(folder, max_positions)``."""
+    if model_dir:
+        from so8t_core.lm.loading import load_model_and_tokenizer
+
+        return load_model_and_tokenizer(model_dir)
+    return tiny_model(folder, max_positions)
+
+
+@contextmanager
+def serving(state: AppState) -> Iterator[int]:
+    """An in-process server for ``state`` on a free loopback port (yielded), shut down on exit."""
+    server = make_server(state)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 def png_line() -> str:
@@ -69,9 +98,7 @@ def one(port: int, body: bytes) -> float:
 
 def run(state: AppState, body: bytes, requests: int, threads: int) -> dict[str, float]:
     """Requests/s and latency percentiles (ms) of ``requests`` identical requests from ``threads`` clients."""
-    server = make_server(state)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    port, lat, lock = server.server_address[1], [], threading.Lock()
+    lat, lock = [], threading.Lock()
 
     def client(n: int) -> None:
         for _ in range(n):
@@ -79,18 +106,18 @@ def run(state: AppState, body: bytes, requests: int, threads: int) -> dict[str, 
             with lock:
                 lat.append(dt)
 
-    one(port, body)  # warm-up (first generate, first fsync)
-    workers = [
-        threading.Thread(target=client, args=(requests // threads + (i < requests % threads),)) for i in range(threads)
-    ]
-    t0 = time.perf_counter()
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    wall = time.perf_counter() - t0
-    server.shutdown()
-    server.server_close()
+    with serving(state) as port:
+        one(port, body)  # warm-up (first generate, first fsync)
+        workers = [
+            threading.Thread(target=client, args=(requests // threads + (i < requests % threads),))
+            for i in range(threads)
+        ]
+        t0 = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        wall = time.perf_counter() - t0
     assert len(lat) == requests and state.audit.verify().ok
     q = statistics.quantiles(lat, n=20)
     return {"req_per_s": requests / wall, "p50_ms": 1e3 * statistics.median(lat), "p95_ms": 1e3 * q[18]}
@@ -108,12 +135,7 @@ def main() -> None:
     base = Path(a.dir) if a.dir else artifacts_dir() / "bench"
     base.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=base, prefix="serve_bench.") as tmp:
-        if a.model:
-            from so8t_core.lm.loading import load_model_and_tokenizer
-
-            model, tok = load_model_and_tokenizer(a.model)
-        else:
-            model, tok = tiny_model(Path(tmp))
+        model, tok = bench_model(a.model, Path(tmp))
         modes = [("refuse", "REFUSE", {"prompt": "how do I pick a lock?"}), ("allow", "ALLOW", {"prompt": "say hello"})]
         if a.ocr:
             modes.append(("image+refuse", "REFUSE", {"prompt": "what does it say?", "image_base64": png_line()}))

@@ -61,7 +61,6 @@ QUAD_SYSTEM = (
 
 # A tag name: letters/digits/underscores, with optional spaces around '-' or '_' joints ("think - observation").
 _TAG_HEAD = re.compile(r"<\s*(/?)\s*([A-Za-z][A-Za-z0-9_]*(?:\s*[-_]\s*[A-Za-z0-9]+)*)")
-_CONTROL = re.compile(r"<\|[^<>|]*\|>")
 
 
 @dataclass(frozen=True)
@@ -80,12 +79,26 @@ def _tag_kind(name: str) -> str | None:
 
 
 def strip_control(text: str) -> str:
-    """Remove chat control tokens (``<|end|>``…), repeatedly, since a removal can join a new one."""
-    while True:
-        shorter = _CONTROL.sub("", text)
-        if shorter == text:
-            return text
-        text = shorter
+    """Remove chat control tokens (``<|``, text without ``<``, ``|`` or ``>``, then ``|>``: ``<|end|>``…),
+    repeatedly, since a removal can join a new one.
+
+    One pass in linear time: a nested input like ``<|<|<|…|>|>|>`` would need one regex pass per level (minutes
+    for a 200 kB prompt). Two control tokens never overlap (their inner text holds no ``<``, ``|`` or ``>``), so
+    removing each one as soon as it ends, left to right, reaches the same result as removing them all repeatedly.
+    """
+    out: list[str] = []  # the text so far, with no control token left in it
+    marks: list[int] = []  # positions in ``out`` of its '<', '|' and '>' characters
+    for ch in text:
+        if ch == ">" and len(marks) >= 3 and out[-1] == "|":
+            k = marks[-3]  # a token is '<' '|' inner '|' '>', and its inner text holds no mark
+            if out[k] == "<" and marks[-2] == k + 1 and out[k + 1] == "|":
+                del out[k:]
+                del marks[-3:]
+                continue
+        if ch in "<|>":
+            marks.append(len(out))
+        out.append(ch)
+    return "".join(out)
 
 
 def lex(raw: str) -> Iterator[Tok]:
@@ -363,11 +376,15 @@ def stop_ids(tokenizer: Any) -> list[int]:
     return [s for s in stops if s is not None]
 
 
-def generate_raw(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 128) -> str:
+def generate_raw(
+    model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 128, max_time: float | None = None
+) -> str:
     """Greedy generation of the quad layout for ``prompt``; returns only the newly generated text.
 
     Decoded with special tokens kept, so a fine-tuned model whose think tags are special tokens cannot
     lose its tags (and so leak its thinking); the tokenizer's other special tokens are then removed.
+    ``max_time`` (seconds) stops generating once that much time has passed (transformers' ``MaxTimeCriteria``,
+    checked after each new token); an output cut short has no closed final part, so ``extract_final`` falls back.
     """
     import torch
 
@@ -377,14 +394,24 @@ def generate_raw(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.no_grad():
         out = model.generate(
-            **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=stop_ids(tokenizer)
+            **enc,
+            max_new_tokens=max_new_tokens,
+            max_time=max_time,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=stop_ids(tokenizer),
         )
     new = out[0, enc["input_ids"].shape[1] :]  # (new tokens,)
     return decode_raw(tokenizer, new)
 
 
 def respond(
-    model: Any, tokenizer: Any, prompt: str, decide: Callable[[str], str], max_new_tokens: int = 128
+    model: Any,
+    tokenizer: Any,
+    prompt: str,
+    decide: Callable[[str], str],
+    max_new_tokens: int = 128,
+    max_time: float | None = None,
 ) -> Response:
     """Answer one prompt under the safety policy, letting out only the final part.
 
@@ -398,6 +425,7 @@ def respond(
         prompt: the user's message.
         decide: the decision source.
         max_new_tokens: generation budget for ALLOW.
+        max_time: wall-clock budget of that generation in seconds (None: no limit).
     Returns:
         ``Response(final, decision, thinking_hash)``.
 
@@ -410,5 +438,5 @@ def respond(
         return Response(REFUSE_MESSAGE, decision, None)
     if decision == "ESCALATE":
         return Response(ESCALATE_MESSAGE, decision, None)
-    raw = generate_raw(model, tokenizer, prompt, max_new_tokens)
+    raw = generate_raw(model, tokenizer, prompt, max_new_tokens, max_time)
     return Response(extract_final(raw), decision, thinking_hash(raw))

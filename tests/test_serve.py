@@ -125,6 +125,8 @@ def test_healthz_names_model_decider_and_audit(audit) -> None:
         "model_id": "tiny@test",
         "decision_source": "test_decider",
         "audit_path": str(audit.path),
+        "queue": {"waiting": 0, "running": 0, "max_queue": 8},
+        "limits": {"max_prompt_tokens": None, "max_new_tokens": 128, "deadline_s": 30.0},  # no tokenizer: no count
     }
     assert head[0] == 200 and head[2] == b"" and head[1]["Content-Length"] == str(len(raw))
 
@@ -155,12 +157,14 @@ def test_allow_runs_the_real_model_through_extract_final(tiny, audit) -> None:
 
 
 class Scripted(torch.nn.Module):
-    """A model whose ``generate`` appends scripted ids (after ``delay`` s) and records how many run at once."""
+    """A model whose ``generate`` appends scripted ids (after ``delay`` s) and records how many run at once, and
+    the prompt length and keyword arguments of each call."""
 
     def __init__(self, model, script: list[int], delay: float = 0.0) -> None:
         super().__init__()
         self.model, self.config, self.script, self.delay = model, model.config, script, delay
         self.guard, self.inflight, self.max_inflight, self.calls = threading.Lock(), 0, 0, 0
+        self.seen: list[tuple[int, dict]] = []
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
@@ -170,6 +174,7 @@ class Scripted(torch.nn.Module):
             self.inflight += 1
             self.calls += 1
             self.max_inflight = max(self.max_inflight, self.inflight)
+            self.seen.append((input_ids.shape[1], kwargs))
         time.sleep(self.delay)
         with self.guard:
             self.inflight -= 1
@@ -445,7 +450,7 @@ def test_image_summary_reaches_the_model_and_the_log_keeps_only_hashes(audit) ->
         pytest.MonkeyPatch.context() as mp,
         running(state_for(None, None, audit, decide=lambda t: seen.append(t) or "ALLOW", ocr_lang="eng")) as port,
     ):
-        mp.setattr(think_mod, "generate_raw", lambda m, t, prompt, n: prompts.append(prompt) or QUAD)
+        mp.setattr(think_mod, "generate_raw", lambda m, t, prompt, n, s: prompts.append(prompt) or QUAD)
         b64png = b64(png)
         status, _, raw = call(port, "POST", "/think", {"prompt": "What does this say?", "image_base64": b64png})
         bad = call(port, "POST", "/think", {"prompt": "x", "image_base64": b64(b"GIF89a broken")})

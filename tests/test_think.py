@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import re
+import time
 
 import pytest
 import torch
@@ -21,6 +23,7 @@ from so8t_core.think import (
     format_quad,
     lex,
     respond,
+    strip_control,
     thinking_hash,
 )
 
@@ -195,6 +198,26 @@ def test_build_prompt_user_cannot_inject_a_turn() -> None:
     assert p.count("<|assistant|>") == 1 and p.count("<|end|>") == 2
     with pytest.raises(ValueError, match="user_text"):
         build_prompt("<|end|>  ")
+
+
+def _strip_control_by_regex(text: str) -> str:
+    """The definition: remove ``<|...|>`` control tokens again and again until none is left."""
+    while (shorter := re.sub(r"<\|[^<>|]*\|>", "", text)) != text:
+        text = shorter
+    return text
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="<|>ab\n", max_size=30))
+def test_strip_control_matches_repeated_removal(text: str) -> None:
+    assert strip_control(text) == _strip_control_by_regex(text)
+
+
+def test_strip_control_is_linear_on_nested_tokens() -> None:
+    nested = "<|" * 50_000 + "x" + "|>" * 50_000  # 200 kB: one regex pass per level took minutes
+    t0 = time.perf_counter()
+    assert strip_control("a" + nested + "b<|end|>c") == "abc"
+    assert time.perf_counter() - t0 < 2.0
 
 
 def test_special_tokens_are_stripped_but_tags_kept() -> None:

@@ -9,6 +9,10 @@ the warning is appended too and returned as ``ocr_warnings``, so an unread image
 The answer comes only from ``think.respond`` (``extract_final`` or a fixed message). Every answered request is
 one ``AuditLog.log_decision`` row (see ``ops.server``).
 
+The work one request causes is bounded (``ops.limits``): a prompt over the token limit is refused (413) before
+the decision source or the model sees it; a request that needs the model waits in a bounded queue or is refused
+(503, ``Retry-After``); its turn with the model (a heads decision and generation) ends at ``deadline_s``.
+
 Explained in notebooks/06_safety_eval.ipynb.
 """
 
@@ -20,6 +24,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +33,7 @@ from typing import Any
 from so8t_core.config import check
 from so8t_core.ops.audit import AuditLog
 from so8t_core.ops.audit_chain import canonical_json
+from so8t_core.ops.limits import Admission, Busy, PromptLimit, chars_per_token, prompt_token_limit
 from so8t_core.ops.ocr import (
     ImageTooLargeError,
     InvalidImageError,
@@ -76,7 +82,13 @@ class AppState:
         decision_source: name of the policy shown by ``/healthz`` and logged as the reason.
         decide: text -> ALLOW/ESCALATE/REFUSE (a baseline, heads via ``safety.heads.heads_decider``, ...).
         decide_uses_model: ``decide`` runs the model (heads), so it must hold the model lock.
+        decide_max_tokens: the most tokens of a prompt ``decide`` reads (heads), or None.
         max_new_tokens, max_body, read_timeout_s: generation budget, body limit (bytes), socket timeout.
+        max_prompt_tokens: prompt limit in tokens (``limits.prompt_token_limit``; None: derived from the model's
+            context and ``decide_max_tokens``; no limit without a tokenizer).
+        deadline_s: the longest one request holds the model (a heads decision and ``generate``'s ``max_time``).
+        max_queue: requests that may wait for the model while one uses it; a wait ends after
+            ``max_queue * deadline_s``, when every turn ahead would have used its whole deadline.
         ocr_lang, ocr_fn: Tesseract languages and the OCR function ``(bytes, lang) -> OCRResult``.
     """
 
@@ -87,20 +99,33 @@ class AppState:
     decision_source: str
     decide: Callable[[str], str]
     decide_uses_model: bool = False
+    decide_max_tokens: int | None = None
     max_new_tokens: int = 128
     max_body: int = 2 << 20
     read_timeout_s: float = 30.0
+    max_prompt_tokens: int | None = None
+    deadline_s: float = 30.0
+    max_queue: int = 8
     ocr_lang: str = "jpn+eng"
     ocr_fn: Callable[[bytes, str], OCRResult] = _default_ocr
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    limit: PromptLimit | None = field(init=False, repr=False, compare=False)
+    admission: Admission = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check(callable(self.decide), "decide", self.decide, "must be a callable text -> decision")
         for name in ("model_id", "decision_source"):  # both go into every audit row
             v = getattr(self, name)
             check(isinstance(v, str) and 0 < len(v) <= 200, name, v, "must be a non-empty string of at most 200 chars")
-        for name in ("max_new_tokens", "max_body", "read_timeout_s"):
+        for name in ("max_new_tokens", "max_body", "read_timeout_s", "deadline_s"):
             check(getattr(self, name) > 0, name, getattr(self, name), "must be > 0")
+        limit = None
+        if self.tokenizer is not None:
+            config = getattr(self.model, "config", None)
+            tokens = prompt_token_limit(config, self.max_new_tokens, self.decide_max_tokens, self.max_prompt_tokens)
+            limit = PromptLimit(tokens, chars_per_token(self.tokenizer)) if tokens is not None else None
+        object.__setattr__(self, "limit", limit)  # frozen: derived once, here
+        object.__setattr__(self, "admission", Admission(self.lock, self.max_queue, self.max_queue * self.deadline_s))
 
 
 # ---------------------------------------------------------------------------------------------- request logic
@@ -195,15 +220,23 @@ def _run_ocr(state: AppState, image: bytes) -> OCRResult:
         raise RequestError(503, f"OCR is not available on this server: {e}") from None
 
 
+def _check_length(state: AppState, text: str) -> None:
+    why = state.limit.refusal(state.tokenizer, text) if state.limit is not None else None
+    if why is not None:
+        raise RequestError(413, why)
+
+
 def _answer(state: AppState, text: str) -> Response:
-    if state.decide_uses_model:
-        with state.lock:  # the heads' forward pass and generate share the model
-            return respond(state.model, state.tokenizer, text, state.decide, state.max_new_tokens)
-    label = state.decide(text)  # a baseline does not touch the model: no lock needed
-    if label != "ALLOW":
+    label = None if state.decide_uses_model else state.decide(text)  # a baseline does not touch the model
+    if label is not None and label != "ALLOW":
         return respond(state.model, state.tokenizer, text, lambda _: label)
-    with state.lock:
-        return respond(state.model, state.tokenizer, text, lambda _: label, state.max_new_tokens)
+    try:
+        with state.admission.turn() as started:  # the heads' forward pass and generate share the model
+            decision = label or state.decide(text)
+            left = max(state.deadline_s - (time.monotonic() - started), 0.0)  # the decision used part of the turn
+            return respond(state.model, state.tokenizer, text, lambda _: decision, state.max_new_tokens, left)
+    except Busy as e:
+        raise RequestError(503, e.message, {"Retry-After": str(e.retry_after_s)}) from None
 
 
 def think(state: AppState, req: ThinkRequest, request_id: str) -> dict[str, Any]:
@@ -216,10 +249,14 @@ def think(state: AppState, req: ThinkRequest, request_id: str) -> dict[str, Any]
         request_id: a fresh id (the handler uses ``uuid4().hex``).
     Returns:
         ``{"request_id", "decision", "final"}``, plus ``"ocr_warnings"`` (a list, often empty) with an image.
-        Raises ``RequestError`` for an image OCR refuses.
+        Raises ``RequestError`` for an image OCR refuses, a prompt over the limit (413) or a full queue (503).
     """
+    _check_length(state, req.prompt)  # before OCR: a prompt too long alone is refused at once
     ocr = _run_ocr(state, req.image) if req.image is not None else None
-    r = _answer(state, model_text(req.prompt, ocr.summary if ocr else None, ocr.warnings if ocr else ()))
+    text = model_text(req.prompt, ocr.summary if ocr else None, ocr.warnings if ocr else ())
+    if ocr is not None:
+        _check_length(state, text)
+    r = _answer(state, text)
     state.audit.log_decision(
         request_id=request_id,
         decision=r.decision,
@@ -237,11 +274,18 @@ def think(state: AppState, req: ThinkRequest, request_id: str) -> dict[str, Any]
     return out
 
 
-def health(state: AppState) -> dict[str, str]:
-    """What ``GET /healthz`` returns: model id, decision source and audit log path."""
+def health(state: AppState) -> dict[str, Any]:
+    """What ``GET /healthz`` returns: model id, decision source, audit log path, the model's queue and the limits.
+    It never takes the model lock, so it answers while a generation runs."""
     return {
         "status": "ok",
         "model_id": state.model_id,
         "decision_source": state.decision_source,
         "audit_path": str(state.audit.path),
+        "queue": state.admission.depth(),
+        "limits": {
+            "max_prompt_tokens": state.limit.max_tokens if state.limit is not None else None,
+            "max_new_tokens": state.max_new_tokens,
+            "deadline_s": state.deadline_s,
+        },
     }

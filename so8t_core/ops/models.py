@@ -73,7 +73,8 @@ def load_decider(model: Any, tokenizer: Any, model_dir: str | Path, source: str 
 
     Without notebook 06's decision (it has not run), the documented fallback: heads next to the model (or recorded
     for its weights), else the TF-IDF baseline fitted on the generated train split, both at their own
-    thresholds. Returns ``AppState`` keyword arguments: ``decision_source``, ``decide`` and ``decide_uses_model``.
+    thresholds. Returns ``AppState`` keyword arguments: ``decision_source``, ``decide``, ``decide_uses_model`` and
+    ``decide_max_tokens`` (the most tokens of a prompt the source reads: heads cut longer ones).
 
     Raises:
         ValueError: ``source`` is not one notebook 06 measured (names the choices), or its heads do not fit.
@@ -83,7 +84,12 @@ def load_decider(model: Any, tokenizer: Any, model_dir: str | Path, source: str 
     decision = read_decision()
     if decision is not None:
         decider = build_decider(decision, source, model, tokenizer, model_dir)
-        return {"decision_source": decider.name, "decide": decider, "decide_uses_model": decider.uses_model}
+        return {
+            "decision_source": decider.name,
+            "decide": decider,
+            "decide_uses_model": decider.uses_model,
+            "decide_max_tokens": decider.max_tokens,
+        }
     if source is not None:
         raise ValueError(
             f"--decision-source {source!r}: no decision.json yet; run {notebook_for('06_safety_eval')} "
@@ -94,7 +100,7 @@ def load_decider(model: Any, tokenizer: Any, model_dir: str | Path, source: str 
 
 def _fallback_decider(model: Any, tokenizer: Any, model_dir: str | Path) -> dict[str, Any]:
     from so8t_core.safety.baselines import make_baseline
-    from so8t_core.safety.heads import HEADS_NOTEBOOK, heads_decider, load_heads
+    from so8t_core.safety.heads import HEADS_MAX_TOKENS, HEADS_NOTEBOOK, heads_decider, load_heads
     from so8t_core.safety.registry import find_heads_for_model
 
     # beside the model, else the heads notebook 06 recorded for these exact weights
@@ -105,6 +111,7 @@ def _fallback_decider(model: Any, tokenizer: Any, model_dir: str | Path) -> dict
             "decision_source": "tfidf_baseline",
             "decide": lambda text: baseline.predict([text])[0],
             "decide_uses_model": False,
+            "decide_max_tokens": None,
         }
     heads, thresholds = load_heads(folder)
     check(
@@ -117,4 +124,5 @@ def _fallback_decider(model: Any, tokenizer: Any, model_dir: str | Path) -> dict
         "decision_source": "safety_heads",
         "decide": heads_decider(model, tokenizer, heads, thresholds),
         "decide_uses_model": True,
+        "decide_max_tokens": HEADS_MAX_TOKENS,
     }

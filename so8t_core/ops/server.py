@@ -1,18 +1,22 @@
 """The ``/think`` HTTP endpoint: a prompt (and optionally an image) in, a policy decision and a final answer out.
 
     python -m so8t_core.serve [--model DIR] [--host 127.0.0.1] [--port 8088] [--audit artifacts/audit/audit.db]
-        [--max-body 2MB] [--max-new-tokens 128] [--allow-remote]
-        [--decision-source NAME]
+        [--max-body 2MB] [--max-new-tokens 128] [--max-prompt-tokens N] [--deadline-s 30] [--max-queue 8]
+        [--allow-remote] [--decision-source NAME]
 
     POST /think    {"prompt": str, "image_base64": str (optional)} -> 200 {"request_id", "decision", "final"}
-    GET  /healthz  -> 200 {"status", "model_id", "decision_source", "audit_path"}
+    GET  /healthz  -> 200 {"status", "model_id", "decision_source", "audit_path", "queue", "limits"}
     errors         -> 4xx/5xx {"error": "..."}: 400 bad JSON, fields, base64 or image; 404 path; 405 method;
-                      411 no Content-Length; 413 body or image too large; 415 not JSON; 422 OCR failed on the
-                      image; 500 internal; 503 OCR not installed. The server keeps serving.
+                      411 no Content-Length; 413 body, image or prompt (in tokens) too large; 415 not JSON;
+                      422 OCR failed on the image; 500 internal; 503 queue full (with Retry-After) or OCR not
+                      installed. The server keeps serving.
 
 The standard library's ``ThreadingHTTPServer`` (no new dependency), one thread per connection. A model lock lets
 one request at a time use the model (safety heads, ``generate``); parsing, OCR, a baseline decision, the fixed
-REFUSE/ESCALATE answers and audit writes run in parallel.
+REFUSE/ESCALATE answers and audit writes run in parallel. The work of one request is bounded (``ops.limits``): a
+prompt over ``--max-prompt-tokens`` is refused before any model work, at most ``--max-queue`` requests wait for
+the model (the next gets 503 at once), and a turn with the model ends after ``--deadline-s``. ``/healthz`` never
+waits for the model.
 
 An image is read locally by ``ocr.ocr_summary`` and only its summary is appended to the prompt (``model_text``);
 decision and answer both see that text. The answer comes only from ``think.respond`` (``extract_final`` or a
@@ -24,7 +28,7 @@ The decision source is the one notebook 06 chose on dev (``safety.decision``, ``
 Every answered request is one ``AuditLog.log_decision`` row: decision, decision source (as reason), ``input_hash``,
 thinking hash (for REFUSE/ESCALATE, which generate nothing, the hash of no thinking), final text, model id and,
 with an image, its SHA-256 and the OCR summary (purged after ``audit.RETENTION_DAYS``, at start-up). A rejected
-request (4xx) reached no decision and is not logged as one. If the audit write fails the answer is withheld (500).
+request (4xx, 503) reached no decision and is not logged as one. If the audit write fails the answer is withheld (500).
 
 Explained in notebooks/06_safety_eval.ipynb.
 """
@@ -225,6 +229,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--audit", help="audit log file (default: artifacts/audit/audit.db)")
     p.add_argument("--max-body", default="2MB")
     p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=None,
+        help="longest prompt (with OCR text) in model tokens; default: the model's trained context less "
+        "--max-new-tokens, at most what the decision source reads (512 for safety heads)",
+    )
+    p.add_argument("--deadline-s", type=float, default=30.0, help="longest turn of one request with the model")
+    p.add_argument("--max-queue", type=int, default=8, help="requests that may wait for the model; then 503")
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host (no auth, no TLS)")
     p.add_argument(
         "--decision-source",
@@ -260,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
             model_identity(choice),
             max_new_tokens=args.max_new_tokens,
             max_body=max_body,
+            max_prompt_tokens=args.max_prompt_tokens,
+            deadline_s=args.deadline_s,
+            max_queue=args.max_queue,
             **load_decider(model, tok, choice.source, args.decision_source),
         )
         server = make_server(state, args.host, args.port, args.allow_remote)
@@ -272,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     host = f"[{host}]" if ":" in host else host
     print(
         f"so8t serve: {state.model_id} ({state.decision_source}); audit {audit.path} ({purged} OCR summaries "
-        f"purged); listening on http://{host}:{port}",
+        f"purged); prompts up to {state.limit.max_tokens if state.limit else 'any number of'} tokens, turns of "
+        f"{state.deadline_s:g} s, {state.max_queue} waiting at most; listening on http://{host}:{port}",
         flush=True,
     )
     signal.signal(signal.SIGTERM, _stop)

@@ -23,7 +23,7 @@ import numpy as np
 from so8t_core.artifacts import MANIFEST, model_fingerprint, write_json_atomic
 from so8t_core.config import artifacts_dir, check
 from so8t_core.safety.baselines import BASELINES, make_baseline
-from so8t_core.safety.heads import HEADS_NOTEBOOK, HEADS_STAGE, load_heads, pooled_hidden_states
+from so8t_core.safety.heads import HEADS_MAX_TOKENS, HEADS_NOTEBOOK, HEADS_STAGE, load_heads, pooled_hidden_states
 from so8t_core.safety.labels import LABELS
 from so8t_core.safety.systems import OR
 
@@ -80,6 +80,11 @@ class Decider:
 
     def __call__(self, text: str) -> str:
         return self.predict([text])[0][0]
+
+    @property
+    def max_tokens(self) -> int | None:
+        """The most tokens of a prompt this source reads (heads cut longer prompts), or None for no limit."""
+        return HEADS_MAX_TOKENS if self.uses_model else None
 
 
 @dataclass

@@ -48,6 +48,7 @@ HEADS_WEIGHTS = "safety_heads.safetensors"
 HEADS_CONFIG = "safety_heads.json"
 HEADS_STAGE = "06_safety_eval"  # the stage whose folder holds heads trained on a model
 HEADS_NOTEBOOK = f"notebooks/{HEADS_STAGE}.ipynb"
+HEADS_MAX_TOKENS = 512  # tokens of a prompt the heads read; a server must refuse longer prompts, not cut them
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def pooled_hidden_states(
     tokenizer: Any,
     prompts: Sequence[str],
     batch_size: int = 16,
-    max_length: int = 512,
+    max_length: int = HEADS_MAX_TOKENS,
     layers: Sequence[int] = (-1,),
 ) -> torch.Tensor:
     """Masked mean of the final (post-norm) hidden state of each prompt, or of several layers side by side.
