@@ -36,8 +36,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from so8t_core.config import check
-from so8t_core.gate.rotation import commutator_norm, eigen_angles, rotate_blocks
-from so8t_core.gate.soul import SoulConfig, SoulWrapper, causal_lm_loss
+from so8t_core.gate.rotation import commutator_norm, eigen_angles
+from so8t_core.gate.soul import SoulConfig, SoulWrapper, causal_lm_loss, mix
 from so8t_core.safety.heads import TASKS, SafetyHeads
 from so8t_core.safety.labels import LABELS, LabeledSet
 
@@ -93,9 +93,9 @@ def mixed_views(wrapper: SoulWrapper, h: Tensor, routed: bool) -> tuple[Tensor, 
     s = wrapper.alpha.weight
     Rc, Rs = wrapper.rotation.r_cmd.matrices(), wrapper.rotation.r_safe.matrices()  # (blocks, 8, 8) each
     if not routed:
-        m = h + s * rotate_blocks(h, Rc @ Rs)
+        m = mix(h, Rc @ Rs, s)
         return m, m
-    return h + s * rotate_blocks(h, Rc @ Rs.detach()), h + s * rotate_blocks(h, Rc.detach() @ Rs)
+    return mix(h, Rc @ Rs.detach(), s), mix(h, Rc.detach() @ Rs, s)
 
 
 def head_loss(out: dict[str, Tensor], task_logits: Tensor, y: dict[str, Tensor]) -> Tensor:
@@ -268,12 +268,16 @@ def pillar_probs(wrapper: SoulWrapper, heads: SafetyHeads, pooled: Tensor) -> di
 # --- fusion ----------------------------------------------------------------------------------------------
 @torch.no_grad()
 def gate_matrix(wrapper: SoulWrapper) -> Tensor:
-    """(H, H) float64 ``I + sigmoid(alpha) R_total`` (the identity without a gate)."""
+    """(H, H) float64 ``I + sigmoid(alpha) R_total`` (the identity without a gate).
+
+    Built by passing the identity's rows through ``mix`` (row k becomes column k of the gate), so the fused heads
+    follow the gate's one definition.
+    """
     H = wrapper.rotation.hidden_size
     eye = torch.eye(H, dtype=torch.float64)
     if not wrapper.use_gate:
         return eye
-    return eye + wrapper.alpha.weight.double() * wrapper.rotation.dense().double()
+    return mix(eye, wrapper.rotation.matrices(), wrapper.alpha.weight.double()).T  # (H, H)
 
 
 @torch.no_grad()
@@ -320,7 +324,7 @@ def factor_report(wrapper: SoulWrapper, heads: SafetyHeads, pooled: Tensor, labe
     eye = torch.eye(8).expand_as(Rc)
     margins = {}
     for name, R in (("both", Rc @ Rs), ("safe_only", Rs), ("cmd_only", Rc), ("none", eye)):
-        logit = heads(pooled + s * rotate_blocks(pooled, R))["refuse"]
+        logit = heads(mix(pooled, R, s))["refuse"]
         margins[name] = float(logit[y].mean() - logit[~y].mean())
     return {
         "angles_safe": sorted(eigen_angles(Rs).flatten().tolist()),
