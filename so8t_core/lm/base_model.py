@@ -27,6 +27,7 @@ from transformers import LlamaTokenizer, Phi3Config, Phi3ForCausalLM, PreTrained
 
 from so8t_core.artifacts import atomic_path
 from so8t_core.config import check
+from so8t_core.lm.batching import right_pad
 from so8t_core.lm.corpus import chat_turn
 from so8t_core.lm.tokenizer import exact_fast_tokenizer
 from so8t_core.think import FINAL_TAG, THINK_PARTS
@@ -247,12 +248,7 @@ def token_batches(
     rows = [d[s : s + seq_len] for d in encode_documents(tokenizer, texts) for s in range(0, len(d) - 1, seq_len - 1)]
     batches = []
     for i in range(0, len(rows), batch_size):
-        chunk = rows[i : i + batch_size]
-        width = max(map(len, chunk))
-        ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for r, row in enumerate(chunk):
-            ids[r, : len(row)], mask[r, : len(row)] = torch.tensor(row), 1
+        ids, mask = right_pad(rows[i : i + batch_size], tokenizer.pad_token_id)  # (B, T) each
         batches.append({"input_ids": ids, "attention_mask": mask})
     return batches
 

@@ -41,6 +41,7 @@ from torch.nn import functional as F
 
 from so8t_core.artifacts import atomic_path, write_json_atomic
 from so8t_core.config import check
+from so8t_core.lm.batching import right_pad
 from so8t_core.safety.labels import LABELS, metrics
 
 TASKS = ("information", "coding", "creative", "advice")
@@ -164,12 +165,7 @@ def pooled_hidden_states(
 def _pool_batch(
     model: Any, ids: Sequence[Sequence[int]], device: torch.device, layers: Sequence[int] = (-1,)
 ) -> torch.Tensor:
-    T = max(len(x) for x in ids)
-    input_ids = torch.zeros(len(ids), T, dtype=torch.long)  # (B, T); pad id is irrelevant under the mask
-    mask = torch.zeros(len(ids), T, dtype=torch.long)  # (B, T)
-    for b, x in enumerate(ids):
-        input_ids[b, : len(x)] = torch.tensor(x)
-        mask[b, : len(x)] = 1
+    input_ids, mask = right_pad(ids)  # (B, T) each; the pad id is irrelevant under the mask
     out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
     m = mask.to(device).unsqueeze(-1).float()  # (B, T, 1)
     means = [(out.hidden_states[i].float() * m).sum(1) / m.sum(1) for i in layers]  # each (B, H)

@@ -38,6 +38,7 @@ from torch.nn import functional as F
 from so8t_core.config import check
 from so8t_core.gate.rotation import commutator_norm, eigen_angles
 from so8t_core.gate.soul import SoulConfig, SoulWrapper, causal_lm_loss, mix
+from so8t_core.lm.batching import encode_prompts
 from so8t_core.safety.heads import TASKS, SafetyHeads
 from so8t_core.safety.labels import LABELS, LabeledSet
 
@@ -65,17 +66,6 @@ class PillarSettings:
 
 
 # --- tensors ---------------------------------------------------------------------------------------------
-def tokenize(tokenizer: Any, prompts: Sequence[str], max_length: int) -> tuple[Tensor, Tensor]:
-    """Right-padded ids and mask (N, T), each prompt tokenised alone (as ``heads.pooled_hidden_states`` does)."""
-    ids = [tokenizer(p)["input_ids"][:max_length] for p in prompts]
-    check(all(len(x) > 0 for x in ids), "prompts", len(ids), "a prompt has no tokens")
-    T = max(len(x) for x in ids)
-    out, mask = torch.zeros(len(ids), T, dtype=torch.long), torch.zeros(len(ids), T, dtype=torch.long)
-    for i, x in enumerate(ids):
-        out[i, : len(x)], mask[i, : len(x)] = torch.tensor(x), 1
-    return out, mask
-
-
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     """Mean over real tokens: (B, T, H), (B, T) -> (B, H)."""
     m = mask.to(x.device).unsqueeze(-1).float()  # (B, T, 1)
@@ -177,7 +167,7 @@ def pooled_states(wrapper: SoulWrapper, tokenizer: Any, prompts: Sequence[str], 
     out = torch.zeros(len(prompts), wrapper.rotation.hidden_size)
     for i in range(0, len(order), settings.batch_eval):
         idx = order[i : i + settings.batch_eval]
-        ids, mask = tokenize(tokenizer, [prompts[j] for j in idx], settings.max_length)
+        ids, mask = encode_prompts(tokenizer, [prompts[j] for j in idx], settings.max_length)
         out[idx] = masked_mean(wrapper.hidden(ids, mask).float(), mask).cpu()
     wrapper.train(was)
     return out
@@ -213,12 +203,12 @@ def train_pillars(
         seed: heads init and batch order.
         init_pooled: pooled h of train prompts under the untrained family (for the standardisation; every
             family starts as the identity on the body, so the frozen model's features serve); default: pooled here.
-        tokens: ``tokenize(tokenizer, train.prompts, settings.max_length)`` if already done.
+        tokens: ``batching.encode_prompts(tokenizer, train.prompts, settings.max_length)`` if already done.
     Returns:
         ``(heads, timeline)``; timeline rows hold the step's ``lm`` and ``heads`` losses.
     """
     torch.manual_seed(seed)
-    ids, mask = tokens if tokens is not None else tokenize(tokenizer, train.prompts, settings.max_length)
+    ids, mask = tokens if tokens is not None else encode_prompts(tokenizer, train.prompts, settings.max_length)
     y = targets(train)
     pooled = (
         init_pooled if init_pooled is not None else pooled_states(wrapper, tokenizer, train.prompts[:512], settings)

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from so8t_core.config import check
 from so8t_core.lm.base_model import END_OF_TURN
+from so8t_core.lm.batching import right_pad
 from so8t_core.lm.corpus import chat_turn
 from so8t_core.text import normalize_text
 from so8t_core.verdicts import need
@@ -149,13 +150,9 @@ def encode_row(tokenizer: Any, prompt: str, target: str) -> tuple[list[int], lis
 
 
 def collate(encoded: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Right-padded (input_ids, attention_mask, labels), each (B, T)."""
-    width = max(len(ids) for ids, _ in encoded)
-    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    labels = torch.full_like(ids, -100)
-    for r, (x, y) in enumerate(encoded):
-        ids[r, : len(x)], mask[r, : len(x)], labels[r, : len(y)] = torch.tensor(x), 1, torch.tensor(y)
+    """Right-padded (input_ids, attention_mask, labels), each (B, T); each row's labels are as long as its ids."""
+    ids, mask = right_pad([x for x, _ in encoded], pad_id)  # (B, T) each
+    labels, _ = right_pad([y for _, y in encoded], -100)  # (B, T): same lengths as the ids
     return ids, mask, labels
 
 
