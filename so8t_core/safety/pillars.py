@@ -38,7 +38,7 @@ from torch.nn import functional as F
 from so8t_core.config import check
 from so8t_core.gate.rotation import commutator_norm, eigen_angles
 from so8t_core.gate.soul import SoulConfig, SoulWrapper, causal_lm_loss, mix
-from so8t_core.lm.batching import encode_prompts
+from so8t_core.lm.batching import encode_prompts, masked_mean, pool_prompts
 from so8t_core.safety.heads import TASKS, SafetyHeads
 from so8t_core.safety.labels import LABELS, LabeledSet
 
@@ -66,12 +66,6 @@ class PillarSettings:
 
 
 # --- tensors ---------------------------------------------------------------------------------------------
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean over real tokens: (B, T, H), (B, T) -> (B, H)."""
-    m = mask.to(x.device).unsqueeze(-1).float()  # (B, T, 1)
-    return (x * m).sum(1) / m.sum(1)
-
-
 def mixed_views(wrapper: SoulWrapper, h: Tensor, routed: bool) -> tuple[Tensor, Tensor]:
     """The mixed state as the LM/task losses see it and as the safety/dual losses see it (equal values).
 
@@ -160,17 +154,16 @@ def trainable_count(wrapper: SoulWrapper) -> int:
 # --- training --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def pooled_states(wrapper: SoulWrapper, tokenizer: Any, prompts: Sequence[str], settings: PillarSettings) -> Tensor:
-    """Masked mean of the final (post-norm) hidden state h, (N, H) float32; the gate is *not* applied."""
-    was = wrapper.training
-    wrapper.eval()
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths, little padding
-    out = torch.zeros(len(prompts), wrapper.rotation.hidden_size)
-    for i in range(0, len(order), settings.batch_eval):
-        idx = order[i : i + settings.batch_eval]
-        ids, mask = encode_prompts(tokenizer, [prompts[j] for j in idx], settings.max_length)
-        out[idx] = masked_mean(wrapper.hidden(ids, mask).float(), mask).cpu()
-    wrapper.train(was)
-    return out
+    """Masked mean of the final (post-norm) hidden state h, (N, H) float32; the gate is *not* applied.
+
+    The same ``lm.batching.pool_prompts`` as ``heads.pooled_hidden_states`` (the server's and the CLI's feature).
+    """
+
+    def states(ids: Tensor, mask: Tensor) -> list[Tensor]:
+        return [wrapper.hidden(ids, mask)]  # (B, T, H)
+
+    H = wrapper.rotation.hidden_size
+    return pool_prompts(wrapper, states, tokenizer, prompts, H, settings.batch_eval, settings.max_length)
 
 
 @torch.no_grad()

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from so8t_core.config import check
 from so8t_core.lm.base_model import END_OF_TURN
-from so8t_core.lm.batching import right_pad
+from so8t_core.lm.batching import masked_mean, right_pad
 from so8t_core.lm.corpus import chat_turn
 from so8t_core.text import normalize_text
 from so8t_core.verdicts import need
@@ -54,9 +54,7 @@ class CaptionEncoder(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
-        m = mask.unsqueeze(-1).float()  # (B, T, 1)
-        pooled = (self.embed(ids) * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, D)
-        return self.proj(pooled)
+        return self.proj(masked_mean(self.embed(ids), mask))  # (B, D)
 
 
 def sigmoid_contrastive_loss(img: Tensor, txt: Tensor, log_t: Tensor, bias: Tensor, same: Tensor) -> Tensor:
