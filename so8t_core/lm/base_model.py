@@ -30,7 +30,7 @@ from so8t_core.config import check
 from so8t_core.lm.batching import right_pad
 from so8t_core.lm.corpus import chat_turn
 from so8t_core.lm.tokenizer import exact_fast_tokenizer
-from so8t_core.think import FINAL_TAG, THINK_PARTS
+from so8t_core.think import FINAL_TAG, THINK_PARTS, stop_ids
 
 SPM_FILE = "tokenizer.model"
 CHAT_TOKENS = ("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
@@ -409,14 +409,12 @@ def greedy_chat(model: Any, tokenizer: PreTrainedTokenizerBase, user: str, max_n
     """
     framed = encode_documents(tokenizer, [chat_turn(user)])[0]
     prompt = torch.tensor([framed[:-1] if framed[-1] == tokenizer.eos_token_id else framed], device=device_of(model))
-    ends = (tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.eos_token_id)
-    stop = [i for i in ends if i is not None and i != tokenizer.unk_token_id]  # a vocab without <|end|> maps it to unk
     out = model.generate(
         input_ids=prompt,
         attention_mask=torch.ones_like(prompt),
         max_new_tokens=max_new_tokens,
         do_sample=False,
-        eos_token_id=stop,
+        eos_token_id=stop_ids(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
     )
     return tokenizer.decode(out[0, prompt.shape[1] :], skip_special_tokens=False)

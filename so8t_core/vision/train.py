@@ -35,6 +35,7 @@ from so8t_core.lm.base_model import END_OF_TURN
 from so8t_core.lm.batching import masked_mean, right_pad
 from so8t_core.lm.corpus import chat_turn
 from so8t_core.text import normalize_text
+from so8t_core.think import stop_ids
 from so8t_core.verdicts import need
 from so8t_core.vision.data import ImageSpec, VisualSample, to_pixels
 from so8t_core.vision.model import VisualLM
@@ -311,12 +312,12 @@ def greedy_answer(
     ids, _ = encode_row(tokenizer, prompt, "")
     ids = ids[:-1]  # drop the end token that encode_row appends to the (empty) target
     prefix = vlm.visual_prefix(pixel_values) if pixel_values is not None else None
-    end = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    stops = stop_ids(tokenizer)
     new: list[int] = []
     for _ in range(max_new_tokens):
         x = torch.tensor([ids + new])
         nxt = int(vlm(x, prefix=prefix).logits[0, -1].argmax())
-        if nxt in (end, tokenizer.eos_token_id):
+        if nxt in stops:
             break
         new.append(nxt)
     return tokenizer.decode(new, skip_special_tokens=True).strip()
