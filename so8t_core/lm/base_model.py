@@ -28,16 +28,14 @@ from transformers import LlamaTokenizer, Phi3Config, Phi3ForCausalLM, PreTrained
 from so8t_core.artifacts import atomic_path
 from so8t_core.config import check
 from so8t_core.lm.batching import right_pad
-from so8t_core.lm.corpus import chat_turn
 from so8t_core.lm.tokenizer import exact_fast_tokenizer
-from so8t_core.think import FINAL_TAG, THINK_PARTS, stop_ids
+from so8t_core.think import FINAL_TAG, THINK_PARTS, chat_turn, stop_ids
 
 SPM_FILE = "tokenizer.model"
 CHAT_TOKENS = ("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 QUAD_TAGS = tuple(t for p in (*(f"think-{p}" for p in THINK_PARTS), FINAL_TAG) for t in (f"<{p}>", f"</{p}>"))
 UNK, BOS = "<unk>", "<s>"
 EOS = PAD = "<|endoftext|>"  # as in Phi-3: documents end with <|endoftext|>, which also pads
-END_OF_TURN = "<|end|>"
 # 256 byte pieces + 3 control pieces + the user-defined symbols, and room for some merges
 MIN_VOCAB = 256 + 3 + len(CHAT_TOKENS) + len(QUAD_TAGS) + 64
 PHI3_CHAT_TEMPLATE = (

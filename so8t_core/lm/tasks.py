@@ -30,6 +30,7 @@ import torch
 
 from so8t_core.config import check
 from so8t_core.lm.batching import right_pad
+from so8t_core.think import chat_turn
 
 TASKS = ("remap", "format", "arith")
 SPLITS = ("train", "dev", "test")
@@ -40,7 +41,7 @@ _ONE_WORD = re.compile(r"[a-z]{3,12}")
 FRAMINGS = (
     "Q: {q} A:",
     "質問：{q} 答え：",
-    "<|user|>\n{q}<|end|>\n<|assistant|>\n",
+    chat_turn("{q}"),
     "{q}\nAnswer:",
 )
 FACT_PHRASINGS = (

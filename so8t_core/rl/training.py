@@ -39,7 +39,7 @@ REWARDS = ("structure", "consistency", "correctness", "stability")
 
 
 def chat_prompt(user: str) -> str:
-    """The prompt layout the project's models were trained on (``corpus.chat_turn``: no system turn)."""
+    """The prompt layout the project's models were trained on (``think.chat_turn``: no system turn)."""
     return build_prompt(user, system="")
 
 

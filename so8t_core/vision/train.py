@@ -31,11 +31,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from so8t_core.config import check
-from so8t_core.lm.base_model import END_OF_TURN
 from so8t_core.lm.batching import masked_mean, right_pad
-from so8t_core.lm.corpus import chat_turn
 from so8t_core.text import normalize_text
-from so8t_core.think import stop_ids
+from so8t_core.think import END_OF_TURN, chat_turn, stop_ids
 from so8t_core.verdicts import need
 from so8t_core.vision.data import ImageSpec, VisualSample, to_pixels
 from so8t_core.vision.model import VisualLM
