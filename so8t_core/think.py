@@ -38,6 +38,7 @@ from typing import Any
 THINK_PARTS = ("observation", "deduction", "abduction", "integration")
 FINAL_TAG = "final"
 DECISIONS = ("ALLOW", "ESCALATE", "REFUSE")  # the policy's three answers, in this order everywhere
+END_OF_TURN = "<|end|>"  # Phi-3's end of a chat turn (``chat_turn``), where generation stops (``stop_ids``)
 
 FALLBACK_MESSAGE = (
     "Sorry, I could not produce an answer this time. Please try again.\n"
@@ -318,6 +319,23 @@ def in_quad_layout(raw: str) -> bool:
     return _QUAD_LAYOUT.match(raw.strip()) is not None
 
 
+def chat_turn(user: str, assistant: str | None = None, system: str = "") -> str:
+    """One Phi-3 chat turn, the layout the project's models are trained on and prompted with.
+
+    The text goes in as given: ``build_prompt`` first removes chat control tokens from untrusted text.
+
+    Args:
+        user: the user's message.
+        assistant: the assistant's reply, or None for the prompt a model should continue.
+        system: a system message; ``""`` leaves the system turn out.
+    Returns:
+        ``[<|system|>\\n{system}<|end|>\\n]<|user|>\\n{user}<|end|>\\n<|assistant|>\\n[{assistant}<|end|>]``.
+    """
+    head = f"<|system|>\n{system}<|end|>\n" if system else ""
+    prompt = f"{head}<|user|>\n{user}<|end|>\n<|assistant|>\n"
+    return prompt if assistant is None else f"{prompt}{assistant}<|end|>"
+
+
 def build_prompt(user_text: str, system: str | None = None) -> str:
     """A Phi-3 chat prompt asking for the quad layout.
 
@@ -327,7 +345,7 @@ def build_prompt(user_text: str, system: str | None = None) -> str:
     Args:
         user_text: the user's message (non-empty).
         system: system message; ``QUAD_SYSTEM`` when ``None``; ``""`` leaves the system turn out (the layout
-            of ``so8t_core.lm.corpus.chat_turn``, which the project's own models are trained on).
+            the project's own models are trained on).
     Returns:
         ``<|system|>\\n…<|end|>\\n<|user|>\\n…<|end|>\\n<|assistant|>\\n``.
 
@@ -337,8 +355,7 @@ def build_prompt(user_text: str, system: str | None = None) -> str:
     if not user:
         raise ValueError(f"user_text={user_text!r}: empty after removing chat control tokens")
     sys_text = QUAD_SYSTEM if system is None else strip_control(system).strip()
-    head = f"<|system|>\n{sys_text}<|end|>\n" if sys_text else ""
-    return f"{head}<|user|>\n{user}<|end|>\n<|assistant|>\n"
+    return chat_turn(user, system=sys_text)
 
 
 @dataclass(frozen=True)
@@ -370,7 +387,7 @@ def decode_raw(tokenizer: Any, ids: Any) -> str:
 def stop_ids(tokenizer: Any) -> list[int]:
     """End of sequence, plus Phi-3's end-of-turn ``<|end|>`` when the vocabulary has it."""
     stops = [tokenizer.eos_token_id]
-    end = tokenizer.convert_tokens_to_ids("<|end|>")
+    end = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     if isinstance(end, int) and end != tokenizer.unk_token_id:
         stops.append(end)
     return [s for s in stops if s is not None]

@@ -5,6 +5,8 @@ import torch
 
 from so8t_core.config import GOLDEN_RATIO
 from so8t_core.gate.alpha import AlphaGate, LinearSchedule, SigmoidSchedule, phase_status
+from so8t_core.gate.rotation import BlockSO8Rotation, rotate_blocks
+from so8t_core.gate.soul import mix
 
 
 def test_golden_ratio_value():
@@ -53,16 +55,17 @@ def test_phase_status_rejects_nan():
         phase_status(float("nan"))
 
 
-def test_gate_mix_and_modes():
-    h, rh = torch.randn(3, 8), torch.randn(3, 8)
+def test_gate_modes_feed_mix():
+    h, R = torch.randn(3, 8), BlockSO8Rotation(8, init_std=0.5).matrices().detach()
+    rh = rotate_blocks(h, R)
     fixed = AlphaGate("fixed", init=0.0)
-    torch.testing.assert_close(fixed(h, rh), h + 0.5 * rh)
+    torch.testing.assert_close(mix(h, R, fixed.weight), h + 0.5 * rh)
     sched = AlphaGate("scheduled", schedule=LinearSchedule(warmup=0, anneal=10))
     assert sched.alpha.item() == -5.0 and not sched.alpha.requires_grad
     sched.set_step(10)
     assert math.isclose(sched.alpha.item(), GOLDEN_RATIO, rel_tol=1e-6)
     learned = AlphaGate("learned", init=-1.0)
-    learned(h, rh).sum().backward()
+    mix(h, R, learned.weight).sum().backward()
     s = torch.sigmoid(torch.tensor(-1.0))
     torch.testing.assert_close(learned.alpha.grad, (s * (1 - s) * rh.sum()))
 

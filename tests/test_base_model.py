@@ -28,6 +28,7 @@ from so8t_core.lm.base_model import (
 from so8t_core.lm.corpus import build_corpus
 from so8t_core.lm.loading import load_model_and_tokenizer, read_model_ref, resolve_base, save_model, write_model_ref
 from so8t_core.lm.lora import LoraSettings, apply_lora
+from so8t_core.think import chat_turn, stop_ids
 
 # written out here rather than imported, so a renamed or dropped token fails the test
 SPECIALS = [
@@ -292,6 +293,28 @@ def test_token_batches_make_every_token_a_target_once(tok, corpus):
     assert targets == sum(len(tok.encode(d, add_special_tokens=False)) + 1 for d in docs)  # + eos, not <s>
     assert all(b["input_ids"].shape[1] <= 8 for b in batches)
     assert encode_documents(tok, ["x"])[0][0] == tok.bos_token_id
+
+
+def test_the_tokenizers_chat_template_writes_chat_turn(tok):
+    user = [{"role": "user", "content": "空の色は？"}]
+    system = [{"role": "system", "content": "Be brief."}, *user]
+    for messages, kwargs in ((user, {}), (system, {"system": "Be brief."})):
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert text == chat_turn("空の色は？", **kwargs)
+
+
+def test_greedy_chat_stops_at_the_stop_ids_of_think(tok, monkeypatch):
+    model, seen = tiny(tok), {}
+    generate = model.generate
+
+    def record(**kwargs):
+        seen.update(kwargs)
+        return generate(**kwargs)
+
+    monkeypatch.setattr(model, "generate", record)
+    base_model.greedy_chat(model, tok, "hi", max_new_tokens=2)
+    assert seen["eos_token_id"] == stop_ids(tok)
+    assert set(stop_ids(tok)) == {tok.eos_token_id, tok.convert_tokens_to_ids("<|end|>")}
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():

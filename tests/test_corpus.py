@@ -9,7 +9,8 @@ import re
 
 import pytest
 
-from so8t_core.lm.corpus import Corpus, build_corpus, chat_turn, generate_documents, load_text_files, split_documents
+from so8t_core.lm.corpus import Corpus, build_corpus, generate_documents, load_text_files, split_documents
+from so8t_core.think import chat_turn
 
 
 @pytest.fixture(scope="module")

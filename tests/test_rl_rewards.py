@@ -133,14 +133,11 @@ def test_every_training_chat_of_the_grammar_earns_full_reward():
     """The cue tables agree with the imitation data: every generated chat reads as its own label."""
     from so8t_core.lm import documents as D
     from so8t_core.lm.safety_data import VARIANTS, generate_safety_prompts
-    from so8t_core.lm.templates import chat_turn
 
     phrase = {(v[0], lang): text for v in VARIANTS for lang, text in (("en", v[5]), ("ja", v[6]))}
     prompts = generate_safety_prompts(0)
     for p in prompts[:: max(1, len(prompts) // 600)]:
-        turn = D.safety_chat(
-            p.prompt, p.label, phrase[(p.variant, p.lang)], p.lang == "ja", chat_turn, random.Random(0)
-        )
+        turn = D.safety_chat(p.prompt, p.label, phrase[(p.variant, p.lang)], p.lang == "ja", random.Random(0))
         raw = turn.split("<|assistant|>\n", 1)[1]
         assert R.score_completion(raw, p.label) == {"structure": 1.0, "consistency": 1.0, "correctness": 1.0}, raw
 

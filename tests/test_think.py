@@ -19,6 +19,7 @@ from so8t_core.think import (
     THINK_PARTS,
     _strip_special,
     build_prompt,
+    chat_turn,
     extract_final,
     format_quad,
     lex,
@@ -187,7 +188,8 @@ def test_thinking_hash_is_sensitive_to_thinking() -> None:
 # --- build_prompt ----------------------------------------------------------------------------------------
 def test_build_prompt_phi3_format() -> None:
     assert build_prompt("hi", system="S") == "<|system|>\nS<|end|>\n<|user|>\nhi<|end|>\n<|assistant|>\n"
-    assert build_prompt("hi", system="") == "<|user|>\nhi<|end|>\n<|assistant|>\n"  # corpus.chat_turn layout
+    assert build_prompt("hi", system="") == chat_turn("hi")  # the layout the project's models are trained on
+    assert build_prompt("hi", system="S") == chat_turn("hi", system="S")
     default = build_prompt("hi")
     assert QUAD_SYSTEM in default and all(f"<think-{p}>" in QUAD_SYSTEM for p in THINK_PARTS)
     assert "<final>" in QUAD_SYSTEM

@@ -1,4 +1,4 @@
-"""The alpha gate: ``mixed = h + sigmoid(alpha) * R h``, its schedules and its phase status.
+"""The alpha gate: ``mixed = h + sigmoid(alpha) * R h`` (computed by ``soul.mix``), its schedules and phases.
 
 alpha is a single scalar. The original design anneals it linearly from -5.0 (gate nearly shut,
 sigmoid = 0.0067) toward the golden ratio 1.618 (sigmoid = 0.835) after a warmup, and names three phases.
@@ -84,7 +84,7 @@ class SigmoidSchedule:
 
 
 class AlphaGate(nn.Module):
-    """The mixing gate ``h + sigmoid(alpha) * rh``.
+    """The gate's alpha: its value, schedule and phase; ``weight`` = sigmoid(alpha) is the ``s`` of ``soul.mix``.
 
     Args:
         mode: "fixed" (alpha stays at ``init``), "scheduled" (alpha follows ``schedule`` via ``set_step``)
@@ -117,9 +117,6 @@ class AlphaGate(nn.Module):
 
     def phase(self) -> str:
         return phase_status(self.alpha.item())
-
-    def forward(self, h: Tensor, rh: Tensor) -> Tensor:
-        return h + self.weight.to(h.dtype) * rh
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, alpha={self.alpha.item():.4f}"

@@ -26,9 +26,25 @@ from torch import Tensor, nn
 from so8t_core.config import DESIGN_SCHEDULE, check
 from so8t_core.gate.alpha import MODES, AlphaGate, LinearSchedule
 from so8t_core.gate.pet import KINDS, PETSchedule, pet_loss
-from so8t_core.gate.rotation import MAPS, ComposedSO8Rotation, orthogonality_loss
+from so8t_core.gate.rotation import MAPS, ComposedSO8Rotation, orthogonality_loss, rotate_blocks
 
 SOUL_FILE, SOUL_CONFIG = "soul.safetensors", "soul_config.json"
+
+
+def mix(h: Tensor, R: Tensor, s: Tensor | float) -> Tensor:
+    """The soul gate ``h + s R h``, R turning each 8-wide block of h: the one place the gate is computed.
+
+    Every room that applies the gate calls this (the wrapper, notebook 03's head study, the safety pillars, the
+    notebook 01-02 studies), so a head trained in one place and served in another sees the same mixed state.
+
+    Args:
+        h: (..., H) hidden states, H = n_blocks * 8.
+        R: (n_blocks, 8, 8) rotation blocks (R_total = R_cmd @ R_safe, or a single block rotation).
+        s: the gate weight sigmoid(alpha), a scalar (a tensor keeps its gradient).
+    Returns:
+        (..., H) mixed states in h's dtype.
+    """
+    return h + torch.as_tensor(s, dtype=h.dtype, device=h.device) * rotate_blocks(h, R)
 
 
 @dataclass(frozen=True)
@@ -163,7 +179,7 @@ class SoulWrapper(nn.Module):
     def mix(self, h: Tensor) -> Tensor:
         """h + sigmoid(alpha) * R_total h in float32, (B, T, H)."""
         h32 = h.float()
-        return self.alpha(h32, self.rotation(h32)) if self.use_gate else h32
+        return mix(h32, self.rotation.matrices(), self.alpha.weight) if self.use_gate else h32
 
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None

@@ -21,6 +21,7 @@ from so8t_core.gate.rotation import (
     rotation_from_skew,
     skew,
 )
+from so8t_core.gate.soul import mix
 from so8t_core.timing import median_seconds
 from so8t_core.verdicts import need
 
@@ -118,9 +119,9 @@ def mix_geometry(
         torch.manual_seed(seed)
         rot = BlockSO8Rotation(hidden, init_std=std)
         with torch.no_grad():
-            rh = rot(h)
+            R = rot.matrices()  # (blocks, 8, 8)
             for a in alphas:
-                mixed = h + torch.sigmoid(torch.tensor(a)) * rh
+                mixed = mix(h, R, torch.sigmoid(torch.tensor(a)))
                 rows.append(
                     {
                         "init_std": std,
@@ -180,7 +181,7 @@ def alpha_experiment(
         gate.set_step(step)
         h = torch.randn(batch, hidden, generator=g)  # (B, H)
         y = h @ T.T  # (B, H)
-        loss = (gate(h, student(h)) - y).pow(2).mean() / y.pow(2).mean()
+        loss = (mix(h, student.matrices(), gate.weight) - y).pow(2).mean() / y.pow(2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()

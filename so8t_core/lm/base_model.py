@@ -27,16 +27,15 @@ from transformers import LlamaTokenizer, Phi3Config, Phi3ForCausalLM, PreTrained
 
 from so8t_core.artifacts import atomic_path
 from so8t_core.config import check
-from so8t_core.lm.corpus import chat_turn
+from so8t_core.lm.batching import right_pad
 from so8t_core.lm.tokenizer import exact_fast_tokenizer
-from so8t_core.think import FINAL_TAG, THINK_PARTS
+from so8t_core.think import FINAL_TAG, THINK_PARTS, chat_turn, stop_ids
 
 SPM_FILE = "tokenizer.model"
 CHAT_TOKENS = ("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 QUAD_TAGS = tuple(t for p in (*(f"think-{p}" for p in THINK_PARTS), FINAL_TAG) for t in (f"<{p}>", f"</{p}>"))
 UNK, BOS = "<unk>", "<s>"
 EOS = PAD = "<|endoftext|>"  # as in Phi-3: documents end with <|endoftext|>, which also pads
-END_OF_TURN = "<|end|>"
 # 256 byte pieces + 3 control pieces + the user-defined symbols, and room for some merges
 MIN_VOCAB = 256 + 3 + len(CHAT_TOKENS) + len(QUAD_TAGS) + 64
 PHI3_CHAT_TEMPLATE = (
@@ -247,12 +246,7 @@ def token_batches(
     rows = [d[s : s + seq_len] for d in encode_documents(tokenizer, texts) for s in range(0, len(d) - 1, seq_len - 1)]
     batches = []
     for i in range(0, len(rows), batch_size):
-        chunk = rows[i : i + batch_size]
-        width = max(map(len, chunk))
-        ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for r, row in enumerate(chunk):
-            ids[r, : len(row)], mask[r, : len(row)] = torch.tensor(row), 1
+        ids, mask = right_pad(rows[i : i + batch_size], tokenizer.pad_token_id)  # (B, T) each
         batches.append({"input_ids": ids, "attention_mask": mask})
     return batches
 
@@ -413,14 +407,12 @@ def greedy_chat(model: Any, tokenizer: PreTrainedTokenizerBase, user: str, max_n
     """
     framed = encode_documents(tokenizer, [chat_turn(user)])[0]
     prompt = torch.tensor([framed[:-1] if framed[-1] == tokenizer.eos_token_id else framed], device=device_of(model))
-    ends = (tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.eos_token_id)
-    stop = [i for i in ends if i is not None and i != tokenizer.unk_token_id]  # a vocab without <|end|> maps it to unk
     out = model.generate(
         input_ids=prompt,
         attention_mask=torch.ones_like(prompt),
         max_new_tokens=max_new_tokens,
         do_sample=False,
-        eos_token_id=stop,
+        eos_token_id=stop_ids(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
     )
     return tokenizer.decode(out[0, prompt.shape[1] :], skip_special_tokens=False)

@@ -27,6 +27,7 @@ from torch import Tensor
 from so8t_core.config import check
 from so8t_core.gate.alpha import STABLE_MAX_WEIGHT
 from so8t_core.gate.soul import SoulConfig, SoulWrapper, describe
+from so8t_core.lm.batching import masked_mean
 from so8t_core.lm.lora import PHI3_TARGETS, LoraSettings, apply_lora
 
 VARIANTS = ("lora", "lora_pet", "soul", "soul_pet", "soul_frozen_r", "oft_all", "lora_matched")
@@ -173,9 +174,9 @@ def score(w, enc: dict[str, Tensor], batch: int = 64) -> dict[str, np.ndarray]:
         logits = w(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # (B, T-1, V)
         y = lab[:, 1:]  # (B, T-1)
         on = (y != -100).float()
-        tok = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y.clamp(min=0), reduction="none") * on
+        tok = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y.clamp(min=0), reduction="none")  # (B, T-1)
         hit = (logits.argmax(-1) == y).float() * on
-        nll.append(tok.sum(1) / on.sum(1))
+        nll.append(masked_mean(tok, on))
         em.append((hit.sum(1) == on.sum(1)).float())
     return {"nll": torch.cat(nll).numpy(), "em": torch.cat(em).numpy()}
 

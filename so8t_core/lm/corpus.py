@@ -21,7 +21,7 @@ from pathlib import Path
 
 from so8t_core.artifacts import write_jsonl_atomic
 from so8t_core.config import check
-from so8t_core.lm.templates import chat_turn, generate_documents
+from so8t_core.lm.templates import generate_documents
 
 TRAIN_FILE = "train.jsonl"
 HELDOUT_FILE = "heldout.jsonl"
@@ -169,7 +169,7 @@ def build_corpus(seed: int = 0, n_docs: int = 2000, heldout_fraction: float = 0.
         p = rng.choice(prompts)
         ja = p.lang == "ja"
         if kind == "safety_chat":
-            return D.safety_chat(p.prompt, p.label, phrase[(p.variant, p.lang)], ja, chat_turn, rng)
+            return D.safety_chat(p.prompt, p.label, phrase[(p.variant, p.lang)], ja, rng)
         return D.explain_doc(p.label, phrase[(p.variant, p.lang)], ja)
 
     train: dict[str, None] = dict.fromkeys(d for d in templates if d not in heldout)

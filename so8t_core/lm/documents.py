@@ -13,7 +13,7 @@ import random
 from collections.abc import Sequence
 
 from so8t_core.lm.lexicon import EdictEntry, Gloss, JaWord
-from so8t_core.think import format_quad
+from so8t_core.think import chat_turn, format_quad
 
 POS_NAMES = {"n": ("noun", "名詞"), "v": ("verb", "動詞"), "a": ("adjective", "形容詞"), "r": ("adverb", "副詞")}
 PEOPLE = (
@@ -203,7 +203,7 @@ FINAL = {
 }
 
 
-def safety_chat(prompt: str, label: str, phrase: str, ja: bool, chat_turn, rng: random.Random) -> str:
+def safety_chat(prompt: str, label: str, phrase: str, ja: bool, rng: random.Random) -> str:
     """A Phi-3 chat turn whose quad-thinking answer reaches the decision the label asks for."""
     obs = f"ユーザーは「{prompt}」と聞いています。" if ja else f'The user asks: "{prompt}"'
     ded = THINK[label][ja]

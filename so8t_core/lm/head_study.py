@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from so8t_core.config import GOLDEN_RATIO, check
 from so8t_core.gate.rotation import BlockSO8Rotation, ComposedSO8Rotation
+from so8t_core.gate.soul import mix
 
 ALPHA_GRID = (-2.0, 0.0, 1.0, 1.5, GOLDEN_RATIO, 1.75, 2.0, 3.0)
 FAMILIES = ("temperature", "ln", "ia3", "oft", "boft", "lora_r1", "soul", "soul_composed", "soul_normed")
@@ -107,8 +108,10 @@ class Temperature(Head):
         return super().forward(x) * torch.exp(-self.log_tau)
 
 
-class SoulHead(Head):
-    """``W (h + s R h) / d`` with ``s = sigmoid(alpha)``, ``d = 1 + s`` when ``normed`` else 1.
+class SoulGateHead(Head):
+    """The base's final norm and head with the soul gate between them: ``W (h + s R h) / d``.
+
+    ``s = sigmoid(alpha)``, ``d = 1 + s`` when ``normed`` else 1.
 
     Args:
         norm, lm_head: the base's final norm and head.
@@ -130,7 +133,7 @@ class SoulHead(Head):
     def forward(self, x: Tensor) -> Tensor:
         h = self.norm(x)  # (P, H)
         s = torch.sigmoid(self.alpha)
-        mixed = h + s * self.rotation(h)
+        mixed = mix(h, self.rotation.matrices(), s)  # (P, H)
         return self.lm_head(mixed / (1 + s) if self.normed else mixed)
 
 
@@ -148,7 +151,7 @@ def build(family: str, norm: nn.Module, lm_head: nn.Linear, alpha: float = 0.0, 
     """
     check(family in (*FAMILIES, "base"), "family", family, f"must be 'base' or one of {FAMILIES}")
     if family.startswith("soul"):
-        return SoulHead(norm, lm_head, alpha, learned, family == "soul_composed", family == "soul_normed")
+        return SoulGateHead(norm, lm_head, alpha, learned, family == "soul_composed", family == "soul_normed")
     if family == "temperature":
         return Temperature(norm, lm_head)
     head = Head(norm, lm_head)

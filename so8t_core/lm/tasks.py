@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 
 from so8t_core.config import check
+from so8t_core.lm.batching import right_pad
+from so8t_core.think import chat_turn
 
 TASKS = ("remap", "format", "arith")
 SPLITS = ("train", "dev", "test")
@@ -39,7 +41,7 @@ _ONE_WORD = re.compile(r"[a-z]{3,12}")
 FRAMINGS = (
     "Q: {q} A:",
     "質問：{q} 答え：",
-    "<|user|>\n{q}<|end|>\n<|assistant|>\n",
+    chat_turn("{q}"),
     "{q}\nAnswer:",
 )
 FACT_PHRASINGS = (
@@ -195,12 +197,6 @@ def encode_items(tokenizer, items: Sequence[Item]) -> dict[str, torch.Tensor]:
     answers = tokenizer([" " + it.answer for it in items], add_special_tokens=False)["input_ids"]
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     rows = [([*bos, *p], [*a, tokenizer.eos_token_id]) for p, a in zip(prompts, answers)]
-    width = max(len(p) + len(a) for p, a in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    labels = torch.full_like(ids, -100)
-    for i, (p, a) in enumerate(rows):
-        n = len(p) + len(a)
-        ids[i, :n], mask[i, :n] = torch.tensor([*p, *a]), 1
-        labels[i, len(p) : n] = torch.tensor(a)
+    ids, mask = right_pad([[*p, *a] for p, a in rows], tokenizer.pad_token_id)  # (N, T) each
+    labels, _ = right_pad([[-100] * len(p) + a for p, a in rows], -100)  # (N, T): the answer and its end only
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}

@@ -11,7 +11,7 @@ import random
 from collections.abc import Callable
 
 from so8t_core.config import check
-from so8t_core.think import format_quad
+from so8t_core.think import chat_turn, format_quad
 
 # (English thing, Japanese thing, English colour, Japanese colour)
 COLOURS = (
@@ -57,19 +57,6 @@ ABDUCTIONS_JA = (
     "基本的な事実を確かめたいのでしょう。",
 )
 _OPS = {"+": ("plus", "たす"), "-": ("minus", "ひく"), "×": ("times", "かける")}
-
-
-def chat_turn(user: str, assistant: str | None = None) -> str:
-    """One Phi-3 chat turn; with ``assistant=None`` the prompt a model should continue.
-
-    Args:
-        user: the user's message.
-        assistant: the assistant's reply, or None for a generation prompt.
-    Returns:
-        ``<|user|>\\n{user}<|end|>\\n<|assistant|>\\n{assistant}<|end|>`` (without the reply and last tag when None).
-    """
-    prompt = f"<|user|>\n{user}<|end|>\n<|assistant|>\n"
-    return prompt if assistant is None else f"{prompt}{assistant}<|end|>"
 
 
 # --- fact sentences: each returns (English, Japanese) so a document can stay in one language ---

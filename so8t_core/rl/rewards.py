@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from so8t_core.config import check
+from so8t_core.lm.batching import masked_mean
 from so8t_core.think import DECISIONS, FALLBACK_MESSAGE, FINAL_TAG, THINK_PARTS, extract_final, top_level_parts
 from so8t_core.verdicts import need
 
@@ -124,8 +125,7 @@ def kl_k3(policy_logps: Tensor, ref_logps: Tensor, mask: Tensor) -> Tensor:
     """
     r = (ref_logps - policy_logps).float()
     k3 = torch.exp(r) - r - 1  # (B, T), >= 0
-    m = mask.float()
-    return (k3 * m).sum(1) / m.sum(1).clamp(min=1)
+    return masked_mean(k3, mask)
 
 
 def stability_reward(policy_logps: Tensor, ref_logps: Tensor, mask: Tensor) -> Tensor:

@@ -3,7 +3,7 @@
 TRL's ``GRPOTrainer`` scores completions through the model's output head *weight* (a fused log-prob kernel that
 never calls the head module), so the soul cannot stay a wrapper around the model. It goes into the head instead:
 the soul's logits ``W (h + s R h)`` equal ``W' h`` with ``W' = W + s W R`` (``gate.soul.fused_head_weight``), and
-``SoulHead`` exposes W' as its ``weight``, recomputed from the live rotation and alpha on every access. Generation,
+``FusedSoulHead`` exposes W' as its ``weight``, recomputed from the live rotation and alpha on every access. Generation,
 TRL's kernel and a plain forward all see the same soul, gradients reach the rotation and alpha when they are
 trainable, and what is saved is the usual soul folder (LoRA adapter + ``soul.safetensors``), which notebook 04's
 fusion turns into a plain checkpoint.
@@ -39,11 +39,11 @@ REWARDS = ("structure", "consistency", "correctness", "stability")
 
 
 def chat_prompt(user: str) -> str:
-    """The prompt layout the project's models were trained on (``corpus.chat_turn``: no system turn)."""
+    """The prompt layout the project's models were trained on (``think.chat_turn``: no system turn)."""
     return build_prompt(user, system="")
 
 
-class SoulHead(nn.Module):
+class FusedSoulHead(nn.Module):
     """An output head whose weight is W' = W + sigmoid(alpha) W R, from the soul's live rotation and alpha.
 
     Args:
@@ -110,7 +110,7 @@ def load_policy(
     for cfg in model.peft_config.values():
         cfg.inference_mode = not trainable
     lm = model.get_base_model()
-    lm.lm_head = SoulHead(lm.lm_head, soul)
+    lm.lm_head = FusedSoulHead(lm.lm_head, soul)
     for p in (*soul.rotation.parameters(), *soul.alpha.parameters()):
         p.requires_grad_(trainable and train_soul)
     lm.generation_config.eos_token_id = stop_ids(tok)  # stop at <|end|> too: TRL masks after these ids

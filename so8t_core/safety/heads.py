@@ -41,6 +41,7 @@ from torch.nn import functional as F
 
 from so8t_core.artifacts import atomic_path, write_json_atomic
 from so8t_core.config import check
+from so8t_core.lm.batching import pool_prompts
 from so8t_core.safety.labels import LABELS, metrics
 
 TASKS = ("information", "coding", "creative", "advice")
@@ -120,8 +121,9 @@ def pooled_hidden_states(
 ) -> torch.Tensor:
     """Masked mean of the final (post-norm) hidden state of each prompt, or of several layers side by side.
 
-    Prompts are tokenised one by one and right-padded by hand, so the tokenizer needs no pad token and a
-    prompt's feature does not depend on what it is batched with. The model is put in eval mode and restored.
+    Prompts are tokenised one by one and right-padded by ``lm.batching.pool_prompts`` (the pooling notebook 06's
+    pillars train with), so the tokenizer needs no pad token and a prompt's feature does not depend on what it is
+    batched with. The model is put in eval mode and restored.
 
     Args:
         model: a causal LM accepting ``output_hidden_states=True``.
@@ -136,7 +138,6 @@ def pooled_hidden_states(
 
     Explained in notebooks/06_safety_eval.ipynb.
     """
-    check(batch_size > 0, "batch_size", batch_size, "must be > 0")
     n_states = model.config.num_hidden_layers + 1
     check(
         len(layers) > 0 and all(-n_states <= i < n_states for i in layers),
@@ -144,37 +145,14 @@ def pooled_hidden_states(
         tuple(layers),
         f"need indices into {n_states} hidden states",
     )
-    ids = [tokenizer(p)["input_ids"][:max_length] for p in prompts]
-    for p, x in zip(prompts, ids):
-        check(len(x) > 0 and bool(p.strip()), "prompt", p, "empty prompt (no tokens to pool)")
-    # batches of similar length waste little on padding; the mask makes each feature independent of its batch
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
-    out = torch.zeros(len(ids), model.config.hidden_size * len(layers))
-    try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            out[idx] = _pool_batch(model, [ids[i] for i in idx], device, layers)
-    finally:
-        model.train(was_training)
-    return out
 
+    def states(ids: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+        return [out.hidden_states[i] for i in layers]  # each (B, T, H)
 
-def _pool_batch(
-    model: Any, ids: Sequence[Sequence[int]], device: torch.device, layers: Sequence[int] = (-1,)
-) -> torch.Tensor:
-    T = max(len(x) for x in ids)
-    input_ids = torch.zeros(len(ids), T, dtype=torch.long)  # (B, T); pad id is irrelevant under the mask
-    mask = torch.zeros(len(ids), T, dtype=torch.long)  # (B, T)
-    for b, x in enumerate(ids):
-        input_ids[b, : len(x)] = torch.tensor(x)
-        mask[b, : len(x)] = 1
-    out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
-    m = mask.to(device).unsqueeze(-1).float()  # (B, T, 1)
-    means = [(out.hidden_states[i].float() * m).sum(1) / m.sum(1) for i in layers]  # each (B, H)
-    return torch.cat(means, dim=1).cpu()  # (B, H * len(layers))
+    width = model.config.hidden_size * len(layers)
+    return pool_prompts(model, states, tokenizer, prompts, width, batch_size, max_length)
 
 
 def train_heads(

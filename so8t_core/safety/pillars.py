@@ -36,8 +36,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from so8t_core.config import check
-from so8t_core.gate.rotation import commutator_norm, eigen_angles, rotate_blocks
-from so8t_core.gate.soul import SoulConfig, SoulWrapper, causal_lm_loss
+from so8t_core.gate.rotation import commutator_norm, eigen_angles
+from so8t_core.gate.soul import SoulConfig, SoulWrapper, causal_lm_loss, mix
+from so8t_core.lm.batching import encode_prompts, masked_mean, pool_prompts
 from so8t_core.safety.heads import TASKS, SafetyHeads
 from so8t_core.safety.labels import LABELS, LabeledSet
 
@@ -65,23 +66,6 @@ class PillarSettings:
 
 
 # --- tensors ---------------------------------------------------------------------------------------------
-def tokenize(tokenizer: Any, prompts: Sequence[str], max_length: int) -> tuple[Tensor, Tensor]:
-    """Right-padded ids and mask (N, T), each prompt tokenised alone (as ``heads.pooled_hidden_states`` does)."""
-    ids = [tokenizer(p)["input_ids"][:max_length] for p in prompts]
-    check(all(len(x) > 0 for x in ids), "prompts", len(ids), "a prompt has no tokens")
-    T = max(len(x) for x in ids)
-    out, mask = torch.zeros(len(ids), T, dtype=torch.long), torch.zeros(len(ids), T, dtype=torch.long)
-    for i, x in enumerate(ids):
-        out[i, : len(x)], mask[i, : len(x)] = torch.tensor(x), 1
-    return out, mask
-
-
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean over real tokens: (B, T, H), (B, T) -> (B, H)."""
-    m = mask.to(x.device).unsqueeze(-1).float()  # (B, T, 1)
-    return (x * m).sum(1) / m.sum(1)
-
-
 def mixed_views(wrapper: SoulWrapper, h: Tensor, routed: bool) -> tuple[Tensor, Tensor]:
     """The mixed state as the LM/task losses see it and as the safety/dual losses see it (equal values).
 
@@ -93,9 +77,9 @@ def mixed_views(wrapper: SoulWrapper, h: Tensor, routed: bool) -> tuple[Tensor, 
     s = wrapper.alpha.weight
     Rc, Rs = wrapper.rotation.r_cmd.matrices(), wrapper.rotation.r_safe.matrices()  # (blocks, 8, 8) each
     if not routed:
-        m = h + s * rotate_blocks(h, Rc @ Rs)
+        m = mix(h, Rc @ Rs, s)
         return m, m
-    return h + s * rotate_blocks(h, Rc @ Rs.detach()), h + s * rotate_blocks(h, Rc.detach() @ Rs)
+    return mix(h, Rc @ Rs.detach(), s), mix(h, Rc.detach() @ Rs, s)
 
 
 def head_loss(out: dict[str, Tensor], task_logits: Tensor, y: dict[str, Tensor]) -> Tensor:
@@ -170,17 +154,16 @@ def trainable_count(wrapper: SoulWrapper) -> int:
 # --- training --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def pooled_states(wrapper: SoulWrapper, tokenizer: Any, prompts: Sequence[str], settings: PillarSettings) -> Tensor:
-    """Masked mean of the final (post-norm) hidden state h, (N, H) float32; the gate is *not* applied."""
-    was = wrapper.training
-    wrapper.eval()
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths, little padding
-    out = torch.zeros(len(prompts), wrapper.rotation.hidden_size)
-    for i in range(0, len(order), settings.batch_eval):
-        idx = order[i : i + settings.batch_eval]
-        ids, mask = tokenize(tokenizer, [prompts[j] for j in idx], settings.max_length)
-        out[idx] = masked_mean(wrapper.hidden(ids, mask).float(), mask).cpu()
-    wrapper.train(was)
-    return out
+    """Masked mean of the final (post-norm) hidden state h, (N, H) float32; the gate is *not* applied.
+
+    The same ``lm.batching.pool_prompts`` as ``heads.pooled_hidden_states`` (the server's and the CLI's feature).
+    """
+
+    def states(ids: Tensor, mask: Tensor) -> list[Tensor]:
+        return [wrapper.hidden(ids, mask)]  # (B, T, H)
+
+    H = wrapper.rotation.hidden_size
+    return pool_prompts(wrapper, states, tokenizer, prompts, H, settings.batch_eval, settings.max_length)
 
 
 @torch.no_grad()
@@ -213,12 +196,12 @@ def train_pillars(
         seed: heads init and batch order.
         init_pooled: pooled h of train prompts under the untrained family (for the standardisation; every
             family starts as the identity on the body, so the frozen model's features serve); default: pooled here.
-        tokens: ``tokenize(tokenizer, train.prompts, settings.max_length)`` if already done.
+        tokens: ``batching.encode_prompts(tokenizer, train.prompts, settings.max_length)`` if already done.
     Returns:
         ``(heads, timeline)``; timeline rows hold the step's ``lm`` and ``heads`` losses.
     """
     torch.manual_seed(seed)
-    ids, mask = tokens if tokens is not None else tokenize(tokenizer, train.prompts, settings.max_length)
+    ids, mask = tokens if tokens is not None else encode_prompts(tokenizer, train.prompts, settings.max_length)
     y = targets(train)
     pooled = (
         init_pooled if init_pooled is not None else pooled_states(wrapper, tokenizer, train.prompts[:512], settings)
@@ -268,12 +251,16 @@ def pillar_probs(wrapper: SoulWrapper, heads: SafetyHeads, pooled: Tensor) -> di
 # --- fusion ----------------------------------------------------------------------------------------------
 @torch.no_grad()
 def gate_matrix(wrapper: SoulWrapper) -> Tensor:
-    """(H, H) float64 ``I + sigmoid(alpha) R_total`` (the identity without a gate)."""
+    """(H, H) float64 ``I + sigmoid(alpha) R_total`` (the identity without a gate).
+
+    Built by passing the identity's rows through ``mix`` (row k becomes column k of the gate), so the fused heads
+    follow the gate's one definition.
+    """
     H = wrapper.rotation.hidden_size
     eye = torch.eye(H, dtype=torch.float64)
     if not wrapper.use_gate:
         return eye
-    return eye + wrapper.alpha.weight.double() * wrapper.rotation.dense().double()
+    return mix(eye, wrapper.rotation.matrices(), wrapper.alpha.weight.double()).T  # (H, H)
 
 
 @torch.no_grad()
@@ -320,7 +307,7 @@ def factor_report(wrapper: SoulWrapper, heads: SafetyHeads, pooled: Tensor, labe
     eye = torch.eye(8).expand_as(Rc)
     margins = {}
     for name, R in (("both", Rc @ Rs), ("safe_only", Rs), ("cmd_only", Rc), ("none", eye)):
-        logit = heads(pooled + s * rotate_blocks(pooled, R))["refuse"]
+        logit = heads(mix(pooled, R, s))["refuse"]
         margins[name] = float(logit[y].mean() - logit[~y].mean())
     return {
         "angles_safe": sorted(eigen_angles(Rs).flatten().tolist()),

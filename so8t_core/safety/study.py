@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from so8t_core.gate.soul import SoulWrapper
+from so8t_core.lm.batching import encode_prompts
 from so8t_core.safety.baselines import make_baseline
 from so8t_core.safety.heads import SafetyHeads, Thresholds, pooled_hidden_states, train_heads, tune_thresholds
 from so8t_core.safety.labels import LABELS, LabeledSet, refuse_threshold
@@ -27,7 +28,6 @@ from so8t_core.safety.pillars import (
     build_family,
     pillar_probs,
     pooled_states,
-    tokenize,
     train_pillars,
     trainable_count,
 )
@@ -123,7 +123,7 @@ def family_runs(
         family -> runs in seed order.
     """
     out: dict[str, list[FamilyRun]] = {}
-    tokens = tokenize(tokenizer, splits["train"].prompts, settings.max_length)
+    tokens = encode_prompts(tokenizer, splits["train"].prompts, settings.max_length)
     for family in families:
         out[family] = []
         for seed in seeds:

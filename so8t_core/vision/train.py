@@ -31,9 +31,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from so8t_core.config import check
-from so8t_core.lm.base_model import END_OF_TURN
-from so8t_core.lm.corpus import chat_turn
+from so8t_core.lm.batching import masked_mean, right_pad
 from so8t_core.text import normalize_text
+from so8t_core.think import END_OF_TURN, chat_turn, stop_ids
 from so8t_core.verdicts import need
 from so8t_core.vision.data import ImageSpec, VisualSample, to_pixels
 from so8t_core.vision.model import VisualLM
@@ -53,9 +53,7 @@ class CaptionEncoder(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
-        m = mask.unsqueeze(-1).float()  # (B, T, 1)
-        pooled = (self.embed(ids) * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, D)
-        return self.proj(pooled)
+        return self.proj(masked_mean(self.embed(ids), mask))  # (B, D)
 
 
 def sigmoid_contrastive_loss(img: Tensor, txt: Tensor, log_t: Tensor, bias: Tensor, same: Tensor) -> Tensor:
@@ -149,13 +147,9 @@ def encode_row(tokenizer: Any, prompt: str, target: str) -> tuple[list[int], lis
 
 
 def collate(encoded: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Right-padded (input_ids, attention_mask, labels), each (B, T)."""
-    width = max(len(ids) for ids, _ in encoded)
-    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    labels = torch.full_like(ids, -100)
-    for r, (x, y) in enumerate(encoded):
-        ids[r, : len(x)], mask[r, : len(x)], labels[r, : len(y)] = torch.tensor(x), 1, torch.tensor(y)
+    """Right-padded (input_ids, attention_mask, labels), each (B, T); each row's labels are as long as its ids."""
+    ids, mask = right_pad([x for x, _ in encoded], pad_id)  # (B, T) each
+    labels, _ = right_pad([y for _, y in encoded], -100)  # (B, T): same lengths as the ids
     return ids, mask, labels
 
 
@@ -316,12 +310,12 @@ def greedy_answer(
     ids, _ = encode_row(tokenizer, prompt, "")
     ids = ids[:-1]  # drop the end token that encode_row appends to the (empty) target
     prefix = vlm.visual_prefix(pixel_values) if pixel_values is not None else None
-    end = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    stops = stop_ids(tokenizer)
     new: list[int] = []
     for _ in range(max_new_tokens):
         x = torch.tensor([ids + new])
         nxt = int(vlm(x, prefix=prefix).logits[0, -1].argmax())
-        if nxt in (end, tokenizer.eos_token_id):
+        if nxt in stops:
             break
         new.append(nxt)
     return tokenizer.decode(new, skip_special_tokens=True).strip()
