@@ -125,7 +125,9 @@ def crossed_test(
             ``|difference| <= min_effect``, so a smaller difference is never significant.
     Returns:
         ``{"estimate", "se", "df", "lo", "hi", "p", "per_seed", "n_boot", "n_seeds", "n_clusters", "min_effect",
-        "degenerate"}``; ``per_seed`` is each seed's mean difference.
+        "degenerate"}``; ``per_seed`` is each seed's mean difference. ``degenerate``: every seed and cluster gave
+        the same number; the interval is that number and ``p`` is 1 for 0 (or within ``min_effect``), else the
+        floor ``1 / n_boot``.
     """
     d = np.asarray(d, dtype=float)
     check(d.ndim == 2 and d.shape[0] >= 1, "d", d.shape, "must be (n_seeds, n_items)")
@@ -169,7 +171,8 @@ def crossed_stat_test(
         clusters: one cluster key per row.
         n_boot, seed, level, min_effect: as in ``crossed_test``.
     Returns:
-        ``crossed_test``'s fields; ``per_seed`` is ``stat`` of each seed on all rows.
+        ``crossed_test``'s fields; ``per_seed`` is ``stat`` of each seed on all rows. With fewer than 2 usable
+        resamples (or a NaN estimate) the result is ``degenerate`` with NaN interval and ``p`` 1.
     """
     check(n_seeds >= 1, "n_seeds", n_seeds, "must be >= 1")
     _check_args(n_boot, level, min_effect)
@@ -182,10 +185,14 @@ def crossed_stat_test(
         rows = _rows(groups, _cluster_draws(rng, 1, n_seeds, len(groups))[0, 0])
         draws.append(float(stat(seeds, rows)))
         seed_only.append(float(stat(seeds, all_rows)) if n_seeds > 1 else 0.0)
-        clusters_only.append(float(stat(all_seeds, rows)))
+        clusters_only.append(float(stat(all_seeds, rows)) if n_seeds > 1 else draws[-1])
     keep = ~(np.isnan(draws) | np.isnan(seed_only) | np.isnan(clusters_only))
-    check(keep.sum() >= 2, "stat", int(keep.sum()), "fewer than 2 resamples gave a number")
     est = float(stat(all_seeds, all_rows))
+    if keep.sum() < 2 or math.isnan(est):  # e.g. a rate over trap prompts on a split without traps
+        nan = math.nan
+        return {"estimate": est, "se": nan, "df": nan, "lo": nan, "hi": nan, "p": 1.0, "degenerate": True,
+                "n_seeds": n_seeds, "n_clusters": len(groups), "min_effect": min_effect, "per_seed": [nan] * n_seeds,
+                "n_boot": n_boot, "n_dropped": int((~keep).sum())}  # fmt: skip
     out = _t_reference(
         est, np.array(draws)[keep], np.array(seed_only)[keep], np.array(clusters_only)[keep], n_seeds,
         len(groups), level, min_effect,
@@ -198,9 +205,9 @@ def significant(row: dict[str, Any], alpha: float = ALPHA, p_key: str = "p") -> 
     """+1 / -1 when a ``crossed_test`` row says the difference is above / below 0, else 0.
 
     Significant means: ``row[p_key] < alpha`` (``p_holm`` once Holm-adjusted), the interval excludes 0 on that
-    side, the estimate is at least ``min_effect`` away from 0, and the test was not degenerate.
+    side and the estimate is at least ``min_effect`` away from 0.
     """
-    if row.get("degenerate") or not row[p_key] < alpha or abs(row["estimate"]) < row.get("min_effect", 0.0):
+    if not row[p_key] < alpha or abs(row["estimate"]) < row.get("min_effect", 0.0):
         return 0
     return 1 if row["lo"] > 0 else -1 if row["hi"] < 0 else 0
 
@@ -254,9 +261,9 @@ def _t_reference(
     a = vs * S / (S - 1) if S > 1 else 0.0
     b = vk * K / (K - 1)
     base = {"estimate": est, "n_seeds": S, "n_clusters": K, "min_effect": min_effect}
-    if v <= 0.0 and a + b <= 0.0:
-        nan = math.nan
-        return base | {"se": 0.0, "df": nan, "lo": nan, "hi": nan, "p": 1.0, "degenerate": True}
+    if v <= 0.0 and a + b <= 0.0:  # every seed and every cluster gives the same number
+        p = 1.0 if abs(est) <= min_effect else 1.0 / n_boot  # all units agree: as strong as the draws can show
+        return base | {"se": 0.0, "df": math.nan, "lo": est, "hi": est, "p": p, "degenerate": True}
     if a + b > 0.0:
         se = math.sqrt(v * (a + b) / (vs + vk)) if v > 0.0 else math.sqrt(a + b)
         df = (a + b) ** 2 / ((a * a / (S - 1) if S > 1 else 0.0) + b * b / (K - 1))

@@ -66,7 +66,7 @@ def test_paired_differences_are_zero_for_a_system_against_itself_and_resample_pa
         "preds": ["REFUSE"] * 2 + ["ALLOW"] * 2 + ["REFUSE", "ALLOW", "ALLOW", "ALLOW"],
     }
     same = pr.paired_differences(test, a, a, n_boot=50)
-    assert all(v["estimate"] == 0.0 and v["p"] == 1.0 and v["degenerate"] for v in same.values())
+    assert all(v["estimate"] == v["lo"] == v["hi"] == 0.0 and v["p"] == 1.0 for v in same.values())
     assert same["auprc_refuse"]["n_clusters"] == 4  # eight rows, four translation pairs
     worse = {"scores": [0.1, 0.2, 0.9, 0.8, 0.3, 0.2, 0.7, 0.9], "preds": ["ALLOW"] * 4 + ["ALLOW"] * 4}
     d = pr.paired_differences(test, a, worse, n_boot=200)

@@ -77,9 +77,14 @@ def test_crossed_test_min_effect_never_calls_a_smaller_difference():
     assert strict["p"] == 1.0 and stats.significant(strict) == 0
 
 
-def test_crossed_test_with_no_spread_is_degenerate_not_significant():
-    r = stats.crossed_test(np.full((5, 12), 0.4), [i % 4 for i in range(12)], n_boot=100)
-    assert r["degenerate"] and r["p"] == 1.0 and np.isnan(r["lo"]) and stats.significant(r) == 0
+def test_crossed_test_with_no_spread_is_flagged_and_floored():
+    clusters = [i % 4 for i in range(12)]
+    r = stats.crossed_test(np.full((5, 12), 0.4), clusters, n_boot=100)
+    assert r["degenerate"] and r["p"] == pytest.approx(0.01) and r["lo"] == r["hi"] == pytest.approx(0.4)
+    zero = stats.crossed_test(np.zeros((5, 12)), clusters, n_boot=100)
+    assert zero["degenerate"] and zero["p"] == 1.0 and stats.significant(zero) == 0
+    small = stats.crossed_test(np.full((5, 12), 0.4), clusters, n_boot=100, min_effect=0.5)
+    assert small["p"] == 1.0 and stats.significant(small) == 0
 
 
 def test_crossed_stat_test_agrees_with_crossed_test_on_a_mean():
@@ -98,7 +103,6 @@ def test_crossed_stat_test_agrees_with_crossed_test_on_a_mean():
         ({"estimate": -0.3, "lo": -0.5, "hi": -0.1, "p": 0.01}, -1),
         ({"estimate": 0.3, "lo": 0.1, "hi": 0.5, "p": 0.06}, 0),  # not significant
         ({"estimate": 0.3, "lo": 0.1, "hi": 0.5, "p": 0.01, "min_effect": 0.4}, 0),  # smaller than the minimum
-        ({"estimate": 0.3, "lo": 0.1, "hi": 0.5, "p": 0.01, "degenerate": True}, 0),
     ],
 )
 def test_significant_cases(row, want):
