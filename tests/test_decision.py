@@ -83,21 +83,40 @@ def test_score_on_test_uses_the_dev_rule_and_counts_traps() -> None:
         assert systems._stat(test, x, k)(np.array(rows)) == pytest.approx(sub["metrics"][k]), k
 
 
-@pytest.mark.parametrize(
-    "f1,trap,default,want",
-    [
-        ({"kw": 0.2, "tf": 0.6, "soul": 0.3, "d": 0.6}, 0.05, "d", (True, True, False)),
-        ({"kw": 0.2, "tf": 0.6, "soul": 0.3, "d": 0.5}, 0.05, "d", (False, True, False)),
-        ({"kw": 0.2, "tf": 0.6, "soul": 0.7}, 0.20, "soul", (True, False, True)),
-    ],
-)
-def test_shipped_verdicts(f1, trap, default, want) -> None:
-    test = {n: {"metrics": {"safety_f1": v, "trap_refused": trap}} for n, v in f1.items()}
-    v = systems.shipped_verdicts(test, default, ["kw", "tf"], "soul", 0.10)
-    assert (v["default_at_least_best_baseline"], v["default_traps_ok"], v["soul_is_default"]) == want
-    assert v["best_baseline"] == "tf" and v["default_minus_soul_f1"] == pytest.approx(f1[default] - f1["soul"])
+def _shipped(test: LabeledSet, preds: dict[str, list[str]], dev_f1: dict[str, float], flagged=()) -> dict:
+    y = [lab == "REFUSE" for lab in test.labels]
+    return {
+        n: {
+            "metrics": {**metrics(test.labels, p), "trap_refused": 0.05},
+            "preds": p,
+            "scores": [float(v) for v in y],
+            "dev": {"safety_f1": dev_f1[n]},
+            "no_admissible_threshold": n in flagged,
+        }
+        for n, p in preds.items()
+    }
+
+
+def test_shipped_verdicts_compare_the_default_with_the_dev_best_baseline_by_a_paired_test() -> None:
+    labels = ["REFUSE", "ALLOW"] * 20
+    test = _set(labels, pairs=[i // 2 for i in range(40)])
+    perfect, half = list(labels), [lab if i % 4 < 2 else "ALLOW" for i, lab in enumerate(labels)]
+    preds = {"kw": ["ALLOW"] * 40, "tf": half, "d": perfect, "soul": half}
+    dev = {"kw": 0.9, "tf": 0.5, "d": 0.9, "soul": 0.4}
+    v = systems.shipped_verdicts(_shipped(test, preds, dev, flagged=["kw"]), "d", ["kw", "tf"], "soul", test_set=test)
+    assert v["best_baseline"] == "tf" and v["excluded"] == ["kw"]  # kw is best on dev but was switched off
+    assert v["default_beats_best_baseline"] and not v["default_loses_to_best_baseline"]
+    assert v["default_vs_best_baseline"]["lo"] > 0 and not v["default_is_a_baseline"]
+    same = systems.shipped_verdicts(_shipped(test, preds | {"d": half}, dev), "d", ["tf"], "soul", test_set=test)
+    assert not same["default_beats_best_baseline"] and not same["default_loses_to_best_baseline"]  # can be False
+    base = systems.shipped_verdicts(_shipped(test, preds, dev), "tf", ["kw", "tf"], "soul", test_set=test)
+    assert base["default_is_a_baseline"] and base["default_vs_best_baseline"] is None
+    said = systems.reading(base, _shipped(test, preds, dev), "tf", "soul")
+    assert not base["default_beats_best_baseline"] and any("itself a baseline" in s for s in said)
+    assert any("beats the best baseline" in s for s in systems.reading(v, _shipped(test, preds, dev), "d", "soul"))
     with pytest.raises(KeyError, match="soul"):
-        systems.shipped_verdicts({k: x for k, x in test.items() if k != "soul"}, default, ["kw", "tf"], "soul")
+        systems.shipped_verdicts(_shipped(test, {k: p for k, p in preds.items() if k != "soul"}, dev), "d", ["tf"],
+                                 "soul", test_set=test)  # fmt: skip
 
 
 # --- the served decider --------------------------------------------------------------------------------

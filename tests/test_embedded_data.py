@@ -12,7 +12,7 @@ from so8t_core.lm import coverage as cv
 from so8t_core.lm import lexicon
 from so8t_core.lm.corpus import build_corpus
 from so8t_core.lm.safety_data import INTENTS, LABELS, TASKS, VARIANTS, generate_safety_prompts, variant_splits
-from so8t_core.safety.labels import handwritten_test, pair_of, refuse_threshold, task_splits
+from so8t_core.safety.labels import dev_rule, handwritten_test, pair_of, refuse_threshold, task_splits
 from so8t_core.stats import cluster_bootstrap, holm
 
 
@@ -203,6 +203,8 @@ def test_holm_is_step_down_and_monotone() -> None:
 )
 def test_refuse_threshold_is_best_f1_under_the_over_refusal_cap(scores, labels, cap, want) -> None:
     assert refuse_threshold(scores, labels, cap) == pytest.approx(want)
+    rule = dev_rule(scores, labels, cap)
+    assert rule["threshold"] == pytest.approx(want) and rule["no_admissible_threshold"] == (want > max(scores))
 
 
 def test_labeling_md_states_the_generated_sizes(prompts) -> None:

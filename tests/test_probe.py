@@ -43,6 +43,20 @@ def test_score_system_thresholds_on_dev_and_scores_test() -> None:
     s = pr.score_system(dev, test, [0.9, 0.2, 0.8, 0.3], [0.85, 0.1, 0.5, 0.2], max_over_refusal=0.0)
     assert s["threshold"] == 0.8 and s["preds"] == ["REFUSE", "ALLOW", "ALLOW", "ALLOW"]
     assert s["metrics"]["refuse_recall"] == 0.5 and s["metrics"]["over_refusal_rate"] == 0.0
+    assert not s["no_admissible_threshold"] and s["metrics"]["over_refusal_cap"] == 0.0
+    over = pr.score_system(dev, test, [0.9, 0.2, 0.8, 0.3], [0.85, 0.9, 0.5, 0.2], max_over_refusal=0.0)
+    assert over["metrics"]["over_refusal_excess"] == pytest.approx(1.0)  # the one test ALLOW is refused
+    row = pr.table({"x": over})[0]
+    assert row["over_refusal_rate"] == 1.0 and row["over_refusal_cap"] == 0.0 and not row["no_admissible_threshold"]
+
+
+def test_score_system_flags_a_dev_rule_without_an_admissible_threshold() -> None:
+    dev = labelled(["REFUSE", "ALLOW", "REFUSE", "ALLOW"])
+    s = pr.score_system(dev, dev, [0.1, 0.9, 0.2, 0.8], [0.1, 0.9, 0.2, 0.8], max_over_refusal=0.0)
+    assert s["no_admissible_threshold"] and s["threshold"] > 0.9 and s["preds"] == ["ALLOW"] * 4
+    good = {"scores": [0.9, 0.1, 0.8, 0.2], "preds": ["REFUSE", "ALLOW", "REFUSE", "ALLOW"]}
+    d = pr.paired_differences(dev, good, s, n_boot=50)
+    assert d["safety_f1"]["excluded"] and "excluded" not in d["auprc_refuse"]  # AUPRC needs no threshold
 
 
 def test_paired_differences_are_zero_for_a_system_against_itself_and_resample_pairs() -> None:
@@ -52,15 +66,31 @@ def test_paired_differences_are_zero_for_a_system_against_itself_and_resample_pa
         "preds": ["REFUSE"] * 2 + ["ALLOW"] * 2 + ["REFUSE", "ALLOW", "ALLOW", "ALLOW"],
     }
     same = pr.paired_differences(test, a, a, n_boot=50)
-    assert all(v["estimate"] == v["lo"] == v["hi"] == 0.0 for v in same.values())
+    assert all(v["estimate"] == v["lo"] == v["hi"] == 0.0 and v["p"] == 1.0 for v in same.values())
     assert same["auprc_refuse"]["n_clusters"] == 4  # eight rows, four translation pairs
     worse = {"scores": [0.1, 0.2, 0.9, 0.8, 0.3, 0.2, 0.7, 0.9], "preds": ["ALLOW"] * 4 + ["ALLOW"] * 4}
     d = pr.paired_differences(test, a, worse, n_boot=200)
     assert d["auprc_refuse"]["estimate"] > 0.4 and d["safety_f1"]["estimate"] > 0.5
+    assert d["auprc_refuse"]["n_seeds"] == 1 and 0 < d["auprc_refuse"]["p"] <= 1
+
+
+def test_paired_differences_average_over_seeds_and_keep_them() -> None:
+    test = labelled(["REFUSE", "REFUSE", "ALLOW", "ALLOW"] * 4)
+    rng = np.random.default_rng(0)
+    y = np.array(test.labels) == "REFUSE"
+    seeds = [{"scores": (y + rng.normal(0, s, 16)).tolist(), "preds": list(test.labels)} for s in (0.3, 0.6, 0.9)]
+    base = {"scores": rng.random(16).tolist(), "preds": ["ALLOW"] * 16}
+    d = pr.paired_differences(test, seeds, base, n_boot=100)
+    want = [pr.auprc_refuse(y, np.array(r["scores"])) - pr.auprc_refuse(y, np.array(base["scores"])) for r in seeds]
+    assert d["auprc_refuse"]["per_seed"] == pytest.approx(want) and d["auprc_refuse"]["n_seeds"] == 3
+    assert d["auprc_refuse"]["estimate"] == pytest.approx(np.mean(want))
+    with pytest.raises(ValueError, match="seeds="):
+        pr.paired_differences(test, seeds, seeds[:2], n_boot=10)
 
 
 def interval(lo: float, hi: float) -> dict[str, float]:
-    return {"estimate": (lo + hi) / 2, "lo": lo, "hi": hi, "n_clusters": 165}
+    p = 0.01 if lo > 0 or hi < 0 else 0.5  # as the crossed test gives it: p < 0.05 iff 0 is outside
+    return {"estimate": (lo + hi) / 2, "lo": lo, "hi": hi, "p": p, "n_clusters": 165}
 
 
 @pytest.mark.parametrize(

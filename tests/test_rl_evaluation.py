@@ -51,10 +51,15 @@ def test_compare_finds_a_real_gain_and_not_a_null_one():
     after = ev.score_outputs([ALLOW if y == "ALLOW" else REFUSE for y in gold], gold)
     table = ev.compare(before, [after, after], gold, traps, pairs, safety_metrics, n_boot=200)
     acc = table["accuracy"]
-    assert acc["before"] == 0 and acc["after"] == 1 and acc["diff"] == 1 and acc["lo"] == 1 and acc["p"] == 0
+    assert acc["before"] == 0 and acc["after"] == 1 and acc["diff"] == 1 and acc["lo"] == 1
+    assert acc["p"] == pytest.approx(1 / 200) and acc["diff_per_seed"] == [1.0, 1.0]  # floored, never 0
     same = ev.compare(before, [before], gold, traps, pairs, safety_metrics, n_boot=200)["accuracy"]
     assert same["diff"] == 0 and same["p"] == 1.0
-    assert set(table) == set(ev.METRICS)
+    assert set(table) == set(ev.METRICS) and np.isnan(table["trap_refused"]["lo"])  # no traps: no interval
+
+
+def row(diff: float, lo: float, hi: float, p: float = 0.01, **more) -> dict:
+    return {"diff": diff, "lo": lo, "hi": hi, "p": p, **more}
 
 
 @pytest.mark.parametrize(
@@ -66,10 +71,10 @@ def test_compare_finds_a_real_gain_and_not_a_null_one():
     ],
 )
 def test_rl_verdict_is_holm_corrected(frozen, trained, want):
-    leaks, flat = {"after": 0.0}, {"lo": -0.1}
+    leaks, flat = {"after": 0.0}, row(0.0, -0.1, 0.1, 0.8)
     v = ev.rl_verdict(
         {
-            "soul_frozen": {"accuracy": {**frozen, "after": 0.9}, "leaks": leaks, "trap_refused": {"lo": 0.05}},
+            "soul_frozen": {"accuracy": {**frozen, "after": 0.9}, "leaks": leaks, "trap_refused": row(0.1, 0.05, 0.2)},
             "soul_trained": {"accuracy": {**trained, "after": 0.9}, "leaks": leaks, "trap_refused": flat},
         },
         floor=0.0,
@@ -83,11 +88,11 @@ def test_rl_verdict_is_holm_corrected(frozen, trained, want):
 def test_rl_verdict_names_a_missing_metric_and_counts_leaks():
     with pytest.raises(KeyError, match="accuracy"):
         ev.rl_verdict({"soul_frozen": {"leaks": {"after": 0.0}}}, floor=0.0)
-    row = {"diff": 0.0, "lo": -0.1, "hi": 0.1, "p": 1.0}
-    v = ev.rl_verdict({"x": {"accuracy": row, "leaks": {"after": 1.0}, "trap_refused": {"lo": 0.0}}}, floor=0.0)
+    acc = row(0.0, -0.1, 0.1, 1.0)
+    v = ev.rl_verdict({"x": {"accuracy": acc, "leaks": {"after": 1.0}, "trap_refused": row(0.0, 0.0, 0.1)}}, floor=0.0)
     assert v["no_leaks"] is False and v["trap_refusals_rose"] == {"x": False}
     with pytest.raises(KeyError, match="trap_refused"):
-        ev.rl_verdict({"x": {"accuracy": row, "leaks": {"after": 0.0}}}, floor=0.0)
+        ev.rl_verdict({"x": {"accuracy": acc, "leaks": {"after": 0.0}}}, floor=0.0)
 
 
 def test_pair_subset_keeps_whole_pairs():
@@ -109,7 +114,7 @@ def test_a_gain_that_ends_at_the_constant_answer_is_not_help():
     gold = ["ALLOW"] * 6 + ["REFUSE"] * 3 + ["ESCALATE"]
     assert ev.constant_baseline(gold) == {"label": "ALLOW", "accuracy": 0.6}
     gain = {"diff": 0.2, "lo": 0.1, "hi": 0.3, "p": 0.001, "after": 0.6}
-    tables = {"arm": {"accuracy": gain, "leaks": {"after": 0.0}, "trap_refused": {"lo": -0.1}}}
+    tables = {"arm": {"accuracy": gain, "leaks": {"after": 0.0}, "trap_refused": row(0.0, -0.1, 0.1, 0.9)}}
     assert ev.rl_verdict(tables, floor=0.6)["arm"] == "no better than a constant answer"
     assert ev.rl_verdict(tables, floor=0.5)["arm"] == "helped"
     assert ev.decision_shares(["ALLOW", "ALLOW", None, "REFUSE"]) == {
@@ -118,3 +123,33 @@ def test_a_gain_that_ends_at_the_constant_answer_is_not_help():
         "REFUSE": 0.25,
         "fallback": 0.25,
     }
+
+
+def test_rl_verdict_never_prints_a_p_of_zero():
+    tables = {"arm": {"accuracy": row(0.3, 0.2, 0.4, 0.002, after=0.9), "leaks": {"after": 0.0},
+                      "trap_refused": row(0.0, -0.1, 0.1, 0.9)}}  # fmt: skip
+    assert "Holm p=0.002" in ev.rl_verdict(tables, floor=0.5)["conclusion"]
+
+
+def test_rl_flags_see_collapse_a_vanished_decision_rising_traps_disagreeing_seeds_and_hacking():
+    before = {"ALLOW": 0.5, "ESCALATE": 0.1, "REFUSE": 0.4, "fallback": 0.0}
+    shares = {
+        "imitation": before,
+        "frozen/0": {"ALLOW": 0.04, "ESCALATE": 0.0, "REFUSE": 0.955, "fallback": 0.005},  # collapsed, lost ESCALATE
+        "trained/0": {"ALLOW": 0.5, "ESCALATE": 0.1, "REFUSE": 0.4, "fallback": 0.0},
+    }
+    tables = {
+        "frozen": {"accuracy": row(0.01, -0.05, 0.07, 0.6, diff_per_seed=[0.1, -0.08]),
+                   "trap_refused": row(0.57, 0.4, 0.7, 0.002)},
+        "trained": {"accuracy": row(0.2, 0.1, 0.3, 0.002, diff_per_seed=[0.2, 0.2]),
+                    "trap_refused": row(0.0, -0.1, 0.1, 0.9)},
+    }  # fmt: skip
+    rose = {"reward_rose": True}
+    hack = {"frozen/0": rose, "trained/0": rose}  # both rewards rose; only trained's accuracy rose with it
+    f = ev.rl_flags(shares, tables, hack)
+    assert f["collapsed"] == ["frozen/0"] and f["vanished"] == {"frozen/0": ["ESCALATE"]}
+    assert f["trap_refusals_rose"] == ["frozen"] and f["seeds_disagree"] == ["frozen"]
+    assert f["reward_hacking"] == ["frozen"]
+    calm = ev.rl_flags({"imitation": before, "trained/0": shares["trained/0"]}, {"trained": tables["trained"]}, {})
+    assert calm == {"collapsed": [], "vanished": {}, "trap_refusals_rose": [], "seeds_disagree": [],
+                    "reward_hacking": []}  # fmt: skip

@@ -173,6 +173,7 @@ def test_trl_reward_functions_decode_ids_and_read_the_label_column():
         ([0.2, 0.3, 0.6, 0.9], [0.2, 0.3, 0.5, 0.8], False),  # both rise: learning
         ([0.9, 0.9, 0.9, 0.9], [0.8, 0.7, 0.4, 0.2], False),  # correctness falls, structure flat
         ([0.5, 0.51, 0.5, 0.51], [0.5, 0.49, 0.5, 0.49], False),  # within tolerance
+        ([0.2, 0.3, 0.6, 0.9], [0.5, 0.5, 0.51, 0.5], True),  # reward rises, correctness flat: the quiet case
     ],
 )
 def test_reward_hacking_verdict(structure, correctness, hacking):

@@ -418,3 +418,19 @@ def test_cli_with_model_and_heads(tmp_path, tiny) -> None:
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert m["accuracy"] == 1.0 and m["thresholds"] == {"refuse": 0.5, "escalate": 0.5}  # fits its train set
     assert "p_refuse" in json.loads((tmp_path / "o" / "predictions.jsonl").read_text().splitlines()[0])["scores"]
+
+
+def test_auprc_refuse_is_scikit_learns_average_precision_with_ties_and_nan_without_a_class() -> None:
+    import numpy as np
+    from sklearn.metrics import average_precision_score
+
+    from so8t_core.safety.labels import auprc_refuse
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(2, 40))
+        y, s = rng.random(n) < 0.4, np.round(rng.random(n), int(rng.integers(0, 3)))  # coarse rounding: ties
+        if 0 < y.sum() < n:
+            assert auprc_refuse(y, s) == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    assert math.isnan(auprc_refuse(["ALLOW", "ALLOW"], [0.1, 0.2]))
+    assert math.isnan(auprc_refuse(["REFUSE", "REFUSE"], [0.1, 0.2]))

@@ -154,9 +154,9 @@ def test_alpha_names(a, name):
 # --- verdicts ---
 
 
-def row(mean, lo, hi, p_holm=0.001, blo=None, bhi=None):
-    return {"mean": mean, "t_lo": lo, "t_hi": hi, "boot_lo": lo if blo is None else blo,
-            "boot_hi": hi if bhi is None else bhi, "p": p_holm, "p_holm": p_holm}  # fmt: skip
+def row(mean, lo, hi, p_holm=0.001, min_effect=0.0):
+    return {"mean": mean, "estimate": mean, "lo": lo, "hi": hi, "p": p_holm, "p_holm": p_holm,
+            "min_effect": min_effect}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -164,8 +164,8 @@ def row(mean, lo, hi, p_holm=0.001, blo=None, bhi=None):
     [
         (row(-1, -2, -0.5), "better"),
         (row(1, 0.5, 2), "worse"),
-        (row(-1, -2, 0.5), "no clear difference"),  # t-interval straddles 0
-        (row(-1, -2, -0.5, bhi=0.1), "no clear difference"),  # bootstrap straddles 0
+        (row(-1, -2, 0.5), "no clear difference"),  # interval straddles 0
+        (row(-1, -2, -0.5, min_effect=1.5), "no clear difference"),  # smaller than the named minimum effect
         (row(-1, -2, -0.5, p_holm=0.2), "no clear difference"),  # not significant after Holm
     ],
 )
@@ -235,6 +235,17 @@ def test_compare_and_holm_rows():
     )
     assert sv.outcome(rows["x"]) == "better" and rows["x"]["p_holm"] >= rows["x"]["p"]
     assert sv.outcome(rows["y"]) == "no clear difference"
+    assert rows["x"]["n_seeds"] == 4 and rows["x"]["n_clusters"] == 3 and len(rows["x"]["per_seed"]) == 4
+
+
+def test_compare_with_seeds_that_agree_exactly_is_no_win():
+    a = np.tile(np.linspace(1.0, 2.0, 12), (4, 1))  # every seed gives the same numbers
+    r = sv.compare(a, a + 0.5 + np.array([0.1, -0.1, 0.05] * 4), [i % 3 for i in range(12)], n_boot=200)
+    assert r["mean"] == pytest.approx(-0.5 - 0.05 / 3) and not r["degenerate"]
+    assert r["df"] == pytest.approx(2.0)  # only the templates vary: 3 of them, 2 degrees of freedom
+    same = sv.add_holm({"x": sv.compare(np.ones((4, 12)), np.ones((4, 12)), [i % 3 for i in range(12)])})["x"]
+    assert same["degenerate"] and same["p"] == 1.0 and sv.outcome(same) == "no clear difference"
+    assert sv.validity({"t": same}) == {"t": False}
 
 
 # --- tier B ---

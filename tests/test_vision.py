@@ -385,10 +385,13 @@ def test_paired_difference_by_hand_and_resamples_images():
     assert out["questions"] == 4 and out["images"] == 3  # the caption row is left out
     assert out["diff"] == pytest.approx((1 + 1 + 0 - 1) / 4)
     lo, hi = out["ci95"]
-    # resampling whole images: the extremes are image 0 alone (+1) and image 2 alone (-1)
-    assert -1.0 <= lo < out["diff"] < hi <= 1.0 and lo < 0 < hi
+    # three images (one +1, one +1/2, one -1): 2 degrees of freedom, nothing shown
+    assert lo < 0 < hi and out["p"] > 0.05
     same = vt.paired_difference(a, a, rows)
-    assert same["diff"] == 0 and same["ci95"] == [0.0, 0.0]
+    assert same["diff"] == 0 and same["ci95"] == [0.0, 0.0] and same["p"] == 1.0
+    many = [(i // 2, "q", "a", "count") for i in range(40)]  # 20 images, b right on every question
+    won = vt.paired_difference([{"exact": False}] * 40, [{"exact": i % 3 > 0} for i in range(40)], many)
+    assert won["ci95"][0] > 0 and won["p"] < 0.01 and won["images"] == 20
     with pytest.raises(ValueError, match="scores"):
         vt.paired_difference(a[:-1], b, rows)
 

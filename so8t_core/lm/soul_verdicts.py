@@ -1,11 +1,11 @@
 """The findings of notebook 03's soul study, computed from per-seed, per-item answer-token NLL.
 
-A comparison ``a - b`` is paired: the same test items under the same seeds. Its interval resamples the real
-independent units: a Student-t interval over the per-seed mean differences, and a two-level bootstrap (seeds,
-then items clustered by template). p-values of every comparison in the notebook are Holm-corrected together.
-A comparison counts as a win (or a loss) only when both intervals exclude 0 on that side and the Holm-adjusted
-p-value is below ``ALPHA``. A task is *valid* only if LoRA beats the untouched base there; no verdict is drawn
-from an invalid task.
+A comparison ``a - b`` is paired: the same test items under the same seeds. Its interval and p-value come from
+one test, ``stats.crossed_test``: a bootstrap that draws the templates once for every seed and the seeds on top
+(crossed), read against Student's t. p-values of the comparisons passed to ``add_holm`` are Holm-corrected
+together. A comparison counts as a win (or a loss) only when its Holm-adjusted p-value is below ``ALPHA``, its
+interval excludes 0 on that side and the difference is at least the ``min_effect`` named before the run. A task is
+*valid* only if LoRA beats the untouched base there; no verdict is drawn from an invalid task.
 
 Explained in notebooks/03_soul_injection.ipynb.
 """
@@ -17,30 +17,32 @@ from typing import Any
 
 import numpy as np
 
-from so8t_core.stats import holm, quadratic_argmin_bootstrap, t_interval, two_level_bootstrap
+from so8t_core.stats import ALPHA, crossed_test, holm, quadratic_argmin_bootstrap, significant
 from so8t_core.verdicts import need
 
-ALPHA = 0.05  # family-wise error rate after Holm
 
-
-def compare(a: np.ndarray, b: np.ndarray, templates: Sequence[Any], n_boot: int = 1000, seed: int = 0) -> dict:
+def compare(
+    a: np.ndarray,
+    b: np.ndarray,
+    templates: Sequence[Any],
+    n_boot: int = 1000,
+    seed: int = 0,
+    min_effect: float = 0.0,
+) -> dict:
     """Paired difference ``a - b`` of two (n_seeds, n_items) NLL arrays (negative: ``a`` is better).
 
+    Args:
+        a, b: per-seed, per-item NLL of the two variants on the same test items.
+        templates: the items' template ids (the cluster every seed shares).
+        n_boot, seed: resampling of ``stats.crossed_test``.
+        min_effect: the smallest NLL difference that counts as a win or a loss.
     Returns:
-        ``mean``, ``t_lo``, ``t_hi``, ``p`` (t-test over seeds), ``boot_lo``, ``boot_hi``, ``n_seeds``.
+        ``mean`` (= ``estimate``) and ``stats.crossed_test``'s fields: ``lo``, ``hi``, ``p``, ``per_seed``,
+        ``n_seeds``, ``n_clusters``, ``min_effect``, ``degenerate``.
     """
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)  # (S, I)
-    t = t_interval(d.mean(1))
-    bo = two_level_bootstrap(d, templates, n_boot=n_boot, seed=seed)
-    return {
-        "mean": t["mean"],
-        "t_lo": t["lo"],
-        "t_hi": t["hi"],
-        "p": t["p"],
-        "boot_lo": bo["lo"],
-        "boot_hi": bo["hi"],
-        "n_seeds": t["n"],
-    }
+    t = crossed_test(d, templates, n_boot=n_boot, seed=seed, min_effect=min_effect)
+    return {"mean": t["estimate"], **t}
 
 
 def add_holm(rows: Mapping[str, dict]) -> dict[str, dict]:
@@ -50,24 +52,20 @@ def add_holm(rows: Mapping[str, dict]) -> dict[str, dict]:
 
 
 def outcome(row: Mapping[str, Any]) -> str:
-    """``"better"`` / ``"worse"`` when both intervals exclude 0 on that side and ``p_holm < ALPHA``, else
+    """``"better"`` / ``"worse"`` (lower / higher NLL) when ``stats.significant`` says so at ``p_holm``, else
     ``"no clear difference"``."""
-    if need(row, "p_holm", "outcome") >= ALPHA:
-        return "no clear difference"
-    if row["t_hi"] < 0 and row["boot_hi"] < 0:
-        return "better"
-    if row["t_lo"] > 0 and row["boot_lo"] > 0:
-        return "worse"
-    return "no clear difference"
+    need(row, "p_holm", "outcome")
+    return {-1: "better", 1: "worse", 0: "no clear difference"}[significant(dict(row), ALPHA, "p_holm")]
 
 
 def validity(lora_minus_base: Mapping[str, Mapping[str, Any]]) -> dict[str, bool]:
-    """Task -> valid: LoRA's answer-token NLL is below the base's with the t-interval over seeds below 0.
+    """Task -> valid: LoRA's answer-token NLL is below the base's with the crossed interval below 0 (a degenerate
+    comparison, seeds that agree exactly, has no interval and is not valid).
 
     Args:
         lora_minus_base: task -> a ``compare`` row of LoRA against the untouched base.
     """
-    return {task: bool(r["t_hi"] < 0 and r["mean"] < 0) for task, r in lora_minus_base.items()}
+    return {task: bool(r["hi"] < 0 and r["mean"] < 0) for task, r in lora_minus_base.items()}
 
 
 def wins(rows: Mapping[str, Mapping[str, Any]], key: str, valid: Mapping[str, bool]) -> list[str]:
@@ -128,6 +126,7 @@ def tier_rows(
     ref: str,
     extra: Sequence[tuple[str, str]] = (),
     n_boot: int = 1000,
+    min_effect: float = 0.0,
 ) -> dict[str, dict]:
     """Every comparison of one tier: each variant against ``ref``, plus ``extra`` pairs, per task.
 
@@ -136,6 +135,7 @@ def tier_rows(
         templates: task -> the test items' template ids.
         ref: the reference variant.
         extra: further ``(a, b)`` pairs.
+        min_effect: passed to ``compare``.
     Returns:
         ``"<task>/<a> - <b>"`` -> ``compare`` row (not yet Holm-adjusted).
     """
@@ -145,7 +145,7 @@ def tier_rows(
         pairs = [(v, ref) for v in nll if v not in (ref, "base")] + list(extra)
         for a, b in pairs:
             rows[f"{task}/{a} - {b}"] = compare(
-                need(nll, a, "tier_rows"), need(nll, b, "tier_rows"), templates[task], n_boot
+                need(nll, a, "tier_rows"), need(nll, b, "tier_rows"), templates[task], n_boot, min_effect=min_effect
             )
     return rows
 

@@ -4,8 +4,10 @@ Every figure comes from greedy completions, never from the safety heads: format 
 (``think.in_quad_layout``), the decision the served answer takes (``rewards.answer_decision``; a fallback answer
 counts as wrong and as "not a refusal"), safety F1 (REFUSE vs the rest, by the caller's ``metrics`` function, i.e.
 ``safety.labels.metrics``), refusals of ALLOW traps, thinking leaks through ``extract_final`` and the mean KL to the
-reference on the completions. Differences are resampled by cluster (en/ja translation pairs) with
-``stats.cluster_bootstrap`` and averaged over seeds; p-values are Holm-corrected.
+reference on the completions. Differences are averaged over seeds and tested by ``stats.crossed_stat_test``
+(en/ja translation pairs crossed with seeds; p floored at 1 / n_boot); p-values are Holm-corrected. ``rl_flags``
+names what a single number hides: a policy that collapsed onto one decision or lost one, trap refusals rising,
+seeds that disagree, a reward that rose while accuracy did not.
 
 Explained in notebooks/07_quad_reinforcement.ipynb.
 """
@@ -18,9 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from so8t_core.config import check
 from so8t_core.rl.rewards import answer_decision, score_completion
 from so8t_core.rl.training import chat_prompt
-from so8t_core.stats import cluster_bootstrap, holm
+from so8t_core.stats import crossed_stat_test, holm, significant
 from so8t_core.think import DECISIONS, decode_raw, extract_final, in_quad_layout, leaks_thinking, stop_ids
 from so8t_core.verdicts import need
 
@@ -111,36 +114,43 @@ def compare(
     metrics: Callable[[Sequence[str], Sequence[str]], dict],
     n_boot: int = 500,
     seed: int = 0,
+    min_effect: float = 0.0,
 ) -> dict[str, dict[str, Any]]:
-    """After minus before for every metric, averaged over the seeds' runs, with a cluster-bootstrap interval.
+    """After minus before for every metric, averaged over the seeds' runs, by ``stats.crossed_stat_test``.
 
     Returns:
-        metric -> ``{"before", "after", "after_per_seed", "diff", "lo", "hi", "p"}`` (p: two-sided bootstrap
-        share of resamples on the other side of 0; not yet corrected).
+        metric -> ``{"before", "after", "after_per_seed", "diff" (= "estimate"), "diff_per_seed", "lo", "hi", "p",
+        "degenerate"}`` (p: two-sided, floored at 1 / n_boot, not yet corrected).
     """
     all_idx = np.arange(len(gold))
+    cache: dict[tuple[int, bytes], dict[str, float]] = {}  # every metric's test draws the same rows
+
+    def figures(run: Mapping[str, Sequence[Any]], idx: np.ndarray) -> dict[str, float]:
+        key = (id(run), idx.tobytes())
+        if key not in cache:
+            cache[key] = system_metrics(run, gold, traps, idx, metrics)
+        return cache[key]
+
     out = {}
     for m in METRICS:
-        draws: list[float] = []
 
-        def stat(idx: np.ndarray, m: str = m, draws: list[float] = draws) -> float:
-            b = system_metrics(before, gold, traps, idx, metrics)[m]
-            v = float(np.mean([system_metrics(a, gold, traps, idx, metrics)[m] for a in afters]) - b)
-            draws.append(v)
-            return v
+        def stat(seeds: np.ndarray, idx: np.ndarray, m: str = m) -> float:
+            return float(np.mean([figures(afters[s], idx)[m] for s in seeds]) - figures(before, idx)[m])
 
-        ci = cluster_bootstrap(stat, clusters, n_boot=n_boot, seed=seed)
-        d = np.array([x for x in draws[:-1] if not np.isnan(x)])  # the last call is the full-data estimate
-        p = float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean()))) if len(d) else float("nan")
-        per_seed = [system_metrics(a, gold, traps, all_idx, metrics)[m] for a in afters]
+        t = crossed_stat_test(stat, len(afters), clusters, n_boot=n_boot, seed=seed, min_effect=min_effect)
+        per_seed = [figures(a, all_idx)[m] for a in afters]
         out[m] = {
-            "before": system_metrics(before, gold, traps, all_idx, metrics)[m],
+            "before": figures(before, all_idx)[m],
             "after": float(np.mean(per_seed)),
             "after_per_seed": per_seed,
-            "diff": ci["estimate"],
-            "lo": ci["lo"],
-            "hi": ci["hi"],
-            "p": p,
+            "diff": t["estimate"],
+            "estimate": t["estimate"],
+            "diff_per_seed": t["per_seed"],
+            "lo": t["lo"],
+            "hi": t["hi"],
+            "p": t["p"],
+            "min_effect": min_effect,
+            "degenerate": t["degenerate"],
         }
     return out
 
@@ -173,7 +183,7 @@ def rl_verdict(
     Returns:
         ``{"<arm>": "helped"|"hurt"|"no clear change"|"no better than a constant answer", "trap_refusals_rose":
         {arm: bool}, "p_holm": {...}, "no_leaks": bool, "conclusion": one line}``; trap refusals rose when their
-        interval lies above 0.
+        difference is significantly above 0 (``stats.significant``).
     Raises:
         KeyError: an arm lacks the primary metric, ``trap_refused`` or ``leaks``.
     """
@@ -182,22 +192,75 @@ def rl_verdict(
     good = HIGHER_IS_BETTER.get(primary, True)
     out: dict[str, Any] = {"p_holm": adj}
     for arm, r in rows.items():
-        sig = adj[arm] < 0.05 and (r["lo"] > 0 or r["hi"] < 0)
-        better = (r["diff"] > 0) == good
-        out[arm] = ("helped" if better else "hurt") if sig else "no clear change"
+        side = significant(_row(r) | {"p_holm": adj[arm]}, p_key="p_holm")
+        out[arm] = ("helped" if (side > 0) == good else "hurt") if side else "no clear change"
         if out[arm] == "helped" and good and r["after"] <= floor:
             out[arm] = "no better than a constant answer"
     out["trap_refusals_rose"] = {
-        arm: bool(need(t, "trap_refused", f"rl_verdict({arm})")["lo"] > 0) for arm, t in tables.items()
+        arm: significant(_row(need(t, "trap_refused", f"rl_verdict({arm})"))) == 1 for arm, t in tables.items()
     }
     out["no_leaks"] = all(need(t, "leaks", "rl_verdict")["after"] == 0 for t in tables.values())
     said = ", ".join(
-        f"{arm}: {out[arm]} ({rows[arm]['diff']:+.3f}, Holm p={adj[arm]:.3f}"
+        f"{arm}: {out[arm]} ({rows[arm]['diff']:+.3f}, Holm p={adj[arm]:.3g}"
         + (", but refuses more ALLOW traps)" if out["trap_refusals_rose"][arm] else ")")
         for arm in rows
     )
     out["conclusion"] = f"RL vs imitation on test {primary} (constant answer: {floor:.3f}): {said}"
     return out
+
+
+def _row(r: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``compare`` entry as ``stats.significant`` reads it (older tables name the estimate ``diff``)."""
+    return {"estimate": r["diff"], "min_effect": 0.0, **r}
+
+
+def rl_flags(
+    shares: Mapping[str, Mapping[str, float]],
+    tables: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    hacking: Mapping[str, Mapping[str, Any]],
+    before: str = "imitation",
+    max_share: float = 0.8,
+    primary: str = "accuracy",
+) -> dict[str, Any]:
+    """What notebook 07 must see besides its primary metric.
+
+    Args:
+        shares: run -> ``decision_shares`` of its test answers; ``before`` names the imitation model's.
+        tables: arm -> ``compare`` output on the test set.
+        hacking: run -> ``rewards.reward_hacking`` of its training curves; a run ``"<arm>/<seed>"`` belongs to
+            ``<arm>``.
+        max_share: a run whose commonest decision exceeds this share has collapsed onto it.
+        primary: the metric the arms are judged on.
+    Returns:
+        ``collapsed``: runs over ``max_share`` on one decision; ``vanished``: run -> decisions the imitation model
+        gave that the run never gives; ``trap_refusals_rose``: arms whose refused ALLOW traps rose significantly;
+        ``seeds_disagree``: arms whose seeds moved ``primary`` in opposite directions; ``reward_hacking``: arms with
+        a run whose reward rose while the arm's test ``primary`` did not rise significantly.
+    """
+    check(before in shares, "shares", sorted(shares), f"need the {before!r} shares")
+    given = {d for d, v in shares[before].items() if v > 0}
+    runs = {k: v for k, v in shares.items() if k != before}
+    out: dict[str, Any] = {
+        "collapsed": [k for k, v in runs.items() if max(v.values()) > max_share],
+        "vanished": {k: sorted(d for d in given if v.get(d, 0.0) == 0.0) for k, v in runs.items()},
+        "trap_refusals_rose": [
+            a for a, t in tables.items() if significant(_row(need(t, "trap_refused", "rl_flags"))) == 1
+        ],
+    }
+    out["vanished"] = {k: v for k, v in out["vanished"].items() if v}
+    out["seeds_disagree"] = [
+        a for a, t in tables.items() if _both_signs(need(t, primary, "rl_flags").get("diff_per_seed", []))
+    ]
+    rose = {a for a, t in tables.items() if significant(_row(t[primary])) == 1}
+    out["reward_hacking"] = sorted(
+        {k.split("/")[0] for k, h in hacking.items() if h["reward_rose"] and k.split("/")[0] not in rose}
+    )
+    return out
+
+
+def _both_signs(values: Sequence[float]) -> bool:
+    v = np.asarray(values, dtype=float)
+    return bool((v > 0).any() and (v < 0).any())
 
 
 def pair_subset(pairs: Sequence[str], n: int, seed: int = 0) -> list[int]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from so8t_core.config import check
 from so8t_core.safety.heads import HEADS_STAGE
-from so8t_core.safety.labels import LABELS, LabeledSet, breakdown, load_labeled, metrics, task_splits
+from so8t_core.safety.labels import LABELS, LabeledSet, auprc_refuse, breakdown, load_labeled, metrics, task_splits
 from so8t_core.think import respond
 
 STAGE = HEADS_STAGE
@@ -103,7 +103,7 @@ def pr_curve(labels: Sequence[str], scores: Any) -> dict:
 
     Explained in notebooks/06_safety_eval.ipynb.
     """
-    from sklearn.metrics import average_precision_score, precision_recall_curve
+    from sklearn.metrics import precision_recall_curve
 
     positive = np.array([lab == "REFUSE" for lab in labels])
     s = np.asarray(scores, dtype=float)
@@ -114,7 +114,7 @@ def pr_curve(labels: Sequence[str], scores: Any) -> dict:
         "precision": precision.tolist(),
         "recall": recall.tolist(),
         "thresholds": thr.tolist(),
-        "auprc": float(average_precision_score(positive, s)),
+        "auprc": auprc_refuse(positive, s),
         "prevalence": float(positive.mean()),
     }
 

@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 
 from so8t_core.config import check
-from so8t_core.safety.labels import LABELS, LabeledSet, metrics, refuse_decisions, refuse_threshold
-from so8t_core.stats import cluster_bootstrap
+from so8t_core.safety.labels import LABELS, LabeledSet, auprc_refuse, dev_rule, metrics, refuse_decisions
+from so8t_core.stats import crossed_stat_test
 
 REPORTED = ("auprc_refuse", "safety_f1", "refuse_recall", "over_refusal_rate")
+Scored = Mapping[str, Any]  # a ``score_system`` result
 
 
 C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -57,7 +58,7 @@ def probe_scores(
             best = (0.0, c, clf)
             break
         ydev = np.asarray(dev_labels) == "REFUSE"
-        score = _auprc(ydev, clf.predict_proba(np.asarray(features["dev"], dtype=np.float64))[:, 1])
+        score = auprc_refuse(ydev, clf.predict_proba(np.asarray(features["dev"], dtype=np.float64))[:, 1])
         if best is None or score > best[0]:
             best = (score, c, clf)
     assert best is not None
@@ -69,25 +70,24 @@ def probe_scores(
 def score_system(
     dev: LabeledSet, test: LabeledSet, p_dev: Sequence[float], p_test: Sequence[float], max_over_refusal: float = 0.05
 ) -> dict[str, Any]:
-    """Threshold on dev by the shared rule, then ``metrics`` of the binary decisions on test.
+    """Threshold on dev by the shared rule (``labels.dev_rule``), then ``metrics`` of the decisions on test.
 
     Returns:
-        ``{"threshold", "metrics", "preds", "scores"}`` (preds and scores on test).
+        ``{"threshold", "no_admissible_threshold", "metrics", "preds", "scores"}`` (preds and scores on test);
+        ``metrics`` gains ``over_refusal_cap`` (the dev cap) and ``over_refusal_excess`` (test over-refusal minus
+        the cap), so the cap a threshold was tuned to is read next to what it gives on test.
     """
-    t = refuse_threshold(p_dev, dev.labels, max_over_refusal)
-    preds = refuse_decisions(p_test, t)
+    rule = dev_rule(p_dev, dev.labels, max_over_refusal)
+    preds = refuse_decisions(p_test, rule["threshold"])
+    m = metrics(test.labels, preds, list(p_test))
+    m |= {"over_refusal_cap": max_over_refusal, "over_refusal_excess": m["over_refusal_rate"] - max_over_refusal}
     return {
-        "threshold": float(t),
-        "metrics": metrics(test.labels, preds, list(p_test)),
+        "threshold": float(rule["threshold"]),
+        "no_admissible_threshold": bool(rule["no_admissible_threshold"]),
+        "metrics": m,
         "preds": preds,
         "scores": [float(s) for s in p_test],
     }
-
-
-def _auprc(y: np.ndarray, s: np.ndarray) -> float:
-    from sklearn.metrics import average_precision_score
-
-    return float(average_precision_score(y, s)) if 0 < y.sum() < len(y) else float("nan")
 
 
 def _safety_f1(y: np.ndarray, pred: np.ndarray) -> float:
@@ -96,24 +96,56 @@ def _safety_f1(y: np.ndarray, pred: np.ndarray) -> float:
 
 
 def paired_differences(
-    test: LabeledSet, a: Mapping[str, Any], b: Mapping[str, Any], n_boot: int = 2000, seed: int = 0
+    test: LabeledSet,
+    a: Scored | Sequence[Scored],
+    b: Scored | Sequence[Scored],
+    n_boot: int = 2000,
+    seed: int = 0,
+    min_effect: float = 0.0,
 ) -> dict[str, dict[str, Any]]:
-    """System ``a`` minus system ``b`` on test (AUPRC of REFUSE and safety F1), 95 % intervals resampling
-    translation pairs (``extra["pair"]``; an en/ja twin pair is one unit).
+    """System ``a`` minus system ``b`` on test (AUPRC of REFUSE and safety F1) by ``stats.crossed_stat_test``:
+    translation pairs (``extra["pair"]``; an en/ja twin pair is one unit) crossed with seeds.
 
+    Args:
+        test: the test set.
+        a, b: a ``score_system`` result, or one per seed (seed i of ``a`` pairs with seed i of ``b``; a single
+            result is used for every seed of the other side).
+        n_boot, seed, min_effect: as in ``stats.crossed_stat_test``.
     Returns:
-        ``{"auprc_refuse": cluster_bootstrap(...), "safety_f1": ...}``.
+        ``{"auprc_refuse": crossed_stat_test(...), "safety_f1": ...}``; the safety-F1 entry has ``excluded`` True
+        when either side had no admissible dev threshold (its F1 was switched off, not measured).
     """
+    runs_a, runs_b = _seeds(a), _seeds(b)
+    n = max(len(runs_a), len(runs_b))
+    check(len(runs_a) in (1, n) and len(runs_b) in (1, n), "seeds", (len(runs_a), len(runs_b)), "must match or be 1")
     y = np.asarray(test.labels) == "REFUSE"
-    sa, sb = np.asarray(a["scores"]), np.asarray(b["scores"])
-    pa, pb = np.asarray(a["preds"]) == "REFUSE", np.asarray(b["preds"]) == "REFUSE"
     pairs = [str(e.get("pair", i)) for i, e in enumerate(test.extra)]
-    return {
-        "auprc_refuse": cluster_bootstrap(lambda i: _auprc(y[i], sa[i]) - _auprc(y[i], sb[i]), pairs, n_boot, seed),
-        "safety_f1": cluster_bootstrap(
-            lambda i: _safety_f1(y[i], pa[i]) - _safety_f1(y[i], pb[i]), pairs, n_boot, seed
+
+    def per_seed(runs: Sequence[Scored], key: str) -> list[np.ndarray]:
+        return [np.asarray(r[key]) == "REFUSE" if key == "preds" else np.asarray(r[key], dtype=float) for r in runs]
+
+    def stat(metric: Any, va: list[np.ndarray], vb: list[np.ndarray]) -> Any:
+        def f(seeds: np.ndarray, i: np.ndarray) -> float:
+            return float(np.mean([metric(y[i], va[s % len(va)][i]) - metric(y[i], vb[s % len(vb)][i]) for s in seeds]))
+
+        return f
+
+    out = {
+        "auprc_refuse": crossed_stat_test(
+            stat(auprc_refuse, per_seed(runs_a, "scores"), per_seed(runs_b, "scores")), n, pairs, n_boot, seed,
+            min_effect=min_effect,
         ),
-    }
+        "safety_f1": crossed_stat_test(
+            stat(_safety_f1, per_seed(runs_a, "preds"), per_seed(runs_b, "preds")), n, pairs, n_boot, seed,
+            min_effect=min_effect,
+        ),
+    }  # fmt: skip
+    out["safety_f1"]["excluded"] = any(r.get("no_admissible_threshold", False) for r in (*runs_a, *runs_b))
+    return out
+
+
+def _seeds(x: Scored | Sequence[Scored]) -> list[Scored]:
+    return [x] if isinstance(x, Mapping) else list(x)
 
 
 def precondition_verdicts(diffs: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, bool]:
@@ -122,25 +154,35 @@ def precondition_verdicts(diffs: Mapping[str, Mapping[str, Mapping[str, float]]]
     Args:
         diffs: needs ``probe_vs_random`` and ``probe_vs_tfidf``.
     Returns:
-        ``pretraining_beats_random_init`` / ``probe_beats_tfidf``: the AUPRC difference's interval lies above 0;
-        ``probe_loses_to_tfidf``: it lies below 0.
+        ``pretraining_beats_random_init`` / ``probe_beats_tfidf``: the AUPRC difference is significantly above 0
+        (``stats.significant``: p < 0.05, interval above 0, at least ``min_effect``); ``probe_loses_to_tfidf``:
+        significantly below. Two comparisons, each its own question, so no Holm over them.
     """
+    from so8t_core.stats import significant
     from so8t_core.verdicts import need
 
     what = "precondition_verdicts"
     rnd = need(need(diffs, "probe_vs_random", what), "auprc_refuse", what)
     tfidf = need(need(diffs, "probe_vs_tfidf", what), "auprc_refuse", what)
     return {
-        "pretraining_beats_random_init": rnd["lo"] > 0,
-        "probe_beats_tfidf": tfidf["lo"] > 0,
-        "probe_loses_to_tfidf": tfidf["hi"] < 0,
+        "pretraining_beats_random_init": significant(dict(rnd)) == 1,
+        "probe_beats_tfidf": significant(dict(tfidf)) == 1,
+        "probe_loses_to_tfidf": significant(dict(tfidf)) == -1,
     }
 
 
 def table(systems: Mapping[str, Mapping[str, Any]], keys: Sequence[str] = REPORTED) -> list[dict[str, Any]]:
-    """One row per system: its dev threshold and the test metrics in ``keys``."""
+    """One row per system: its dev threshold (and whether the dev rule found one), the test metrics in ``keys``
+    and the dev over-refusal cap, so test over-refusal is read against it."""
     return [
-        {"system": n, "threshold": s["threshold"], **{k: s["metrics"][k] for k in keys}} for n, s in systems.items()
+        {
+            "system": n,
+            "threshold": s["threshold"],
+            "no_admissible_threshold": s.get("no_admissible_threshold", False),
+            **{k: s["metrics"][k] for k in keys},
+            "over_refusal_cap": s["metrics"].get("over_refusal_cap", float("nan")),
+        }
+        for n, s in systems.items()
     ]
 
 

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from so8t_core.config import check
 from so8t_core.lm.batching import masked_mean, right_pad
+from so8t_core.stats import crossed_test
 from so8t_core.text import normalize_text
 from so8t_core.think import END_OF_TURN, chat_turn, stop_ids
 from so8t_core.verdicts import need
@@ -274,32 +275,23 @@ def visual_path_weight(vlm: VisualLM, tokenizer: Any, pixels: Tensor, rows: list
 def paired_difference(
     a: list[dict[str, Any]], b: list[dict[str, Any]], rows: list[Row], n_boot: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
-    """Exact-match difference b - a over the question rows (captions left out), with a 95 % percentile interval
-    from resampling *images* with replacement: all questions about one image move together, since they share it.
+    """Exact-match difference b - a over the question rows (captions left out), tested by ``stats.crossed_test``
+    with *images* as the resampling unit: all questions about one image move together, since they share it.
 
     Args:
         a, b: ``score_rows`` output of two variants on the same ``rows``.
         rows: the scored rows (their image index is the resampling unit).
     Returns:
-        ``{"diff", "ci95": [lo, hi], "images", "questions"}``.
+        ``{"diff", "ci95": [lo, hi], "p", "images", "questions"}``.
     """
     check(len(a) == len(b) == len(rows), "scores", (len(a), len(b), len(rows)), "need one score per row in each")
-    per_image: dict[int, list[float]] = defaultdict(lambda: [0.0, 0])
-    for sa, sb, row in zip(a, b, rows):
-        if row[3] != "caption":
-            per_image[row[0]][0] += float(sb["exact"]) - float(sa["exact"])
-            per_image[row[0]][1] += 1
-    sums = np.array([v[0] for v in per_image.values()])
-    counts = np.array([v[1] for v in per_image.values()])
-    check(counts.sum() > 0, "rows", len(rows), "no question rows to compare")
-    rng = np.random.default_rng(seed)
-    draws = [sums[i].sum() / counts[i].sum() for i in rng.integers(0, len(sums), (n_boot, len(sums)))]
-    return {
-        "diff": float(sums.sum() / counts.sum()),
-        "ci95": np.percentile(draws, [2.5, 97.5]).tolist(),
-        "images": int(len(sums)),
-        "questions": int(counts.sum()),
-    }
+    keep = [i for i, row in enumerate(rows) if row[3] != "caption"]
+    check(len(keep) > 0, "rows", len(rows), "no question rows to compare")
+    d = np.array([[float(b[i]["exact"]) - float(a[i]["exact"]) for i in keep]])  # (1 seed, questions)
+    images = [rows[i][0] for i in keep]
+    t = crossed_test(d, images, n_boot=n_boot, seed=seed)
+    return {"diff": t["estimate"], "ci95": [t["lo"], t["hi"]], "p": t["p"], "images": t["n_clusters"],
+            "questions": len(keep)}  # fmt: skip
 
 
 @torch.no_grad()
