@@ -308,6 +308,7 @@ def convert(spec: RealModel, out_root: str | Path | None = None, force: bool = F
         manifest = _manifest(spec, tmp, gguf_path, model, tokenizer, licence.name)
         shutil.rmtree(work)
         write_json_atomic(tmp / MANIFEST, manifest)
+        (tmp / MANIFEST).chmod(0o644)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
