@@ -27,6 +27,7 @@ from so8t_core.config.common import (
     check_threads,
     reports_dir,
     require_positive,
+    stage_fields,
 )
 from so8t_core.config.evaluation import QuadRLStageConfig, SafetyEvalStageConfig
 from so8t_core.config.gate import AlphaStageConfig, RotationMathConfig
@@ -61,4 +62,5 @@ __all__ = [
     "check_threads",
     "reports_dir",
     "require_positive",
+    "stage_fields",
 ]

@@ -61,6 +61,33 @@ class StageConfig:
         return cls(**d)
 
 
+def stage_fields(room: type, stage: Any, **extra: Any) -> dict[str, Any]:
+    """The keyword arguments that build the settings dataclass ``room`` from a stage config: every field of
+    ``room`` whose name (or its name in ``room.STAGE_NAMES``) is a field of ``stage`` takes the stage's value, so a
+    room never keeps a second default for a knob the stage exposes.
+
+    Args:
+        room: the room's dataclass (``InjectConfig``, ``PillarSettings``, ...); an optional class attribute
+            ``STAGE_NAMES`` maps a room field to the stage field of another name (``{"r": "lora_r"}``).
+        stage: the stage config instance.
+        **extra: values of room fields the stage does not expose.
+    Returns:
+        The keyword arguments of ``room``.
+    Raises:
+        ValueError: ``extra`` names a field the stage already sets (the stage's value is the only source).
+    """
+    renames = getattr(room, "STAGE_NAMES", {})
+    exposed = {f.name for f in fields(stage)}
+    kwargs = {}
+    for f in fields(room):
+        name = renames.get(f.name, f.name)
+        if name in exposed:
+            kwargs[f.name] = getattr(stage, name)
+    clash = sorted(set(extra) & set(kwargs))
+    check(not clash, "extra", clash, f"set by {type(stage).__name__}; change the stage config instead")
+    return kwargs | extra
+
+
 def require_positive(obj: Any, *names: str) -> None:
     """Raise ``ValueError`` naming the first of ``names`` whose value on ``obj`` is not > 0."""
     for n in names:

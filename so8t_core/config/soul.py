@@ -63,25 +63,6 @@ class SoulStageConfig(StageConfig):
     n_boot: int = 1000
     torch_threads: int = 0  # 0 keeps torch's default (all cores); see Stage
 
-    SOUL_FIELDS = (
-        "map",
-        "init_std",
-        "alpha_start",
-        "alpha_target",
-        "alpha_warmup",
-        "alpha_anneal",
-        "ortho_weight",
-        "pet_kind",
-        "pet_max_lambda",
-        "pet_warmup",
-        "pet_main",
-        "pet_anneal",
-    )
-
-    def soul_fields(self) -> dict:
-        """The fields this stage passes on to ``so8t_core.gate.soul.SoulConfig`` (same names there)."""
-        return {k: getattr(self, k) for k in self.SOUL_FIELDS}
-
     def __post_init__(self) -> None:
         for name in ("alpha_targets", "a_lrs", "b_lrs", "alpha_grid"):
             object.__setattr__(self, name, tuple(float(a) for a in getattr(self, name)))
