@@ -6,7 +6,7 @@
 
 The gate is computed in float32 whatever the base's dtype (a 4-bit base gives bf16 hidden states), which also
 makes the later fusion into lm_head exact. Training adds an orthogonality guard and PET (curvature of ``mixed``
-along the sequence) to the LM loss; see ``so8t_core.inject`` for the loop.
+along the sequence) to the LM loss; see ``so8t_core.lm.inject`` for the loop.
 
 Explained in notebooks/03_soul_injection.ipynb.
 """
