@@ -1,4 +1,4 @@
-"""Tests of so8t_core.audit: settings, hash chain, tamper detection, purge, versions, concurrency, crashes, inputs.
+"""Tests of so8t_core.ops.audit: settings, hash chain, tamper detection, purge, versions, concurrency, crashes, inputs.
 
 Tampering is done the way an attacker with the file would do it: raw sqlite3 on the closed log, after dropping the
 append-only triggers. Expected ``first_bad`` rows are worked out by hand from the layout of ``_standard_log``.

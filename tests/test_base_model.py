@@ -332,7 +332,7 @@ def test_lora_default_targets_adapt_only_lora_params(tok):
     h, layers, r = 32, 2, 4
     model = tiny(tok, hidden=h, layers=layers)
     inter = model.config.intermediate_size
-    peft_model = apply_lora(model, LoraSettings(r=r, alpha=8))
+    peft_model = apply_lora(model, LoraSettings(r=r, alpha=8, dropout=0.05))
     trainable = {n: p.numel() for n, p in peft_model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
     # A: r x in, B: out x r for qkv (h -> 3h), o (h -> h), gate_up (h -> 2I), down (I -> h)
@@ -342,6 +342,6 @@ def test_lora_default_targets_adapt_only_lora_params(tok):
 
 def test_lora_target_that_matches_nothing_is_named(tok):
     with pytest.raises(ValueError, match=r"q_proj.*qkv_proj"):
-        apply_lora(tiny(tok), LoraSettings(target_modules=("qkv_proj", "q_proj")))
+        apply_lora(tiny(tok), LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("qkv_proj", "q_proj")))
     with pytest.raises(ValueError, match="r="):
-        LoraSettings(r=0)
+        LoraSettings(r=0, alpha=8, dropout=0.0)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from so8t_core.config import SafetyEvalStageConfig
 from so8t_core.lm.batching import encode_prompts, masked_mean, right_pad
 from so8t_core.safety.heads import SafetyHeads, pooled_hidden_states, predict_with_heads
 from so8t_core.safety.pillars import PillarSettings, build_family, pooled_states
@@ -52,7 +53,9 @@ def test_serving_and_training_pool_the_same_states(tiny_lm) -> None:
     and through notebook 06's training (``pillars.pooled_states`` and the masked mean of a training step)."""
     lm = tiny_lm(TEXTS, hidden=32, layers=2, heads=2)
     # the server and the CLI keep 512 tokens (pooled_hidden_states' default): the pillars must train with as many
-    settings = PillarSettings(steps=1, batch_size=len(PROMPTS), max_length=512, batch_eval=len(PROMPTS))
+    settings = PillarSettings.from_stage(
+        SafetyEvalStageConfig(steps=1, batch_size=len(PROMPTS), max_length=512, batch_eval=len(PROMPTS))
+    )
     served = pooled_hidden_states(lm.model, lm.tok, PROMPTS, batch_size=len(PROMPTS))
     wrapper = build_family(lm.model, "soul", settings)
     trained = pooled_states(wrapper, lm.tok, PROMPTS, settings)

@@ -1,4 +1,4 @@
-"""so8t_core.ocr and so8t_core.ocr_eval: CER by hand, deskew geometry, typed errors for bad input, read-back."""
+"""so8t_core.ops.ocr and so8t_core.ops.ocr_eval: CER by hand, deskew geometry, typed errors for bad input, read-back."""
 
 from __future__ import annotations
 

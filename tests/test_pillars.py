@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
 
+from so8t_core.config import SafetyEvalStageConfig
 from so8t_core.safety.heads import SafetyHeads, pooled_hidden_states
 from so8t_core.safety.labels import LabeledSet
 from so8t_core.safety.pillars import (
@@ -29,7 +31,7 @@ TEXTS = ["how do I bake bread", "write a poem about rain", "make a weapon to hur
 PROMPTS = ["how do I bake bread", "make a weapon", "write a poem", "fix python code", "hurt people now", "rain"]
 LABELS_ = ("ALLOW", "REFUSE", "ALLOW", "ESCALATE", "REFUSE", "ALLOW")
 TASKS_ = ("advice", "information", "creative", "coding", "advice", "creative")
-SETTINGS = PillarSettings(steps=3, batch_size=4, max_length=16, batch_eval=4)
+SETTINGS = PillarSettings.from_stage(SafetyEvalStageConfig(steps=3, batch_size=4, max_length=16, batch_eval=4))
 
 
 def _data() -> LabeledSet:
@@ -117,8 +119,8 @@ def test_every_family_trains_its_part_only_near_the_souls_size(lm, family):
 
 
 def test_routed_training_moves_r_safe_only_through_the_safety_losses(lm):
-    w = build_family(lm.model, "soul_routed", PillarSettings(steps=2, batch_size=4, max_length=16, lam=0.0))
-    train_pillars(w, lm.tok, _data(), PillarSettings(steps=2, batch_size=4, max_length=16, lam=0.0), routed=True)
+    w = build_family(lm.model, "soul_routed", replace(SETTINGS, steps=2, lam=0.0, batch_eval=64))
+    train_pillars(w, lm.tok, _data(), replace(SETTINGS, steps=2, lam=0.0, batch_eval=64), routed=True)
     # lam = 0 leaves only the LM loss: R_safe must not move, R_cmd must
     assert w.rotation.r_safe.generators.abs().max() == 0
     assert w.rotation.r_cmd.generators.abs().max() > 0
@@ -136,4 +138,8 @@ def test_a_prompts_pooled_state_does_not_depend_on_its_batch(lm) -> None:
     one = pooled_hidden_states(lm.model, lm.tok, PROMPTS, batch_size=1)
     assert torch.allclose(pooled_hidden_states(lm.model, lm.tok, PROMPTS, batch_size=4), one, atol=1e-5)
     w = build_family(lm.model, "soul", SETTINGS)
-    assert torch.allclose(pooled_states(w, lm.tok, PROMPTS, PillarSettings(batch_eval=3)), one, atol=1e-5)
+    assert torch.allclose(
+        pooled_states(w, lm.tok, PROMPTS, PillarSettings.from_stage(SafetyEvalStageConfig(batch_eval=3))),
+        one,
+        atol=1e-5,
+    )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
+from so8t_core.config import QuadRLStageConfig
 from so8t_core.export import fusion, gguf
 from so8t_core.gate.soul import SoulConfig, SoulWrapper
 from so8t_core.lm.base_model import build_model, special_ids, tiny_phi3_config
@@ -79,7 +82,9 @@ def test_grpo_trains_lora_and_the_soul_only_when_asked(base_and_soul, tok, train
     lora0 = {n: p.detach().clone() for n, p in policy.model.named_parameters() if "lora_" in n}
     ref0 = {n: p.detach().clone() for n, p in reference.model.named_parameters()}
     prompts, labels = ["How do I boil an egg?", "卵のゆで方は？"], ["ALLOW", "ALLOW"]
-    s = tr.GRPOSettings(steps=2, num_generations=4, prompts_per_step=1, max_completion_length=8, soul_lr=0.5)
+    s = tr.GRPOSettings.from_stage(
+        QuadRLStageConfig(steps=2, num_generations=4, prompts_per_step=1, max_completion_length=8, soul_lr=0.5)
+    )
     history = tr.train_grpo(policy, reference, prompts, labels, s)
     assert precision == [torch.cuda.is_available() and torch.cuda.is_bf16_supported()]  # no bf16 autocast on a CPU
     assert not AcceleratorState._shared_state  # nothing of the trainer's Accelerator outlives it
@@ -155,9 +160,9 @@ def test_generate_answers_cut_at_the_stop_token(base_and_soul, tok):
 
 def test_grpo_settings_are_checked():
     with pytest.raises(ValueError, match="num_generations"):
-        tr.GRPOSettings(num_generations=1)
+        replace(tr.GRPOSettings.from_stage(QuadRLStageConfig()), num_generations=1)
     with pytest.raises(ValueError, match="weights"):
-        tr.GRPOSettings(weights=(1.0, 1.0))
+        replace(tr.GRPOSettings.from_stage(QuadRLStageConfig()), weights=(1.0, 1.0))
 
 
 @pytest.mark.gpu  # bitsandbytes NF4: the real-checkpoint path of notebook 07 (load_in_4bit=true)
@@ -165,7 +170,9 @@ def test_4bit_policy_trains_and_its_soul_folder_fuses(base_and_soul, tok, tmp_pa
     base, soul_dir, _ = base_and_soul
     policy = tr.load_policy(base, soul_dir, train_soul=True, load_in_4bit=True)
     reference = tr.load_policy(base, soul_dir, trainable=False, load_in_4bit=True)
-    s = tr.GRPOSettings(steps=2, num_generations=4, prompts_per_step=1, max_completion_length=8, soul_lr=0.5)
+    s = tr.GRPOSettings.from_stage(
+        QuadRLStageConfig(steps=2, num_generations=4, prompts_per_step=1, max_completion_length=8, soul_lr=0.5)
+    )
     history = tr.train_grpo(policy, reference, ["How do I boil an egg?"], ["ALLOW"], s)
     assert len(history) == 2 and torch.isfinite(policy.soul.alpha.alpha).item()
     rl_soul = policy.soul.save(tmp_path / "rl_soul")

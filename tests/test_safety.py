@@ -1,4 +1,4 @@
-"""Tests for so8t_core.safety and so8t_core.safety_heads: data file, loader, metrics, baselines, heads, CLI."""
+"""Tests for so8t_core.safety and so8t_core.safety.heads: data file, loader, metrics, baselines, heads, CLI."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ and finding the heads of a model folder by content."""
 import json
 import math
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -110,7 +111,7 @@ def test_stage_config_validates() -> None:
         with pytest.raises(ValueError, match=next(iter(bad))):
             SafetyEvalStageConfig(**bad)
     with pytest.raises(ValueError, match="batch_size"):
-        PillarSettings(batch_size=0)
+        replace(PillarSettings.from_stage(SafetyEvalStageConfig()), batch_size=0)
 
 
 # --- heads on a tiny Phi-3 -------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import Phi3Config, Phi3ForCausalLM
 
+from so8t_core.config import SoulStageConfig
 from so8t_core.gate.soul import SoulConfig, SoulWrapper
 from so8t_core.lm.inject import (
     InjectConfig,
@@ -53,6 +54,11 @@ def data(n: int = 16, T: int = 12, seed: int = 0):
 def soul_cfg(**kw) -> SoulConfig:
     base = dict(hidden_size=H, init_std=0.2, alpha_warmup=1, alpha_anneal=4, pet_warmup=1, pet_main=3, pet_anneal=2)
     return SoulConfig(**{**base, **kw})
+
+
+def _inject(warmup_steps: int, **stage) -> InjectConfig:
+    """An injection run's settings as notebook 03 builds them, from a stage config with ``stage`` changed."""
+    return InjectConfig.from_stage(SoulStageConfig(**stage), warmup_steps=warmup_steps)
 
 
 def test_logits_equal_independent_dense_computation():
@@ -115,7 +121,7 @@ def test_hidden_size_must_be_multiple_of_8():
 
 def _run(tmp, steps, stop_after=None, resume=None, alpha_mode="learned"):
     w = SoulWrapper.build(with_lora(tiny_phi3()), soul_cfg(alpha_mode=alpha_mode))
-    cfg = InjectConfig(steps=steps, batch_size=4, lr=5e-3, soul_lr=5e-2, warmup_steps=2, checkpoint_every=3, seed=3)
+    cfg = _inject(steps=steps, batch_size=4, lr=5e-3, soul_lr=5e-2, warmup_steps=2, checkpoint_every=3, seed=3)
     recs = inject(w, data(), cfg, out_dir=tmp, resume_from=resume, stop_after=stop_after)
     return w, recs
 
@@ -138,7 +144,7 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path):
 def test_resume_with_different_config_names_the_key(tmp_path):
     _run(tmp_path, 3)
     w = SoulWrapper.build(with_lora(tiny_phi3()), soul_cfg(alpha_mode="learned", map="exp"))
-    cfg = InjectConfig(steps=6, batch_size=4, lr=5e-3, soul_lr=5e-2, warmup_steps=2, checkpoint_every=3, seed=3)
+    cfg = _inject(steps=6, batch_size=4, lr=5e-3, soul_lr=5e-2, warmup_steps=2, checkpoint_every=3, seed=3)
     with pytest.raises(ValueError, match=r"soul\.map"):
         inject(w, data(), cfg, out_dir=tmp_path, resume_from="latest")
 
@@ -152,7 +158,7 @@ def test_half_written_checkpoint_is_never_latest(tmp_path):
 
 def test_training_lowers_loss_and_timeline_exports(tmp_path):
     w = SoulWrapper.build(with_lora(tiny_phi3(), dropout=0.0), soul_cfg(alpha_mode="scheduled"))
-    cfg = InjectConfig(steps=30, batch_size=8, lr=1e-2, soul_lr=5e-2, warmup_steps=3, seed=0)
+    cfg = _inject(steps=30, batch_size=8, lr=1e-2, soul_lr=5e-2, warmup_steps=3, checkpoint_every=0, seed=0)
     recs = inject(w, data(8), cfg, out_dir=tmp_path)
     assert sum(r["lm_loss"] for r in recs[-5:]) < sum(r["lm_loss"] for r in recs[:5])
     sched = w.config.alpha_schedule()

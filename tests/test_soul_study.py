@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from so8t_core.config import SoulStageConfig
 from so8t_core.lm import head_study as hs
 from so8t_core.lm import soul_verdicts as sv
 from so8t_core.lm import tasks
@@ -268,7 +269,9 @@ def test_frozen_r_waits_for_the_gate_to_open(tier_b_setup, freeze, steps, moves)
     from so8t_core.lm import body_study as bs
 
     lm, enc, soul = tier_b_setup
-    run = bs.TierB(steps=steps, batch=2, seeds=(1, 2))  # alpha: -5 at steps 0-1, sigmoid > 0.05 from step 2
+    run = bs.TierB.from_stage(
+        SoulStageConfig(b_steps=steps, b_batch=2, b_seeds=2)
+    )  # alpha: -5 at steps 0-1, sigmoid > 0.05 from step 2
     w = bs.build("soul_frozen_r", copy.deepcopy(lm.model), soul, run, seed=0)
     bs.train(w, enc, 1e-2, run, seed=0, freeze_r=freeze)
     assert bool(w.rotation.r_cmd.generators.abs().sum() > 0) == moves
@@ -280,7 +283,7 @@ def test_tier_b_sizes_and_scores(tier_b_setup):
     from so8t_core.lm import body_study as bs
 
     lm, enc, soul = tier_b_setup
-    run = bs.TierB(steps=1, batch=2, seeds=(1, 2))
+    run = bs.TierB.from_stage(SoulStageConfig(b_steps=1, b_batch=2, b_seeds=2))
     oft = bs.build("oft_all", copy.deepcopy(lm.model), soul, run, 0)
     matched = bs.build("lora_matched", copy.deepcopy(lm.model), soul, run, 0)
     lora, with_soul = (bs.build(v, copy.deepcopy(lm.model), soul, run, 0) for v in ("lora", "soul"))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from so8t_core.config import GOLDEN_RATIO, check
+from so8t_core.config import DESIGN_SCHEDULE, GOLDEN_RATIO, check
 
 STABLE_MAX_WEIGHT = 0.05
 GOLDEN_TOL = 0.05
@@ -47,10 +47,10 @@ class LinearSchedule:
     The original design's schedule: start -5.0, target 1.618, warmup 50, anneal 400.
     """
 
-    start: float = -5.0
-    target: float = GOLDEN_RATIO
-    warmup: int = 50
-    anneal: int = 400
+    start: float = DESIGN_SCHEDULE.alpha_start
+    target: float = DESIGN_SCHEDULE.alpha_target
+    warmup: int = DESIGN_SCHEDULE.alpha_warmup
+    anneal: int = DESIGN_SCHEDULE.alpha_anneal
 
     def __post_init__(self) -> None:
         check(self.warmup >= 0, "warmup", self.warmup, "must be >= 0")

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from so8t_core.config import check
+from so8t_core.config import DESIGN_SCHEDULE, check
 
 KINDS = ("l2", "huber")
 
@@ -83,10 +83,10 @@ class PETSchedule:
     Explained in notebooks/02_alpha_annealing.ipynb.
     """
 
-    max_lambda: float = 0.1
-    warmup: int = 100
-    main: int = 1000
-    anneal: int = 200
+    max_lambda: float = DESIGN_SCHEDULE.pet_max_lambda
+    warmup: int = DESIGN_SCHEDULE.pet_warmup
+    main: int = DESIGN_SCHEDULE.pet_main
+    anneal: int = DESIGN_SCHEDULE.pet_anneal
 
     def __post_init__(self) -> None:
         check(self.max_lambda >= 0, "max_lambda", self.max_lambda, "must be >= 0")

@@ -6,7 +6,7 @@
 
 The gate is computed in float32 whatever the base's dtype (a 4-bit base gives bf16 hidden states), which also
 makes the later fusion into lm_head exact. Training adds an orthogonality guard and PET (curvature of ``mixed``
-along the sequence) to the LM loss; see ``so8t_core.inject`` for the loop.
+along the sequence) to the LM loss; see ``so8t_core.lm.inject`` for the loop.
 
 Explained in notebooks/03_soul_injection.ipynb.
 """
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from so8t_core.config import DESIGN_SCHEDULE, check
+from so8t_core.config import DESIGN_SCHEDULE, StageConfig, check, stage_fields
 from so8t_core.gate.alpha import MODES, AlphaGate, LinearSchedule
 from so8t_core.gate.pet import KINDS, PETSchedule, pet_loss
 from so8t_core.gate.rotation import MAPS, ComposedSO8Rotation, orthogonality_loss, rotate_blocks
@@ -85,6 +85,20 @@ class SoulConfig:
 
     def pet_schedule(self) -> PETSchedule:
         return PETSchedule(self.pet_max_lambda, self.pet_warmup, self.pet_main, self.pet_anneal)
+
+    @classmethod
+    def from_stage(cls, cfg: StageConfig, hidden_size: int, **extra: Any) -> SoulConfig:
+        """The soul a stage config describes: every field named like one of the stage's is taken from it (the
+        defaults here are the design schedule's, for souls no stage describes).
+
+        Args:
+            cfg: the stage config (notebook 03's ``SoulStageConfig``).
+            hidden_size: the model's hidden size.
+            **extra: fields the stage does not expose (``alpha_mode``, ...).
+        Returns:
+            The ``SoulConfig``.
+        """
+        return cls(**stage_fields(cls, cfg, hidden_size=hidden_size, **extra))
 
     @classmethod
     def from_json(cls, path: str | Path) -> SoulConfig:

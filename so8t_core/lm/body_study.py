@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from so8t_core.config import check
+from so8t_core.config import SoulStageConfig, check, stage_fields
 from so8t_core.gate.alpha import STABLE_MAX_WEIGHT
 from so8t_core.gate.soul import SoulConfig, SoulWrapper, describe
 from so8t_core.lm.batching import masked_mean
@@ -48,12 +48,25 @@ class TierB:
         soul_lr_ratio: soul learning rate / LoRA learning rate.
     """
 
-    lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
-    steps: int = 120
-    batch: int = 16
-    seeds: tuple[int, ...] = (1, 2, 3)
-    lora_r: int = 16
+    lrs: tuple[float, ...]
+    steps: int
+    batch: int
+    seeds: tuple[int, ...]
+    lora_r: int
     soul_lr_ratio: float = 10.0
+
+    STAGE_NAMES: ClassVar[dict[str, str]] = {"lrs": "b_lrs", "steps": "b_steps", "batch": "b_batch"}
+
+    @classmethod
+    def from_stage(cls, cfg: SoulStageConfig) -> TierB:
+        """Notebook 03's tier B (``b_lrs``, ``b_steps``, ``b_batch``, ``lora_r``; test seeds 1..``b_seeds``).
+
+        Args:
+            cfg: notebook 03's config.
+        Returns:
+            The ``TierB``.
+        """
+        return cls(**stage_fields(cls, cfg, seeds=tuple(range(1, cfg.b_seeds + 1))))
 
     def __post_init__(self) -> None:
         check(len(self.lrs) > 0 and min(self.lrs) > 0, "lrs", self.lrs, "need at least one positive rate")

@@ -26,13 +26,13 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from so8t_core.config import GOLDEN_RATIO, check
+from so8t_core.config import GOLDEN_RATIO, SoulStageConfig, check, stage_fields
 from so8t_core.gate.rotation import BlockSO8Rotation, ComposedSO8Rotation
 from so8t_core.gate.soul import mix
 
@@ -239,10 +239,23 @@ def lr_family(name: str, spec: dict[str, Any]) -> str:
 class TierA:
     """Sizes of a tier-A run: learning rates tried on dev (seed 0), steps, minibatch, and the test seeds."""
 
-    lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
-    steps: int = 100
-    batch: int = 128
-    seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
+    lrs: tuple[float, ...]
+    steps: int
+    batch: int
+    seeds: tuple[int, ...]
+
+    STAGE_NAMES: ClassVar[dict[str, str]] = {"lrs": "a_lrs", "steps": "a_steps", "batch": "a_batch"}
+
+    @classmethod
+    def from_stage(cls, cfg: SoulStageConfig) -> TierA:
+        """Notebook 03's tier A (``a_lrs``, ``a_steps``, ``a_batch``; test seeds 1..``a_seeds``).
+
+        Args:
+            cfg: notebook 03's config.
+        Returns:
+            The ``TierA``.
+        """
+        return cls(**stage_fields(cls, cfg, seeds=tuple(range(1, cfg.a_seeds + 1))))
 
     def __post_init__(self) -> None:
         check(len(self.lrs) > 0 and min(self.lrs) > 0, "lrs", self.lrs, "need at least one positive rate")

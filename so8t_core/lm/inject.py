@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from so8t_core.config import check
+from so8t_core.config import SoulStageConfig, check, stage_fields
 from so8t_core.gate.rotation import commutator_norm, eigen_angles, orthogonality_error
 from so8t_core.gate.soul import SoulWrapper
 from so8t_core.lm.distributed import (
@@ -45,20 +45,36 @@ RESUME_KEYS_IGNORED = ("steps", "checkpoint_every", "log_every", "keep_checkpoin
 
 @dataclass(frozen=True)
 class InjectConfig:
-    """Optimisation settings of one injection run."""
+    """Optimisation settings of one injection run.
 
-    steps: int = 300
-    batch_size: int = 8
-    lr: float = 2e-3  # LoRA
-    soul_lr: float = 2e-2  # rotation generators and a learned alpha
+    The knobs notebook 03 exposes have no default here: build it with ``InjectConfig.from_stage(cfg)`` (or pass
+    every one). The others keep theirs.
+    """
+
+    steps: int
+    batch_size: int
+    lr: float  # LoRA
+    soul_lr: float  # rotation generators and a learned alpha
+    grad_accum: int
+    grad_checkpointing: bool
+    checkpoint_every: int  # 0: no checkpoints
+    seed: int
     warmup_steps: int = 20
-    grad_accum: int = 1
-    grad_checkpointing: bool = False
     max_grad_norm: float = 1.0
-    checkpoint_every: int = 0  # 0: no checkpoints
     keep_checkpoints: int = 2
     log_every: int = 1
-    seed: int = 0
+
+    @classmethod
+    def from_stage(cls, cfg: SoulStageConfig, **extra: Any) -> InjectConfig:
+        """The settings of notebook 03's runs.
+
+        Args:
+            cfg: notebook 03's config (every field named like one of ours is taken from it).
+            **extra: fields the stage does not expose (``warmup_steps``, ``keep_checkpoints``, ...).
+        Returns:
+            The ``InjectConfig``.
+        """
+        return cls(**stage_fields(cls, cfg, **extra))
 
     def __post_init__(self) -> None:
         for n in (

@@ -10,10 +10,11 @@ Explained in notebooks/00_base_model.ipynb.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from so8t_core.config import check
+from so8t_core.config import SoulStageConfig, check, stage_fields
 
 PHI3_TARGETS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 
@@ -29,10 +30,23 @@ class LoraSettings:
         target_modules: module-name suffixes to adapt (default: every linear map of a Phi-3 block).
     """
 
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
+    r: int
+    alpha: int
+    dropout: float
     target_modules: tuple[str, ...] = PHI3_TARGETS
+
+    STAGE_NAMES: ClassVar[dict[str, str]] = {"r": "lora_r", "alpha": "lora_alpha", "dropout": "lora_dropout"}
+
+    @classmethod
+    def from_stage(cls, cfg: SoulStageConfig) -> LoraSettings:
+        """Notebook 03's LoRA (``lora_r``, ``lora_alpha``, ``lora_dropout``), the one place its defaults live.
+
+        Args:
+            cfg: notebook 03's config.
+        Returns:
+            The ``LoraSettings``.
+        """
+        return cls(**stage_fields(cls, cfg))
 
     def __post_init__(self) -> None:
         check(self.r > 0, "r", self.r, "must be > 0")
@@ -51,7 +65,7 @@ def _matches(name: str, target: str) -> bool:
     return name == target or name.endswith(f".{target}")  # peft's rule for a list of targets
 
 
-def apply_lora(model: torch.nn.Module, settings: LoraSettings = LoraSettings()) -> torch.nn.Module:
+def apply_lora(model: torch.nn.Module, settings: LoraSettings) -> torch.nn.Module:
     """Wrap ``model`` in a peft ``PeftModel`` with LoRA adapters; only the adapters are trainable.
 
     Args:

@@ -104,28 +104,6 @@ def stage_config(args: argparse.Namespace, params_dir: Path = PARAMS_DIR) -> Sou
     return SoulStageConfig.from_dict({**defaults, **overrides})
 
 
-def inject_config(cfg: SoulStageConfig, keep_checkpoints: int = 1) -> InjectConfig:
-    """The optimisation settings of notebook 03's main run (its cell that calls ``run_variant``).
-
-    Args:
-        cfg: notebook 03's config.
-        keep_checkpoints: newest checkpoints to keep (the notebook keeps 1).
-    Returns:
-        The ``InjectConfig``.
-    """
-    return InjectConfig(
-        steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        soul_lr=cfg.soul_lr,
-        grad_accum=cfg.grad_accum,
-        grad_checkpointing=cfg.grad_checkpointing,
-        checkpoint_every=cfg.checkpoint_every,
-        keep_checkpoints=keep_checkpoints,
-        seed=cfg.seed,
-    )
-
-
 def build(args: argparse.Namespace, cfg: SoulStageConfig, state: Any) -> tuple[SoulWrapper, SoulConfig, Any, Any]:
     """This process's copy of the variant on its device, with notebook 03's data.
 
@@ -135,9 +113,9 @@ def build(args: argparse.Namespace, cfg: SoulStageConfig, state: Any) -> tuple[S
     four_bit = bool(read_model_ref(args.stage00).get("load_in_4bit", False))
     model, tok, _ = study.load_base(args.stage00, {"": state.local_process_index} if four_bit else None)
     train, heldout = study.corpus_tensors(args.stage00, tok, cfg.seq_len, cfg.batch_size, cfg.eval_docs)
-    variants = study.variant_configs(SoulConfig(model.config.hidden_size, **cfg.soul_fields()), list(cfg.alpha_targets))
+    variants = study.variant_configs(SoulConfig.from_stage(cfg, model.config.hidden_size), list(cfg.alpha_targets))
     check(args.variant in variants, "variant", args.variant, f"must be one of {sorted(variants)}")
-    lora = LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
+    lora = LoraSettings.from_stage(cfg)
     w = study.wrap_variant(model, args.variant, lora, variants[args.variant], cfg.seed)
     if not four_bit:
         w.to(state.device)  # a 4-bit base and its soul are on this process's GPU already
@@ -165,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     run_dir = args.out / "main_run"
     resume = "latest" if args.resume else None
-    inject(w, train, inject_config(cfg, args.keep_checkpoints), run_dir, resume, args.stop_after)
+    inject(
+        w, train, InjectConfig.from_stage(cfg, keep_checkpoints=args.keep_checkpoints), run_dir, resume, args.stop_after
+    )
     if state.is_main_process and (args.stop_after is None or args.stop_after >= cfg.steps):
         w.save(args.out / "soul")
         row = study.score_variant(w, args.variant, soul, cfg.seed, read_timeline(run_dir), heldout, t0)

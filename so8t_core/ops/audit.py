@@ -1,6 +1,7 @@
 """Tamper-evident audit log of safety decisions, policy versions and identity-contract versions, in SQLite.
 
-Explained in notebooks/06_safety_eval.ipynb. The schema is ``audit_schema.sql`` next to this file.
+No notebook covers the log: this docstring is its design, the README's "Serving and evaluating" section shows it
+in use, and ``tests/test_audit.py`` tests it. The schema is ``audit_schema.sql`` next to this file.
 
 Durability and concurrency. One SQLite file in WAL mode with ``synchronous=FULL`` (each commit fsyncs the WAL),
 both read back from PRAGMA when the log opens; a file system that refuses WAL is an error, not a silent
@@ -89,7 +90,7 @@ class AuditLog:
         config: SQLite settings (``AuditConfig``).
         clock: seconds since the epoch; tests pass a fake one to age rows for ``purge``.
 
-    Explained in notebooks/06_safety_eval.ipynb.
+    The design is in the module docstring.
     """
 
     def __init__(

@@ -1,7 +1,6 @@
 """The hash chain of the audit log as pure functions: canonical encoding, row hashes, OCR commitments, document
-diffs and chain verification. No SQLite here; ``so8t_core.audit`` stores the rows and explains the design.
-
-Explained in notebooks/06_safety_eval.ipynb.
+diffs and chain verification. No SQLite here; ``so8t_core.ops.audit`` stores the rows and explains the design
+(no notebook covers the log).
 """
 
 from __future__ import annotations

@@ -24,13 +24,13 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from so8t_core.config import check
+from so8t_core.config import QuadRLStageConfig, check, stage_fields
 from so8t_core.gate.soul import SoulWrapper, fused_head_weight
 from so8t_core.rl.rewards import kl_k3, trl_text_rewards
 from so8t_core.think import build_prompt, decode_raw, stop_ids
@@ -166,17 +166,36 @@ class StabilityReward:
 
 @dataclass(frozen=True)
 class GRPOSettings:
-    """One GRPO run (TRL's names where they exist)."""
+    """One GRPO run (TRL's names where they exist).
 
-    steps: int = 40
-    num_generations: int = 8  # completions per prompt: the group advantages are computed in
-    prompts_per_step: int = 2
-    max_completion_length: int = 96
-    learning_rate: float = 5e-4  # LoRA
-    soul_lr: float = 5e-3
-    temperature: float = 1.0
-    weights: tuple = (1.0, 1.0, 2.0, 0.1)  # structure, consistency, correctness, stability
-    seed: int = 0
+    Every field is a knob of notebook 07 (``QuadRLStageConfig`` holds the defaults): build it with
+    ``GRPOSettings.from_stage(cfg, seed)``.
+    """
+
+    steps: int
+    num_generations: int  # completions per prompt: the group advantages are computed in
+    prompts_per_step: int
+    max_completion_length: int
+    learning_rate: float  # LoRA
+    soul_lr: float
+    temperature: float
+    weights: tuple  # structure, consistency, correctness, stability
+    seed: int
+
+    STAGE_NAMES: ClassVar[dict[str, str]] = {"learning_rate": "lr"}
+
+    @classmethod
+    def from_stage(cls, cfg: QuadRLStageConfig, seed: int | None = None) -> GRPOSettings:
+        """One GRPO run of notebook 07.
+
+        Args:
+            cfg: notebook 07's config (``lr`` is TRL's ``learning_rate``; the ``w_*`` fields are ``weights``).
+            seed: this run's seed (notebook 07 runs ``cfg.seed``, ``cfg.seed + 1``, ...); None: ``cfg.seed``.
+        Returns:
+            The ``GRPOSettings``.
+        """
+        kwargs = stage_fields(cls, cfg, weights=cfg.reward_weights())
+        return cls(**kwargs | ({} if seed is None else {"seed": seed}))
 
     def __post_init__(self) -> None:
         for n in ("steps", "prompts_per_step", "max_completion_length", "learning_rate", "soul_lr", "temperature"):

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from so8t_core.config import check
+from so8t_core.config import SafetyEvalStageConfig, check, stage_fields
 from so8t_core.gate.rotation import commutator_norm, eigen_angles
 from so8t_core.gate.soul import SoulConfig, SoulWrapper, causal_lm_loss, mix
 from so8t_core.lm.batching import encode_prompts, masked_mean, pool_prompts
@@ -47,17 +47,32 @@ FAMILIES = ("soul", "soul_routed", "lora", "oft")
 
 @dataclass(frozen=True)
 class PillarSettings:
-    """How every family trains (the same for all, so only the adapter differs)."""
+    """How every family trains (the same for all, so only the adapter differs).
 
-    steps: int = 150
-    batch_size: int = 32
-    lr: float = 5e-3  # LoRA / OFT
-    soul_lr: float = 2e-2
-    head_lr: float = 1e-2
-    lam: float = 1.0  # weight of the head losses against the LM loss
-    alpha: float = 0.0  # fixed gate logit: sigmoid(0) = 0.5
-    max_length: int = 64
-    batch_eval: int = 64
+    Every field is a knob of notebook 06 (``SafetyEvalStageConfig``, which documents them and holds their
+    defaults): build it with ``PillarSettings.from_stage(cfg)``.
+    """
+
+    steps: int
+    batch_size: int
+    lr: float  # LoRA / OFT
+    soul_lr: float
+    head_lr: float
+    lam: float  # weight of the head losses against the LM loss
+    alpha: float  # fixed gate logit: sigmoid(0) = 0.5
+    max_length: int  # tokens kept per prompt, as the server cuts them
+    batch_eval: int
+
+    @classmethod
+    def from_stage(cls, cfg: SafetyEvalStageConfig) -> PillarSettings:
+        """The families' training settings of notebook 06.
+
+        Args:
+            cfg: notebook 06's config.
+        Returns:
+            The ``PillarSettings``.
+        """
+        return cls(**stage_fields(cls, cfg))
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "lr", "soul_lr", "head_lr", "max_length", "batch_eval"):

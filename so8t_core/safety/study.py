@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from so8t_core.config import SafetyEvalStageConfig
 from so8t_core.gate.soul import SoulWrapper
 from so8t_core.lm.batching import encode_prompts
 from so8t_core.safety.baselines import make_baseline
@@ -61,23 +62,31 @@ def probe_scores_of(
     model: Any,
     tokenizer: Any,
     splits: Mapping[str, LabeledSet],
-    steps: int = 300,
-    max_length: int = 64,
-    batch_size: int = 64,
-    seed: int = 0,
-    max_over_refusal: float = 0.05,
+    cfg: SafetyEvalStageConfig,
 ) -> HeadsOnModel:
     """The four heads on a frozen model's pooled states (the same heads the families train), thresholded by the
-    shared rule on dev (refuse) and ``heads.tune_thresholds`` (escalate)."""
+    shared rule on dev (refuse) and ``heads.tune_thresholds`` (escalate).
+
+    Args:
+        model: the frozen causal LM.
+        tokenizer: its tokenizer.
+        splits: ``train``, ``dev`` and ``test`` labelled sets (with a ``task`` column).
+        cfg: notebook 06's config: ``head_steps`` full-batch steps, prompts cut at ``max_length`` tokens and
+            pooled ``batch_eval`` at a time, ``seed``, and the dev rule's ``max_over_refusal``.
+    Returns:
+        The trained heads, their dev thresholds, and the dev/test probabilities and pooled states.
+    """
     feats = {
-        s: pooled_hidden_states(model, tokenizer, list(d.prompts), batch_size, max_length) for s, d in splits.items()
+        s: pooled_hidden_states(model, tokenizer, list(d.prompts), cfg.batch_eval, cfg.max_length)
+        for s, d in splits.items()
     }
     train = splits["train"]
-    heads = train_heads(feats["train"], train.labels, [e["task"] for e in train.extra], steps=steps, seed=seed)
+    tasks = [e["task"] for e in train.extra]
+    heads = train_heads(feats["train"], train.labels, tasks, steps=cfg.head_steps, seed=cfg.seed)
     probs = {s: heads.probs(feats[s]) for s in ("dev", "test")}
     p = {s: probs[s]["p_refuse"].numpy() for s in probs}
     e = {s: probs[s]["p_escalate"].numpy() for s in probs}
-    return HeadsOnModel(heads, _thresholds(p["dev"], e["dev"], splits["dev"], max_over_refusal), p, e, feats)
+    return HeadsOnModel(heads, _thresholds(p["dev"], e["dev"], splits["dev"], cfg.max_over_refusal), p, e, feats)
 
 
 def _thresholds(p_dev: np.ndarray, e_dev: np.ndarray, dev: LabeledSet, cap: float) -> Thresholds:
@@ -111,7 +120,7 @@ def family_runs(
     seeds: Sequence[int],
     settings: PillarSettings,
     frozen: Mapping[str, torch.Tensor],
-    max_over_refusal: float = 0.05,
+    max_over_refusal: float,
 ) -> dict[str, list[FamilyRun]]:
     """Train every family with every seed on a copy of ``model``; score dev and test.
 
@@ -119,6 +128,7 @@ def family_runs(
         frozen: split -> pooled h of the frozen ``model`` (from ``probe_scores_of``): a soul leaves the body
             frozen, so its dev/test features are these, mixed; every family starts as the identity on the body,
             so the train features also give the heads' standardisation.
+        max_over_refusal: the dev rule's cap on over-refusal (notebook 06's ``max_over_refusal``).
     Returns:
         family -> runs in seed order.
     """
