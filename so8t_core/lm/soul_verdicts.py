@@ -347,9 +347,13 @@ def reading(verdicts: Mapping[str, Any]) -> list[str]:
             better, worse = v[f"{name}_better_on"], v[f"{name}_worse_on"]
             say.append(f"{claim}: better on {_list(better)}, worse on {_list(worse)}.")
     if v.get("no_verdict_edge"):
+        where: dict[str, list[str]] = {}
+        for key in v["no_verdict_edge"]:  # "<tier>:<task>/<name>"
+            task, name = key.split(":", 1)[1].split("/", 1)
+            where.setdefault(name, []).append(task)
         say.append(
-            f"No verdict (a learning rate stayed at an end of its extended grid, so the grid, not the method, "
-            f"may decide): {', '.join(v['no_verdict_edge'])}."
+            "No verdict (a learning rate stayed at an end of its extended grid, so the grid, not the method, may "
+            "decide): " + "; ".join(f"{n} on {_list(ts)}" for n, ts in where.items()) + "."
         )
     if "phi_special" in v:
         on = v["phi_beats_neighbours_on"]
