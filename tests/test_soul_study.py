@@ -121,6 +121,7 @@ def base_head():
         ("ia3", {}, H, True),
         ("oft", {}, H // 8 * 28, True),
         ("lora_r1", {}, H + V, True),
+        ("lora_temp", {}, H + V + 1, True),
         ("soul", {"alpha": 0.0, "learned": True}, H // 8 * 28 + 1, False),
         ("soul", {"alpha": 1.0, "learned": False}, H // 8 * 28, False),
         ("soul_composed", {}, 2 * H // 8 * 28 + 1, False),
@@ -145,6 +146,38 @@ def test_tier_a_fit_lowers_the_loss_and_score_counts_items(base_head):
     after = hs.score(hs.fit(hs.build("lora_r1", norm, head), data, 0.05, 80, 32, 0), data)
     assert before["nll"].shape == (30,) and after["nll"].mean() < before["nll"].mean()
     assert set(np.unique(after["em"])) <= {0.0, 1.0}
+
+
+def toy_cache() -> dict[str, hs.Cached]:
+    g = torch.Generator().manual_seed(1)
+
+    def split(n: int) -> hs.Cached:
+        x = torch.randn(2 * n, H, generator=g)
+        return hs.Cached(x, (x[:, 0] > 0).long() * 3, torch.arange(2 * n) // 2, n)
+
+    return {"train": split(40), "dev": split(15), "test": split(15)}
+
+
+def test_tier_a_extends_a_grid_whose_best_rate_is_its_end_and_marks_the_edge(base_head):
+    norm, head = base_head
+    cache, spec = toy_cache(), {"family": "lora_r1"}
+    tiny = hs.tune_lr(spec, cache, norm, head, hs.TierA((1e-6, 2e-6), 10, 16, (1, 2), max_extensions=2))
+    assert tiny["edge"] and tiny["side"] == "high" and tiny["grid"] == pytest.approx([1e-6, 2e-6, 4e-6, 8e-6])
+    assert len(tiny["curves"]) == 4 and all(len(c) == 10 for c in tiny["curves"].values())  # dev NLL per step
+    one = hs.tune_lr(spec, cache, norm, head, hs.TierA((0.01,), 10, 16, (1, 2)))
+    assert one["edge"] and one["side"] == "untuned"  # a single rate is not a choice
+    wide = hs.tune_lr(spec, cache, norm, head, hs.TierA((1e-4, 0.03, 10.0), 10, 16, (1, 2), max_extensions=0))
+    assert not wide["edge"] and wide["choice"] == 0.03
+
+
+def test_tier_a_seeds_replicate_and_a_run_repeats_exactly(base_head):
+    norm, head = base_head
+    specs = {k: v for k, v in hs.variant_specs((0.0, 1.0, 2.0)).items() if k in ("base", "oft", "lora_temp")}
+    run = hs.TierA((0.01, 0.03), 8, 16, (1, 2, 3))
+    a, b = (hs.run_task(toy_cache(), norm, head, run, specs) for _ in range(2))
+    assert all(np.array_equal(a["nll"][v], b["nll"][v]) for v in specs) and a["lr"] == b["lr"]
+    assert not np.allclose(a["nll"]["oft"][0], a["nll"]["oft"][1])  # order and dropout differ per seed
+    assert set(a["tuning"]) == {"oft", "lora_temp"} and set(a["edge_variants"]) <= {"oft", "lora_temp"}
 
 
 @pytest.mark.parametrize("a, name", [(1.618033988749895, "soul_a1.618"), (1.5, "soul_a1.5"), (-2.0, "soul_a-2")])
@@ -209,20 +242,63 @@ def test_phi_special_needs_both_neighbours_on_two_valid_tasks(outcomes, valid, s
     assert v == {"phi_special": special, "phi_beats_neighbours_on": on}
 
 
+def primary_rows(tier: str, tasks_: list[str], r: dict) -> dict[str, dict]:
+    return {f"{t}/{a} - {b}": r for t in tasks_ for n, (x, a, b) in sv.PRIMARY.items() if x == tier}
+
+
 def test_study_verdicts_skip_invalid_tasks_and_raise_on_missing_rows():
     valid = {"remap": True, "arith": False}
-    keys_a = ["soul_learned - oft", "soul_composed_learned - soul_learned", "soul_normed_learned - soul_learned"]
-    keys_b = ["soul - lora", "soul_frozen_r - soul", "lora_pet - lora", "soul_pet - soul", "oft_all - lora_matched"]
-    rows_a = {f"{t}/{k}": WIN for t in valid for k in keys_a} | phi_rows({t: (WIN, WIN) for t in valid})
-    rows_b = {f"{t}/{k}": WIN for t in valid for k in keys_b}
-    v = sv.study_verdicts(rows_a, rows_b, valid, valid, PHI, [R1, R2])
-    assert v["soul_beats_oft_on"] == ["remap"] and v["invalid_tasks_B"] == ["arith"] and not v["phi_special"]
-    assert v["soul_loses_to_lora_on"] == [] and v["pet_helps_soul_on"] == ["remap"]
-    assert any("arith invalid" in s for s in sv.reading(v))
+    rows_a, rows_b = primary_rows("A", list(valid), WIN), primary_rows("B", list(valid), WIN)
+    v = sv.study_verdicts(rows_a, rows_b, valid, valid)
+    assert v["soul_vs_oft_better_on"] == ["remap"] and v["invalid_tasks_B"] == ["arith"] and not v["phi_special"]
+    assert v["lora_soul_vs_lora_worse_on"] == [] and v["pet_with_soul_better_on"] == ["remap"]
+    assert v["no_verdict_edge"] == [] and any("arith invalid" in s for s in sv.reading(v))
     with pytest.raises(KeyError, match="soul - lora"):
-        sv.study_verdicts(
-            rows_a, {k: r for k, r in rows_b.items() if "soul - lora" not in k}, valid, valid, PHI, [R1, R2]
-        )
+        sv.study_verdicts(rows_a, {k: r for k, r in rows_b.items() if "soul - lora" not in k}, valid, valid)
+
+
+def test_an_edge_chosen_learning_rate_yields_no_verdict():
+    valid = {"remap": True}
+    rows_a, rows_b = primary_rows("A", ["remap"], WIN), primary_rows("B", ["remap"], WIN)
+    marked = sv.mark_edges(rows_a, {"remap": ["boft"]})  # BOFT's rate stayed at the top of its grid
+    assert sv.outcome(marked["remap/soul_learned - boft"]) == "edge"
+    assert sv.outcome(marked["remap/soul_learned - oft"]) == "better"
+    v = sv.study_verdicts(marked, rows_b, valid, valid)
+    assert v["soul_vs_boft_better_on"] == [] and v["soul_vs_oft_better_on"] == ["remap"]
+    assert v["no_verdict_edge"] == ["A:remap/soul_vs_boft"] and any("soul_vs_boft" in s for s in sv.reading(v))
+
+
+def fake_results(variants, rng, shift, edge=()):
+    nll = {v: rng.normal(1.0 + shift.get(v, 0.0), 0.3, (3, 12)) for v in variants}
+    return {"nll": nll, "em": nll, "params": dict.fromkeys(variants, 1), "edge_variants": list(edge)}
+
+
+def test_holm_runs_over_the_primary_family_only():
+    rng = np.random.default_rng(0)
+    va = ["base", "oft", "boft", "ia3", "lora_r1", "lora_temp", "soul_learned", "soul_composed_learned",
+          "soul_normed_learned", sv.PHI, *sv.NEIGHBOURS]  # fmt: skip
+    vb = ["lora", "lora_pet", "soul", "soul_pet", "soul_frozen_r", "oft_all", "lora_matched"]
+    tier_a = {"remap": fake_results(va, rng, {"soul_learned": -0.5})}
+    tier_b = {"remap": fake_results(vb, rng, {})}
+    templates = {"remap": [i % 4 for i in range(12)]}
+    rows = sv.study_rows(tier_a, tier_b, templates, n_boot=200)
+    primary = {k for k, r in rows.items() if r["primary"]}
+    assert primary == {sv.primary_key(n, "remap") for n in sv.PRIMARY}
+    assert all(r["p_holm"] is None and sv.outcome(r) == "exploratory" for k, r in rows.items() if k not in primary)
+    # one more exploratory variant (another fixed alpha) leaves every primary p_holm as it was
+    tier_a["remap"]["nll"]["soul_a3"] = rng.normal(0.5, 0.3, (3, 12))
+    more = sv.study_rows(tier_a, tier_b, templates, n_boot=200)
+    assert len(more) > len(rows) and all(more[k]["p_holm"] == rows[k]["p_holm"] for k in primary)
+    assert sv.outcome(more["A:remap/soul_a3 - oft"]) == "exploratory"
+    # and a primary row whose variant was tuned at an edge makes no verdict, though it stays in the family
+    tier_a["remap"]["edge_variants"] = ["soul_learned"]
+    edged = sv.study_rows(tier_a, tier_b, templates, n_boot=200)
+    assert sv.outcome(edged["A:remap/soul_learned - oft"]) == "edge" and edged["A:remap/soul_learned - oft"]["primary"]
+
+
+def test_primary_names_the_alpha_variants_head_study_builds():
+    assert sv.PHI == hs.alpha_name(1.618033988749895) and sv.NEIGHBOURS == (hs.alpha_name(1.5), hs.alpha_name(1.75))
+    assert set(sv.CLAIMS) == set(sv.PRIMARY) and 10 <= len(sv.PRIMARY) <= 14 and sv.MIN_EFFECT > 0
 
 
 def test_compare_and_holm_rows():
@@ -289,9 +365,8 @@ def test_tier_b_sizes_and_scores(tier_b_setup):
     lora, with_soul = (bs.build(v, copy.deepcopy(lm.model), soul, run, 0) for v in ("lora", "soul"))
     assert bs.n_trainable(oft) == bs.oft_params(lm.model)
     assert bs.n_trainable(with_soul) == bs.n_trainable(lora) + 2 * 32 // 8 * 28  # two rotations, scheduled alpha
-    assert abs(bs.n_trainable(matched) - bs.oft_params(lm.model)) <= bs.n_trainable(matched) // bs.matched_rank(
-        lm.model
-    )
+    r = bs.matched_rank(lm.model)  # the smallest rank at or above OFT's size
+    assert bs.n_trainable(matched) >= bs.oft_params(lm.model) > bs.n_trainable(matched) * (r - 1) / r
     s = bs.score(lora, enc)
     assert s["nll"].shape == (8,) and np.all(s["nll"] > 0)
 

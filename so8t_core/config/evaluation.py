@@ -63,8 +63,8 @@ class QuadRLStageConfig(StageConfig):
     measured before/after on the generated dev split and the hand-written test set."""
 
     seed: int = 0
-    seeds: int = 2  # GRPO runs per arm
-    steps: int = 25  # GRPO steps per run
+    seeds: int = 3  # GRPO runs per arm
+    steps: int = 17  # GRPO steps per run (3 seeds x 17 keep about 50 per arm)
     num_generations: int = 8  # completions per prompt (the group)
     prompts_per_step: int = 2
     max_completion_length: int = 96

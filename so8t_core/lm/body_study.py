@@ -6,16 +6,19 @@
     soul_pet        LoRA + soul + PET: the original design (with ``soul`` / ``lora`` / ``lora_pet`` a 2x2)
     soul_frozen_r   LoRA + soul with R frozen until sigmoid(alpha) > 0.05 (the gate is open)
     oft_all         peft OFT (8-wide blocks) on every linear map of every block, no gate
-    lora_matched    LoRA at the rank whose size is closest to ``oft_all``'s
+    lora_matched    LoRA at the smallest rank whose size is at least ``oft_all``'s, its rate tuned on its own
 
 Every variant starts from the same base and sees the same items in the same order under a seed; the loss is the
-answer tokens' cross entropy (plus PET and the orthogonality guard where on).
+answer tokens' cross entropy (plus PET and the orthogonality guard where on). Each family's learning rate (LoRA,
+soul, OFT, matched LoRA) is chosen on dev by ``stats.choose_interior``; one still at an end of its extended grid is
+marked ``edge`` and no verdict rests on it.
 
 Explained in notebooks/03_soul_injection.ipynb.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
@@ -29,9 +32,12 @@ from so8t_core.gate.alpha import STABLE_MAX_WEIGHT
 from so8t_core.gate.soul import SoulConfig, SoulWrapper, describe
 from so8t_core.lm.batching import masked_mean
 from so8t_core.lm.lora import PHI3_TARGETS, LoraSettings, apply_lora
+from so8t_core.stats import choose_interior
 
 VARIANTS = ("lora", "lora_pet", "soul", "soul_pet", "soul_frozen_r", "oft_all", "lora_matched")
-FAMILY = {v: ("soul" if v.startswith("soul") else "oft" if v == "oft_all" else "lora") for v in VARIANTS}
+FAMILY = {v: "soul" if v.startswith("soul") else {"oft_all": "oft", "lora_matched": "lora_matched"}.get(v, "lora")
+          for v in VARIANTS}  # fmt: skip
+TUNED = {"lora": "lora", "soul": "soul", "oft": "oft_all", "lora_matched": "lora_matched"}  # family -> variant tuned
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class TierB:
         seeds: test seeds.
         lora_r: the reference LoRA's rank.
         soul_lr_ratio: soul learning rate / LoRA learning rate.
+        max_extensions: grid values added past an end of ``lrs`` at most (one geometric step each).
     """
 
     lrs: tuple[float, ...]
@@ -54,6 +61,7 @@ class TierB:
     seeds: tuple[int, ...]
     lora_r: int
     soul_lr_ratio: float = 10.0
+    max_extensions: int = 2
 
     STAGE_NAMES: ClassVar[dict[str, str]] = {"lrs": "b_lrs", "steps": "b_steps", "batch": "b_batch"}
 
@@ -73,6 +81,7 @@ class TierB:
         for n in ("steps", "batch", "lora_r", "soul_lr_ratio"):
             check(getattr(self, n) > 0, n, getattr(self, n), "must be > 0")
         check(len(self.seeds) >= 2, "seeds", self.seeds, "need at least 2 seeds for an interval")
+        check(self.max_extensions >= 0, "max_extensions", self.max_extensions, "must be >= 0")
 
 
 def soul_config(base: SoulConfig, steps: int, pet: bool) -> SoulConfig:
@@ -100,13 +109,14 @@ def oft_params(model) -> int:
 
 
 def matched_rank(model) -> int:
-    """The LoRA rank whose size over the same maps is closest to ``oft_params`` (at least 1)."""
+    """The smallest LoRA rank whose size over the same maps is at least ``oft_params``: the rival never has fewer
+    trainable numbers than OFT."""
     per_rank = sum(
         m.in_features + m.out_features
         for n, m in model.named_modules()
         if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in PHI3_TARGETS
     )
-    return max(1, round(oft_params(model) / per_rank))
+    return max(1, math.ceil(oft_params(model) / per_rank))
 
 
 def build(variant: str, model, soul: SoulConfig, run: TierB, seed: int) -> SoulWrapper:
@@ -222,6 +232,24 @@ def run_variant(
     return out
 
 
+def tune_lr(variant: str, load, soul: SoulConfig, run: TierB, enc: dict[str, dict[str, Tensor]]) -> dict[str, Any]:
+    """A family's learning rate: dev NLL of ``variant`` after ``run.steps`` steps (seed 0), the grid extended until
+    the choice is interior.
+
+    Returns:
+        ``stats.choose_interior``'s fields; with one rate in ``run.lrs`` nothing is chosen or run: ``edge`` True,
+        ``side`` ``"untuned"``, score NaN.
+    """
+    if len(run.lrs) == 1:
+        return {"choice": run.lrs[0], "edge": True, "side": "untuned", "grid": list(run.lrs), "scores": [math.nan],
+                "extensions": 0}  # fmt: skip
+
+    def dev_nll(lr: float) -> float:
+        return float(run_variant(variant, load, soul, run, enc["train"], enc["dev"], lr, 0)["nll"].mean())
+
+    return choose_interior(run.lrs, dev_nll, max_extensions=run.max_extensions, limits=(0.0, 1.0))
+
+
 def run_task(load, soul: SoulConfig, run: TierB, enc: dict[str, dict[str, Tensor]], retention=None) -> dict[str, Any]:
     """Tier B on one task: each family's learning rate chosen on dev with seed 0, then every variant per test seed.
 
@@ -232,20 +260,23 @@ def run_task(load, soul: SoulConfig, run: TierB, enc: dict[str, dict[str, Tensor
         enc: split -> encoded items.
         retention: ``callable(wrapper) -> held-out perplexity`` (scored on the test runs) or None.
     Returns:
-        ``{"lr", "dev_nll", "params", "nll": {v: (S, I)}, "em": {v: (S, I)}, "retention_ppl": {v: [per seed]},
-        "curves": {v: first seed's curve}}``.
+        ``{"lr", "dev_nll", "tuning": {family: tune_lr()}, "edge_variants", "matched": {"rank", "oft_all",
+        "lora_matched"} (trainable counts), "params", "nll": {v: (S, I)}, "em": {v: (S, I)}, "retention_ppl":
+        {v: [per seed]}, "curves": {v: first seed's curve}}``.
     """
-    dev: dict[str, dict[float, float]] = {}
-    for v in ("lora", "soul", "oft_all"):
-        if len(run.lrs) == 1:  # nothing to choose: no dev runs
-            dev[FAMILY[v]] = {run.lrs[0]: float("nan")}
-            continue
-        dev[FAMILY[v]] = {
-            lr: float(run_variant(v, load, soul, run, enc["train"], enc["dev"], lr, 0)["nll"].mean()) for lr in run.lrs
-        }
-    lr = {f: min(d, key=d.__getitem__) for f, d in dev.items()}
-    out: dict[str, Any] = {"lr": lr, "dev_nll": dev, "params": {}, "nll": {}, "em": {}, "retention_ppl": {}}
-    out["curves"] = {}
+    tuning = {f: tune_lr(v, load, soul, run, enc) for f, v in TUNED.items()}
+    lr = {f: t["choice"] for f, t in tuning.items()}
+    out: dict[str, Any] = {
+        "lr": lr,
+        "dev_nll": {f: dict(zip(t["grid"], t["scores"], strict=True)) for f, t in tuning.items()},
+        "tuning": tuning,
+        "edge_variants": [v for v in VARIANTS if tuning[FAMILY[v]]["edge"]],
+        "params": {},
+        "nll": {},
+        "em": {},
+        "retention_ppl": {},
+        "curves": {},
+    }
     for v in VARIANTS:
         fam_lr = lr[FAMILY[v]]
         rs = [run_variant(v, load, soul, run, enc["train"], enc["test"], fam_lr, s, retention) for s in run.seeds]
@@ -253,4 +284,6 @@ def run_task(load, soul: SoulConfig, run: TierB, enc: dict[str, dict[str, Tensor
         out["nll"][v], out["em"][v] = np.stack([r["nll"] for r in rs]), np.stack([r["em"] for r in rs])
         out["retention_ppl"][v] = [r.get("retention_ppl") for r in rs]
         out["curves"][v] = rs[0]["curve"]
+    out["matched"] = {"rank": matched_rank(load()), "oft_all": out["params"]["oft_all"],
+                      "lora_matched": out["params"]["lora_matched"]}  # fmt: skip
     return out

@@ -10,11 +10,17 @@ an answer token. Every variant is then a small module ``x -> logits`` on those c
     oft             peft OFT on lm_head, 8-wide blocks: W R h   (H/8 * 28)
     boft            peft BOFT on lm_head, 8-wide blocks, 2 butterfly factors
     lora_r1         peft LoRA r=1 on lm_head                    (H + V)
+    lora_temp       LoRA r=1 on lm_head and a learned temperature (H + V + 1): a scale the soul's norm gain could mimic
     soul            W (h + sigmoid(alpha) R h), one block rotation R; alpha fixed or learned
     soul_composed   the same with R = R_cmd R_safe (twice the generators)
     soul_normed     W (h + sigmoid(alpha) R h) / (1 + sigmoid(alpha)): the soul without its norm gain
 
 ``oft`` is the soul without its residual and its scale, the closest established method and the reference.
+
+Each family's learning rate is chosen on dev (seed 0) by ``stats.choose_interior``: a choice at an end of the grid
+extends the grid; a family still at an end is marked ``edge`` and no verdict rests on it. Seeds are replicates: a
+seed sets the initialisation (where a family's is random: LoRA's A), the minibatch order and the dropout on the
+cached states.
 
 Explained in notebooks/03_soul_injection.ipynb.
 """
@@ -24,7 +30,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -35,9 +41,12 @@ from torch import Tensor, nn
 from so8t_core.config import GOLDEN_RATIO, SoulStageConfig, check, stage_fields
 from so8t_core.gate.rotation import BlockSO8Rotation, ComposedSO8Rotation
 from so8t_core.gate.soul import mix
+from so8t_core.stats import choose_interior
 
 ALPHA_GRID = (-2.0, 0.0, 1.0, 1.5, GOLDEN_RATIO, 1.75, 2.0, 3.0)
-FAMILIES = ("temperature", "ln", "ia3", "oft", "boft", "lora_r1", "soul", "soul_composed", "soul_normed")
+FAMILIES = (
+    "temperature", "ln", "ia3", "oft", "boft", "lora_r1", "lora_temp", "soul", "soul_composed", "soul_normed",
+)  # fmt: skip
 
 
 @dataclass
@@ -154,6 +163,10 @@ def build(family: str, norm: nn.Module, lm_head: nn.Linear, alpha: float = 0.0, 
         return SoulGateHead(norm, lm_head, alpha, learned, family == "soul_composed", family == "soul_normed")
     if family == "temperature":
         return Temperature(norm, lm_head)
+    if family == "lora_temp":
+        lora = _peft("lora_r1", Temperature(norm, lm_head))
+        next(p for n, p in lora.named_parameters() if n.endswith("log_tau")).requires_grad_(True)  # peft froze it
+        return lora
     head = Head(norm, lm_head)
     if family == "ln":
         head.norm.requires_grad_(True)  # RMSNorm: its gain only
@@ -162,7 +175,7 @@ def build(family: str, norm: nn.Module, lm_head: nn.Linear, alpha: float = 0.0, 
     return head
 
 
-def _peft(family: str, head: Head) -> nn.Module:
+def _peft(family: str, head: nn.Module) -> nn.Module:
     import peft
 
     configs = {
@@ -181,20 +194,48 @@ def n_trainable(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def fit(module: nn.Module, data: Cached, lr: float, steps: int, batch: int, seed: int) -> nn.Module:
-    """AdamW on the mean answer-token cross entropy, minibatches of ``batch`` positions drawn by ``seed``."""
+def fit(
+    module: nn.Module,
+    data: Cached,
+    lr: float,
+    steps: int,
+    batch: int,
+    seed: int,
+    dropout: float = 0.0,
+    watch: Callable[[int, nn.Module], None] | None = None,
+) -> nn.Module:
+    """AdamW on the mean answer-token cross entropy, minibatches of ``batch`` positions drawn by ``seed``.
+
+    Args:
+        module: a ``build`` result.
+        data: the training cache.
+        lr, steps, batch: the recipe.
+        seed: draws the minibatches and the dropout masks.
+        dropout: share of the cached states' features zeroed in training (the same for every family).
+        watch: called as ``watch(step, module)`` after each step (e.g. to score dev: a learning curve).
+    Returns:
+        ``module``, trained and in eval mode.
+    """
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         return module
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(seed)
     module.train()
-    for _ in range(steps):
+    for step in range(steps):
         idx = torch.randint(0, len(data.y), (min(batch, len(data.y)),), generator=g)
-        loss = nn.functional.cross_entropy(module(data.x[idx]), data.y[idx])
+        x = data.x[idx]  # (b, H)
+        if dropout > 0:
+            keep = torch.rand(x.shape, generator=g) >= dropout
+            x = x * keep / (1 - dropout)
+        loss = nn.functional.cross_entropy(module(x), data.y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if watch is not None:
+            module.eval()
+            watch(step, module)
+            module.train()
     module.eval()
     return module
 
@@ -231,18 +272,30 @@ def alpha_name(a: float) -> str:
 
 
 def lr_family(name: str, spec: dict[str, Any]) -> str:
-    """The family whose dev-chosen learning rate a variant uses (every soul variant shares the soul's)."""
-    return "soul" if spec["family"].startswith("soul") else spec["family"]
+    """The family whose dev-chosen learning rate a variant uses: its own (the soul at a fixed alpha shares the learned
+    soul's; the composed and the norm-matched soul are tuned on their own)."""
+    return spec["family"]
 
 
 @dataclass(frozen=True)
 class TierA:
-    """Sizes of a tier-A run: learning rates tried on dev (seed 0), steps, minibatch, and the test seeds."""
+    """Sizes of a tier-A run.
+
+    Args:
+        lrs: learning rates tried on dev with seed 0 (extended past an end while the best is there).
+        steps: optimizer steps per run.
+        batch: answer positions per step.
+        seeds: test seeds.
+        dropout: dropout on the cached states in training, so a seed also draws the masks.
+        max_extensions: grid values added past an end of ``lrs`` at most (one geometric step each).
+    """
 
     lrs: tuple[float, ...]
     steps: int
     batch: int
     seeds: tuple[int, ...]
+    dropout: float = 0.1
+    max_extensions: int = 2
 
     STAGE_NAMES: ClassVar[dict[str, str]] = {"lrs": "a_lrs", "steps": "a_steps", "batch": "a_batch"}
 
@@ -262,6 +315,49 @@ class TierA:
         check(self.steps > 0, "steps", self.steps, "must be > 0")
         check(self.batch > 0, "batch", self.batch, "must be > 0")
         check(len(self.seeds) >= 2, "seeds", self.seeds, "need at least 2 seeds for an interval")
+        check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
+        check(self.max_extensions >= 0, "max_extensions", self.max_extensions, "must be >= 0")
+
+
+def train_variant(
+    spec: dict[str, Any], cache: dict[str, Cached], norm: nn.Module, lm_head: nn.Linear, lr: float, run: TierA,
+    seed: int, watch: Callable[[int, nn.Module], None] | None = None,
+) -> nn.Module:  # fmt: skip
+    """One tier-A variant built and trained under ``seed`` (its random init, minibatches and dropout)."""
+    torch.manual_seed(seed)  # LoRA's A; the other families start deterministically
+    m = build(**spec, norm=norm, lm_head=lm_head)
+    return fit(m, cache["train"], lr, run.steps, run.batch, seed, run.dropout, watch) if spec["family"] != "base" else m
+
+
+def tune_lr(
+    spec: dict[str, Any], cache: dict[str, Cached], norm: nn.Module, lm_head: nn.Linear, run: TierA
+) -> dict[str, Any]:
+    """The family's learning rate: dev NLL after ``run.steps`` steps (seed 0), the grid extended until interior.
+
+    Returns:
+        ``stats.choose_interior``'s fields (``side`` ``"untuned"`` when ``run.lrs`` has one rate: nothing was
+        chosen, so it counts as an edge) and ``curves``: lr -> dev NLL every ``curve_every`` steps.
+    """
+    every = max(run.steps // 10, 1)
+    curves: dict[float, list[float]] = {}
+
+    def dev_nll(lr: float) -> float:
+        curve = curves.setdefault(lr, [])
+
+        def watch(step: int, m: nn.Module) -> None:
+            if (step + 1) % every == 0 or step + 1 == run.steps:
+                curve.append(float(score(m, cache["dev"])["nll"].mean()))
+
+        train_variant(spec, cache, norm, lm_head, lr, run, 0, watch)
+        return curve[-1]
+
+    if len(run.lrs) == 1:
+        nll = dev_nll(run.lrs[0])
+        out = {"choice": run.lrs[0], "edge": True, "side": "untuned", "grid": list(run.lrs), "scores": [nll],
+               "extensions": 0}  # fmt: skip
+    else:
+        out = choose_interior(run.lrs, dev_nll, max_extensions=run.max_extensions, limits=(0.0, 1.0))
+    return out | {"curves": {str(k): v for k, v in sorted(curves.items())}, "curve_every": every}
 
 
 def run_task(
@@ -276,31 +372,31 @@ def run_task(
         run: sizes.
         specs: ``variant_specs()``.
     Returns:
-        ``{"lr": {family: lr}, "dev_nll": {family: {lr: nll}}, "params": {variant: n}, "nll": {variant: (S, I)},
+        ``{"lr": {family: lr}, "dev_nll": {family: {lr: nll}}, "tuning": {family: tune_lr()}, "edge_variants":
+        [variants whose family's rate is at an edge], "params": {variant: n}, "nll": {variant: (S, I)},
         "em": {variant: (S, I)}}``.
     """
-    dev: dict[str, dict[float, float]] = {}
-    for name, spec in specs.items():
-        fam = lr_family(name, spec)
-        if fam == "base" or fam in dev or (spec["family"].startswith("soul") and name != "soul_learned"):
-            continue
-        if len(run.lrs) == 1:  # nothing to choose: no dev runs
-            dev[fam] = {run.lrs[0]: float("nan")}
-            continue
-        dev[fam] = {lr: float(score(fit(build(**spec, norm=norm, lm_head=lm_head), cache["train"], lr,
-                                             run.steps, run.batch, 0), cache["dev"])["nll"].mean())
-                    for lr in run.lrs}  # fmt: skip
-    lr = {f: min(d, key=d.__getitem__) for f, d in dev.items()}
+    tuning: dict[str, dict[str, Any]] = {}
+    for name, spec in specs.items():  # the learned soul comes before the fixed alphas, which share its rate
+        if spec["family"] != "base" and lr_family(name, spec) not in tuning:
+            tuning[lr_family(name, spec)] = tune_lr(spec, cache, norm, lm_head, run)
+    lr = {f: t["choice"] for f, t in tuning.items()}
     nll: dict[str, np.ndarray] = {}
     em: dict[str, np.ndarray] = {}
     params: dict[str, int] = {}
     for name, spec in specs.items():
         rows = []
         for s in run.seeds:
-            m = build(**spec, norm=norm, lm_head=lm_head)
+            m = train_variant(spec, cache, norm, lm_head, lr.get(lr_family(name, spec), 0.0), run, s)
             params[name] = n_trainable(m)
-            if name != "base":
-                fit(m, cache["train"], lr[lr_family(name, spec)], run.steps, run.batch, s)
             rows.append(score(m, cache["test"]))
         nll[name], em[name] = np.stack([r["nll"] for r in rows]), np.stack([r["em"] for r in rows])
-    return {"lr": lr, "dev_nll": dev, "params": params, "nll": nll, "em": em}
+    return {
+        "lr": lr,
+        "dev_nll": {f: dict(zip(t["grid"], t["scores"], strict=True)) for f, t in tuning.items()},
+        "tuning": tuning,
+        "edge_variants": [n for n, sp in specs.items() if tuning.get(lr_family(n, sp), {}).get("edge", False)],
+        "params": params,
+        "nll": nll,
+        "em": em,
+    }

@@ -2,23 +2,73 @@
 
 A comparison ``a - b`` is paired: the same test items under the same seeds. Its interval and p-value come from
 one test, ``stats.crossed_test``: a bootstrap that draws the templates once for every seed and the seeds on top
-(crossed), read against Student's t. p-values of the comparisons passed to ``add_holm`` are Holm-corrected
-together. A comparison counts as a win (or a loss) only when its Holm-adjusted p-value is below ``ALPHA``, its
-interval excludes 0 on that side and the difference is at least the ``min_effect`` named before the run. A task is
-*valid* only if LoRA beats the untouched base there; no verdict is drawn from an invalid task.
+(crossed), read against Student's t.
+
+The comparisons the design claims are declared before the run in ``PRIMARY`` (each on every task); Holm corrects
+their p-values together and nothing else. Every other row is *exploratory*: printed with its raw p-value, never
+turned into a verdict. A primary comparison counts as a win (or a loss) only when its Holm-adjusted p-value is below
+``ALPHA``, its interval excludes 0 on that side and the difference is at least ``MIN_EFFECT``. No verdict rests on a
+variant whose learning rate stayed at an end of its extended grid (``edge``), nor on a task where LoRA does not beat
+the untouched base (*invalid*).
 
 Explained in notebooks/03_soul_injection.ipynb.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from so8t_core.stats import ALPHA, crossed_test, holm, quadratic_argmin_bootstrap, significant
 from so8t_core.verdicts import need
+
+PHI, NEIGHBOURS = "soul_a1.618", ("soul_a1.5", "soul_a1.75")  # head_study.alpha_name of phi, 1.5 and 1.75
+MIN_EFFECT = 0.02  # answer-token NLL (nats): a smaller difference is never a win or a loss
+# name -> (tier, a, b): the comparisons ``a - b`` the design claims, each on every task (lower NLL: a better)
+PRIMARY: dict[str, tuple[str, str, str]] = {
+    "soul_vs_oft": ("A", "soul_learned", "oft"),
+    "soul_vs_boft": ("A", "soul_learned", "boft"),
+    "soul_vs_ia3": ("A", "soul_learned", "ia3"),
+    "soul_vs_lora_r1": ("A", "soul_learned", "lora_r1"),
+    "soul_vs_lora_temp": ("A", "soul_learned", "lora_temp"),
+    "composed_vs_single": ("A", "soul_composed_learned", "soul_learned"),
+    "learned_vs_phi": ("A", "soul_learned", PHI),
+    "phi_vs_1.5": ("A", PHI, NEIGHBOURS[0]),
+    "phi_vs_1.75": ("A", PHI, NEIGHBOURS[1]),
+    "lora_soul_vs_lora": ("B", "soul", "lora"),
+    "pet_with_soul": ("B", "soul_pet", "soul"),
+    "oft_all_vs_matched_lora": ("B", "oft_all", "lora_matched"),
+}
+CLAIMS = {  # name -> the sentence's subject (a: the first variant)
+    "soul_vs_oft": "The learned soul vs OFT on lm_head (same rotation, no residual)",
+    "soul_vs_boft": "The learned soul vs BOFT on lm_head",
+    "soul_vs_ia3": "The learned soul vs IA3 on lm_head",
+    "soul_vs_lora_r1": "The learned soul vs LoRA r=1 on lm_head",
+    "soul_vs_lora_temp": "The learned soul vs LoRA r=1 + a learned temperature",
+    "composed_vs_single": "R_cmd R_safe vs one rotation",
+    "learned_vs_phi": "alpha learned vs alpha fixed at phi",
+    "phi_vs_1.5": "alpha fixed at phi vs at 1.5",
+    "phi_vs_1.75": "alpha fixed at phi vs at 1.75",
+    "lora_soul_vs_lora": "Tier B: LoRA + soul vs LoRA",
+    "pet_with_soul": "Tier B: LoRA + soul with PET vs without",
+    "oft_all_vs_matched_lora": "Tier B: OFT in all blocks vs LoRA at matched size",
+}
+
+
+def primary_key(name: str, task: str) -> str:
+    """The row key ``"<tier>:<task>/<a> - <b>"`` of the primary comparison ``name`` on ``task``."""
+    tier, a, b = PRIMARY[name]
+    return f"{tier}:{task}/{a} - {b}"
+
+
+def extra_pairs(tier: str, ref: str) -> list[tuple[str, str]]:
+    """The primary pairs of ``tier`` that are not ``<variant> - ref`` (which ``tier_rows`` makes anyway), then the
+    exploratory extras."""
+    extra = TIER_A_EXTRA if tier == "A" else TIER_B_EXTRA
+    pairs = [(a, b) for t, a, b in PRIMARY.values() if t == tier and b != ref]
+    return list(dict.fromkeys([*pairs, *extra]))
 
 
 def compare(
@@ -45,15 +95,41 @@ def compare(
     return {"mean": t["estimate"], **t}
 
 
-def add_holm(rows: Mapping[str, dict]) -> dict[str, dict]:
-    """Each row with ``p_holm``: its p-value Holm-adjusted across all ``rows`` (one family per notebook)."""
-    adjusted = holm({k: float(r["p"]) for k, r in rows.items()})
-    return {k: {**r, "p_holm": adjusted[k]} for k, r in rows.items()}
+def add_holm(rows: Mapping[str, dict], family: Collection[str] | None = None) -> dict[str, dict]:
+    """Each row with ``p_holm`` and ``primary``: Holm over the rows named in ``family`` only (all rows when None);
+    the others are exploratory (``p_holm`` None, no verdict).
+
+    Args:
+        rows: comparison rows (``compare`` output).
+        family: the keys of the declared primary family.
+    """
+    family = set(rows) if family is None else set(family) & set(rows)
+    adjusted = holm({k: float(rows[k]["p"]) for k in family})
+    return {k: {**r, "p_holm": adjusted.get(k), "primary": k in family} for k, r in rows.items()}
+
+
+def mark_edges(rows: Mapping[str, dict], edges: Mapping[str, Collection[str]]) -> dict[str, dict]:
+    """Each row with ``edge``: one of its two variants has a learning rate at an end of its grid.
+
+    Args:
+        rows: rows keyed ``"[<tier>:]<task>/<a> - <b>"``.
+        edges: ``"[<tier>:]<task>"`` -> the variants whose family's rate is at an edge.
+    """
+    out = {}
+    for k, r in rows.items():
+        where, pair = k.split("/", 1)
+        out[k] = {**r, "edge": any(v in edges.get(where, ()) for v in pair.split(" - "))}
+    return out
 
 
 def outcome(row: Mapping[str, Any]) -> str:
     """``"better"`` / ``"worse"`` (lower / higher NLL) when ``stats.significant`` says so at ``p_holm``, else
-    ``"no clear difference"``."""
+    ``"no clear difference"``; ``"exploratory"`` outside the primary family and ``"edge"`` (no verdict) when a
+    learning rate stayed at an end of its grid."""
+    if row.get("edge"):
+        return "edge"
+    if not row.get("primary", True):
+        return "exploratory"
     need(row, "p_holm", "outcome")
     return {-1: "better", 1: "worse", 0: "no clear difference"}[significant(dict(row), ALPHA, "p_holm")]
 
@@ -116,8 +192,8 @@ def alpha_argmin(grid: Sequence[float], nll: np.ndarray, n_boot: int = 1000, see
     return {**quadratic_argmin_bootstrap(list(grid), nll, n_boot=n_boot, seed=seed), "grid": [float(a) for a in grid]}
 
 
-TIER_A_EXTRA = (("soul_composed_learned", "soul_learned"), ("soul_normed_learned", "soul_learned"))
-TIER_B_EXTRA = (("soul_frozen_r", "soul"), ("soul_pet", "soul"), ("oft_all", "lora_matched"))
+TIER_A_EXTRA = (("soul_normed_learned", "soul_learned"),)  # exploratory pairs beyond PRIMARY
+TIER_B_EXTRA = (("soul_frozen_r", "soul"),)
 
 
 def tier_rows(
@@ -160,6 +236,32 @@ def gate_rows(
     }
 
 
+def study_rows(
+    tier_a: Mapping[str, Mapping[str, Any]],
+    tier_b: Mapping[str, Mapping[str, Any]],
+    templates: Mapping[str, Sequence[Any]],
+    n_boot: int = 1000,
+    min_effect: float = MIN_EFFECT,
+) -> dict[str, dict]:
+    """Every comparison of both tiers (``"A:<task>/<a> - <b>"``, ``"B:..."``), Holm over ``PRIMARY`` on every task
+    only, each row marked ``primary`` and ``edge``.
+
+    Args:
+        tier_a, tier_b: task -> the tier's ``run_task`` result (``edge_variants`` optional).
+        templates: task -> the test items' template ids.
+        n_boot: resamples of each test.
+        min_effect: the smallest NLL difference that counts.
+    """
+    raw: dict[str, dict] = {}
+    edges: dict[str, Any] = {}
+    for tier, results, ref in (("A", tier_a, "oft"), ("B", tier_b, "lora")):
+        rows = tier_rows(results, templates, ref, extra_pairs(tier, ref), n_boot, min_effect)
+        raw |= {f"{tier}:{k}": r for k, r in rows.items()}
+        edges |= {f"{tier}:{t}": r.get("edge_variants", []) for t, r in results.items()}
+    family = [primary_key(n, t) for n, (tier, _, _) in PRIMARY.items() for t in (tier_a if tier == "A" else tier_b)]
+    return mark_edges(add_holm(raw, family), edges)
+
+
 def table(
     results: Mapping[str, Mapping[str, Any]], rows: Mapping[str, dict], ref: str, valid: Mapping[str, bool]
 ) -> list[dict[str, Any]]:
@@ -196,36 +298,36 @@ def study_verdicts(
     rows_b: Mapping[str, dict],
     valid_a: Mapping[str, bool],
     valid_b: Mapping[str, bool],
-    phi: str,
-    rivals: Sequence[str],
+    phi: str = PHI,
+    rivals: Sequence[str] = NEIGHBOURS,
 ) -> dict[str, Any]:
-    """Notebook 03's findings from Holm-adjusted rows of both tiers (one Holm family over both).
+    """Notebook 03's findings: the primary comparisons only, from rows Holm-adjusted over ``PRIMARY``.
 
     Args:
-        rows_a, rows_b: Holm-adjusted tier A / tier B rows.
+        rows_a, rows_b: tier A / tier B rows (``study_rows`` without the tier prefix).
         valid_a, valid_b: task -> valid, per tier.
         phi: the fixed-alpha soul variant at phi; rivals: those at 1.5 and 1.75.
     Returns:
-        Lists of valid tasks per claim (``*_on``), ``phi_special``, and the valid / invalid task lists.
+        ``valid_tasks_*`` / ``invalid_tasks_*``; per primary comparison ``<name>_better_on`` / ``<name>_worse_on``
+        (valid tasks where ``a`` has the lower / higher NLL); ``phi_special`` (both ``phi_vs_*`` won on two valid
+        tasks); ``no_verdict_edge``: primary comparisons withheld because a learning rate stayed at a grid's end.
     """
-    out: dict[str, Any] = {
-        "valid_tasks_A": [t for t, ok in valid_a.items() if ok],
-        "invalid_tasks_A": [t for t, ok in valid_a.items() if not ok],
-        "valid_tasks_B": [t for t, ok in valid_b.items() if ok],
-        "invalid_tasks_B": [t for t, ok in valid_b.items() if not ok],
-        "soul_beats_oft_on": wins(rows_a, "soul_learned - oft", valid_a),
-        "soul_loses_to_oft_on": losses(rows_a, "soul_learned - oft", valid_a),
-        "composed_beats_single_on": wins(rows_a, "soul_composed_learned - soul_learned", valid_a),
-        "normed_beats_soul_on": wins(rows_a, "soul_normed_learned - soul_learned", valid_a),
-        "soul_beats_lora_on": wins(rows_b, "soul - lora", valid_b),
-        "soul_loses_to_lora_on": losses(rows_b, "soul - lora", valid_b),
-        "frozen_r_beats_soul_on": wins(rows_b, "soul_frozen_r - soul", valid_b),
-        "pet_helps_lora_on": wins(rows_b, "lora_pet - lora", valid_b),
-        "pet_hurts_lora_on": losses(rows_b, "lora_pet - lora", valid_b),
-        "pet_helps_soul_on": wins(rows_b, "soul_pet - soul", valid_b),
-        "oft_beats_matched_lora_on": wins(rows_b, "oft_all - lora_matched", valid_b),
-        "oft_loses_to_matched_lora_on": losses(rows_b, "oft_all - lora_matched", valid_b),
-    }
+    out: dict[str, Any] = {}
+    rows, valid = {"A": rows_a, "B": rows_b}, {"A": valid_a, "B": valid_b}
+    for tier in ("A", "B"):
+        out[f"valid_tasks_{tier}"] = [t for t, ok in valid[tier].items() if ok]
+        out[f"invalid_tasks_{tier}"] = [t for t, ok in valid[tier].items() if not ok]
+    for name, (tier, a, b) in PRIMARY.items():
+        if name.startswith("phi_vs_"):
+            continue
+        out[f"{name}_better_on"] = wins(rows[tier], f"{a} - {b}", valid[tier])
+        out[f"{name}_worse_on"] = losses(rows[tier], f"{a} - {b}", valid[tier])
+    out["no_verdict_edge"] = [
+        f"{tier}:{t}/{name}"
+        for name, (tier, a, b) in PRIMARY.items()
+        for t in valid[tier]
+        if rows[tier].get(f"{t}/{a} - {b}", {}).get("edge")
+    ]
     return out | phi_special(rows_a, valid_a, phi, rivals)
 
 
@@ -240,22 +342,19 @@ def reading(verdicts: Mapping[str, Any]) -> list[str]:
             f"Tier {tier}: LoRA beats the base on {_list(valid)}"
             + (f"; {_list(invalid)} invalid (no verdict drawn there)." if invalid else ".")
         )
-    for key, claim in (
-        ("soul_beats_oft_on", "The learned soul beats OFT on lm_head (same rotation, no residual)"),
-        ("soul_loses_to_oft_on", "The learned soul loses to OFT on lm_head"),
-        ("composed_beats_single_on", "R_cmd R_safe beats one rotation"),
-        ("normed_beats_soul_on", "The norm-matched soul beats the soul"),
-        ("soul_beats_lora_on", "Tier B: LoRA + soul beats LoRA"),
-        ("soul_loses_to_lora_on", "Tier B: LoRA + soul loses to LoRA"),
-        ("frozen_r_beats_soul_on", "Tier B: freezing R until the gate opens beats the plain LoRA + soul"),
-        ("pet_helps_lora_on", "Tier B: PET helps LoRA"),
-        ("pet_hurts_lora_on", "Tier B: PET hurts LoRA"),
-        ("pet_helps_soul_on", "Tier B: PET helps LoRA + soul"),
-        ("oft_beats_matched_lora_on", "Tier B: OFT in all blocks beats LoRA at matched size"),
-        ("oft_loses_to_matched_lora_on", "Tier B: OFT in all blocks loses to LoRA at matched size"),
-    ):
-        if key in v:
-            say.append(f"{claim}: {_list(v[key]) if v[key] else 'on no valid task'}.")
+    for name, claim in CLAIMS.items():
+        if f"{name}_better_on" in v:
+            better, worse = v[f"{name}_better_on"], v[f"{name}_worse_on"]
+            say.append(f"{claim}: better on {_list(better)}, worse on {_list(worse)}.")
+    if v.get("no_verdict_edge"):
+        where: dict[str, list[str]] = {}
+        for key in v["no_verdict_edge"]:  # "<tier>:<task>/<name>"
+            task, name = key.split(":", 1)[1].split("/", 1)
+            where.setdefault(name, []).append(task)
+        say.append(
+            "No verdict (a learning rate stayed at an end of its extended grid, so the grid, not the method, may "
+            "decide): " + "; ".join(f"{n} on {_list(ts)}" for n, ts in where.items()) + "."
+        )
     if "phi_special" in v:
         on = v["phi_beats_neighbours_on"]
         say.append(
@@ -266,7 +365,7 @@ def reading(verdicts: Mapping[str, Any]) -> list[str]:
         grid = r.get("grid", [])
         outside = bool(grid) and not min(grid) <= r["estimate"] <= max(grid)
         say.append(
-            f"Best alpha by a parabola over the grid on {task}: {r['estimate']:.2f} "
+            f"Best alpha by a parabola over the grid on {task} (exploratory): {r['estimate']:.2f} "
             f"(95% seed bootstrap {r['lo']:.2f} to {r['hi']:.2f}, {r['n_dropped']} of {r['n_boot']} resamples "
             "without a minimum)" + (", outside the grid: the parabola extrapolates." if outside else ".")
         )
