@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from so8t_core.config import artifacts_dir  # noqa: E402
-from so8t_core.ops.audit import AuditConfig, AuditError, AuditLog  # noqa: E402
+from so8t_core.serving.audit import AuditConfig, AuditError, AuditLog  # noqa: E402
 
 H = hashlib.sha256(b"bench").hexdigest()
 

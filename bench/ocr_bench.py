@@ -1,6 +1,6 @@
 """OCR benchmark: ``ocr_summary`` against plain Tesseract on the rendered benchmark set, CER per group and images/s.
 
-Both read every page of one split of ``so8t_core.ops.ocr_synth.render_bench_set`` in the same run, page by page,
+Both read every page of one split of ``so8t_core.serving.ocr_synth.render_bench_set`` in the same run, page by page,
 their order swapped on every other page (``timing.interleaved_map``), so machine load hits both alike. Plain
 Tesseract is ``pytesseract.image_to_string(image, lang=...)`` with nothing else changed. Tune on ``dev``, report
 ``test``. The targets: on every kind, ``ocr_summary``'s mean CER <= plain Tesseract's; no page with text comes
@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import pytesseract  # noqa: E402
 
-from so8t_core.ops.ocr import OCRConfig, OCRResult, check_languages, ocr_summary  # noqa: E402
-from so8t_core.ops.ocr_eval import cer_by_group, character_error_rate  # noqa: E402
-from so8t_core.ops.ocr_synth import KINDS, LANGS, LAYOUTS, SPLITS, render_bench_set  # noqa: E402
+from so8t_core.serving.ocr import OCRConfig, OCRResult, check_languages, ocr_summary  # noqa: E402
+from so8t_core.serving.ocr_eval import cer_by_group, character_error_rate  # noqa: E402
+from so8t_core.serving.ocr_synth import KINDS, LANGS, LAYOUTS, SPLITS, render_bench_set  # noqa: E402
 from so8t_core.timing import interleaved_map  # noqa: E402
 
 RATE_RATIO_TARGET = 0.5

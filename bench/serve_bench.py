@@ -32,9 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from so8t_core.config import artifacts_dir  # noqa: E402
-from so8t_core.ops.answer import AppState  # noqa: E402
-from so8t_core.ops.audit import AuditLog  # noqa: E402
-from so8t_core.ops.server import make_server  # noqa: E402
+from so8t_core.serving.answer import AppState  # noqa: E402
+from so8t_core.serving.audit import AuditLog  # noqa: E402
+from so8t_core.serving.server import make_server  # noqa: E402
 
 
 def tiny_model(folder: Path, max_positions: int = 512):
@@ -77,7 +77,7 @@ def serving(state: AppState) -> Iterator[int]:
 def png_line() -> str:
     from PIL import Image
 
-    from so8t_core.ops.ocr_eval import render_line
+    from so8t_core.serving.ocr_eval import render_line
 
     buf = io.BytesIO()
     Image.fromarray(render_line("Invoice 4217 is paid", 32)).save(buf, format="PNG")

@@ -117,8 +117,8 @@ def tiny_lm(tmp_path_factory) -> Callable[..., TinyLM]:
 @pytest.fixture(scope="session")
 def corpus_tok(tmp_path_factory):
     """``(tokenizer, corpus)``: the project's tokenizer trained on a small generated corpus (120 documents)."""
+    from so8t_core.data.corpus import build_corpus
     from so8t_core.lm.base_model import train_tokenizer
-    from so8t_core.lm.corpus import build_corpus
 
     corpus = build_corpus(seed=0, n_docs=120, heldout_fraction=0.1)
     return train_tokenizer(corpus.train, tmp_path_factory.mktemp("corpus_tok"), vocab_size=2500), corpus

@@ -1,4 +1,4 @@
-"""Tests of so8t_core.ops.audit: settings, hash chain, tamper detection, purge, versions, concurrency, crashes, inputs.
+"""Tests of serving.audit: settings, hash chain, tamper detection, purge, versions, concurrency, crashes, inputs.
 
 Tampering is done the way an attacker with the file would do it: raw sqlite3 on the closed log, after dropping the
 append-only triggers. Expected ``first_bad`` rows are worked out by hand from the layout of ``_standard_log``.
@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from so8t_core.ops.audit import (
+from so8t_core.serving.audit import (
     GENESIS,
     SCHEMA_VERSION,
     AuditConfig,
@@ -329,7 +329,7 @@ def test_diff_applied_to_the_old_doc_gives_the_new_one(old, new):
 # ---- concurrency and crashes ---------------------------------------------------------------------------------
 WRITER = r"""
 import hashlib, sys
-from so8t_core.ops.audit import AuditLog
+from so8t_core.serving.audit import AuditLog
 path, n, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 h = hashlib.sha256(tag.encode()).hexdigest()
 with AuditLog(path) as log:

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from so8t_core import config
 from so8t_core.config import BaseModelConfig
+from so8t_core.data.corpus import build_corpus
 from so8t_core.lm import base_model, loading
 from so8t_core.lm.base_model import (
     build_model,
@@ -25,7 +26,6 @@ from so8t_core.lm.base_model import (
     train_tokenizer,
     unigram_perplexity,
 )
-from so8t_core.lm.corpus import build_corpus
 from so8t_core.lm.loading import load_model_and_tokenizer, read_model_ref, resolve_base, save_model, write_model_ref
 from so8t_core.lm.lora import LoraSettings, apply_lora
 from so8t_core.think import chat_turn, stop_ids

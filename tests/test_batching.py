@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from so8t_core.batching import encode_prompts, masked_mean, right_pad
 from so8t_core.config import SafetyEvalStageConfig
-from so8t_core.lm.batching import encode_prompts, masked_mean, right_pad
 from so8t_core.safety.heads import SafetyHeads, pooled_hidden_states, predict_with_heads
 from so8t_core.safety.pillars import PillarSettings, build_family, pooled_states
 

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from so8t_core.lm.corpus import Corpus, build_corpus, generate_documents, load_text_files, split_documents
+from so8t_core.data.corpus import Corpus, build_corpus, generate_documents, load_text_files, split_documents
 from so8t_core.think import chat_turn
 
 

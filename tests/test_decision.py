@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from so8t_core.ops import answer, models
-from so8t_core.ops.audit import AuditLog
 from so8t_core.safety import decision, systems
 from so8t_core.safety.heads import SafetyHeads, Thresholds
 from so8t_core.safety.labels import LabeledSet, metrics
 from so8t_core.safety.registry import save_heads_for_model
+from so8t_core.serving import answer, models
+from so8t_core.serving.audit import AuditLog
 
 REPO = Path(__file__).resolve().parents[1]
 

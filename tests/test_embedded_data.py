@@ -8,10 +8,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from so8t_core.lm import coverage as cv
-from so8t_core.lm import lexicon
-from so8t_core.lm.corpus import build_corpus
-from so8t_core.lm.safety_data import INTENTS, LABELS, TASKS, VARIANTS, generate_safety_prompts, variant_splits
+from so8t_core.data import coverage as cv
+from so8t_core.data import lexicon
+from so8t_core.data.corpus import build_corpus
+from so8t_core.data.safety_data import INTENTS, LABELS, TASKS, VARIANTS, generate_safety_prompts, variant_splits
 from so8t_core.safety.labels import dev_rule, handwritten_test, pair_of, refuse_threshold, task_splits
 from so8t_core.stats import cluster_bootstrap, holm
 
@@ -209,7 +209,7 @@ def test_refuse_threshold_is_best_f1_under_the_over_refusal_cap(scores, labels, 
 
 def test_labeling_md_states_the_generated_sizes(prompts) -> None:
     from so8t_core.config import DATA_DIR
-    from so8t_core.lm.safety_data import VARIANTS
+    from so8t_core.data.safety_data import VARIANTS
 
     text = (DATA_DIR / "safety" / "LABELING.md").read_text(encoding="utf-8")
     n = Counter(p.split for p in prompts)

@@ -10,15 +10,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from so8t_core.gate import studies
 from so8t_core.gate.alpha import LinearSchedule
 from so8t_core.gate.rotation import BlockSO8Rotation, rotate_blocks
 from so8t_core.gate.soul import SoulConfig, SoulWrapper, fused_head_weight, mix
-from so8t_core.lm import head_study as hs
 from so8t_core.lm.base_model import build_model, tiny_phi3_config
 from so8t_core.rl.training import FusedSoulHead
 from so8t_core.safety import pillars as pl
 from so8t_core.safety.heads import SafetyHeads
+from so8t_core.studies import gate_studies as studies
+from so8t_core.studies import head_study as hs
 
 H = 32
 EXACT = {"rtol": 0.0, "atol": 1e-6}  # the same arithmetic: only float32 rounding may differ

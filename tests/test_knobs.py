@@ -15,12 +15,12 @@ import pytest
 
 from so8t_core.config import AlphaStageConfig, QuadRLStageConfig, SafetyEvalStageConfig, SoulStageConfig, stage_fields
 from so8t_core.gate.soul import SoulConfig
-from so8t_core.lm.body_study import TierB
-from so8t_core.lm.head_study import TierA
 from so8t_core.lm.inject import InjectConfig
 from so8t_core.lm.lora import LoraSettings
 from so8t_core.rl.training import GRPOSettings
 from so8t_core.safety.pillars import PillarSettings
+from so8t_core.studies.body_study import TierB
+from so8t_core.studies.head_study import TierA
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,13 +27,16 @@ RANKS = {
     "so8t_core.show": 2,
     "so8t_core.report": 2,
     "so8t_core.progress": 2,
+    "so8t_core.batching": 2,
     "so8t_core.gate": 3,
+    "so8t_core.data": 3,
     "so8t_core.lm": 4,
     "so8t_core.export": 5,
     "so8t_core.vision": 5,
     "so8t_core.safety": 5,
     "so8t_core.rl": 5,
-    "so8t_core.ops": 6,
+    "so8t_core.serving": 6,
+    "so8t_core.studies": 6,
     "so8t_core.serve": 7,
     "so8t_core.pipeline": 7,
 }
@@ -70,7 +73,7 @@ def imports_of(path: Path, modules: set[str], root: Path = PACKAGE) -> set[str]:
         else:
             continue
         for n in names:
-            while n and n not in modules:  # `from so8t_core.lm import study` -> so8t_core.lm.study
+            while n and n not in modules:  # `from so8t_core.lm import loading` -> so8t_core.lm.loading
                 n = n.rpartition(".")[0]
             if n.startswith("so8t_core") and n != me:
                 found.add(n)
@@ -141,8 +144,8 @@ def test_imports_go_down_the_layers_only() -> None:
 
 def test_the_real_tree_is_read() -> None:
     graph = import_graph()
-    assert "so8t_core.ops.answer" in graph["so8t_core.ops.server"]
-    assert "so8t_core.safety.heads" in graph["so8t_core.ops.models"]  # a function-level import
+    assert "so8t_core.serving.answer" in graph["so8t_core.serving.server"]
+    assert "so8t_core.safety.heads" in graph["so8t_core.serving.models"]  # a function-level import
 
 
 def test_every_room_of_the_package_has_a_rank() -> None:
@@ -168,7 +171,10 @@ def test_function_level_imports_are_read(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "graph,bad",
     [
-        ({"so8t_core.safety.cli": {"so8t_core.ops.models"}}, "so8t_core.safety (rank 5) may not import so8t_core.ops"),
+        (
+            {"so8t_core.safety.cli": {"so8t_core.serving.models"}},
+            "so8t_core.safety (rank 5) may not import so8t_core.serving",
+        ),
         ({"so8t_core.vision.model": {"so8t_core.safety.heads"}}, "may not import so8t_core.safety (rank 5)"),
         ({"so8t_core.think": {"so8t_core.safety.heads"}}, "so8t_core.think (rank 2)"),
         ({"so8t_core.newroom.x": {"so8t_core.config"}}, "room so8t_core.newroom has no rank"),
@@ -180,7 +186,7 @@ def test_upward_sideways_and_unknown_imports_are_reported(graph: dict[str, set[s
 
 def test_downward_and_same_room_imports_pass() -> None:
     graph = {
-        "so8t_core.ops.server": {"so8t_core.ops.answer", "so8t_core.safety.heads", "so8t_core.config"},
+        "so8t_core.serving.server": {"so8t_core.serving.answer", "so8t_core.safety.heads", "so8t_core.config"},
         "so8t_core.gate.soul": {"so8t_core.gate.alpha", "so8t_core.config"},
     }
     assert layer_violations(graph) == []

@@ -1,4 +1,4 @@
-"""so8t_core.ops.ocr and so8t_core.ops.ocr_eval: CER by hand, deskew geometry, typed errors for bad input, read-back."""
+"""serving.ocr and serving.ocr_eval: CER by hand, deskew geometry, typed errors for bad input, read-back."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from so8t_core.ops import ocr
-from so8t_core.ops.ocr import (
+from so8t_core.serving import ocr
+from so8t_core.serving.ocr import (
     ImageTooLargeError,
     InvalidImageError,
     LanguageMissingError,
@@ -33,7 +33,7 @@ from so8t_core.ops.ocr import (
     ocr_summary,
     preprocess,
 )
-from so8t_core.ops.ocr_eval import (
+from so8t_core.serving.ocr_eval import (
     KINDS,
     EvalSample,
     cer_by_group,
@@ -44,8 +44,8 @@ from so8t_core.ops.ocr_eval import (
     render_line,
     rotate_image,
 )
-from so8t_core.ops.ocr_synth import KINDS as SYNTH_KINDS
-from so8t_core.ops.ocr_synth import SPLITS, degrade, render_bench_set, render_page
+from so8t_core.serving.ocr_synth import KINDS as SYNTH_KINDS
+from so8t_core.serving.ocr_synth import SPLITS, degrade, render_bench_set, render_page
 from so8t_core.text import normalize_text, summarize
 from so8t_core.timing import interleaved_map
 

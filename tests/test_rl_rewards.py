@@ -131,8 +131,8 @@ def test_correctness_refuses_an_unknown_label():
 
 def test_every_training_chat_of_the_grammar_earns_full_reward():
     """The cue tables agree with the imitation data: every generated chat reads as its own label."""
-    from so8t_core.lm import documents as D
-    from so8t_core.lm.safety_data import VARIANTS, generate_safety_prompts
+    from so8t_core.data import documents as D
+    from so8t_core.data.safety_data import VARIANTS, generate_safety_prompts
 
     phrase = {(v[0], lang): text for v in VARIANTS for lang, text in (("en", v[5]), ("ja", v[6]))}
     prompts = generate_safety_prompts(0)

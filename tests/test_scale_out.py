@@ -34,7 +34,7 @@ RUN = [
 @pytest.fixture(scope="module")
 def stage00(tiny_lm, tmp_path_factory) -> Path:
     """A notebook-00 stage folder: a generated corpus and a tiny Phi-3 recorded as the base model."""
-    from so8t_core.lm.corpus import build_corpus
+    from so8t_core.data.corpus import build_corpus
     from so8t_core.lm.loading import write_model_ref
 
     d = tmp_path_factory.mktemp("stage00")

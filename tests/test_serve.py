@@ -27,9 +27,9 @@ from hypothesis import strategies as st
 
 import so8t_core.think as think_mod
 from so8t_core.lm.loading import load_model_and_tokenizer
-from so8t_core.ops import answer, models, server
-from so8t_core.ops.audit import AuditLog
-from so8t_core.ops.ocr import (
+from so8t_core.serving import answer, models, server
+from so8t_core.serving.audit import AuditLog
+from so8t_core.serving.ocr import (
     ImageTooLargeError,
     InvalidImageError,
     OCRResult,
@@ -426,7 +426,7 @@ def test_body_framing_errors_are_answered_without_waiting(
 def _png_of_line(text: str) -> bytes:
     from PIL import Image
 
-    from so8t_core.ops.ocr_eval import render_line
+    from so8t_core.serving.ocr_eval import render_line
     from so8t_core.text import FontMissingError
 
     try:
@@ -440,7 +440,7 @@ def _png_of_line(text: str) -> bytes:
 
 @pytest.mark.tesseract
 def test_image_summary_reaches_the_model_and_the_log_keeps_only_hashes(audit) -> None:
-    from so8t_core.ops.ocr import ocr_summary
+    from so8t_core.serving.ocr import ocr_summary
 
     png = _png_of_line("Invoice 4217 is paid")
     summary = ocr_summary(png, lang="eng").summary  # what the server must pass on, computed independently

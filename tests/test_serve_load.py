@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from so8t_core.ops import answer, limits
-from so8t_core.ops.audit import AuditLog
-from so8t_core.ops.ocr import OCRResult
 from so8t_core.safety.decision import Decider
 from so8t_core.safety.heads import HEADS_MAX_TOKENS
+from so8t_core.serving import answer, limits
+from so8t_core.serving.audit import AuditLog
+from so8t_core.serving.ocr import OCRResult
 from so8t_core.think import QUAD_SYSTEM, build_prompt, stop_ids
 from tests.test_serve import QUAD, Scripted, call, rows, running, state_for
 

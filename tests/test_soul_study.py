@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from so8t_core.config import SoulStageConfig
-from so8t_core.lm import head_study as hs
-from so8t_core.lm import soul_verdicts as sv
-from so8t_core.lm import tasks
+from so8t_core.data import tasks
+from so8t_core.studies import head_study as hs
+from so8t_core.studies import soul_verdicts as sv
 
 WORDS = [
     ("歩行", "ほこう", "walk"),
@@ -342,7 +342,7 @@ def tier_b_setup(tiny_lm):
 def test_frozen_r_waits_for_the_gate_to_open(tier_b_setup, freeze, steps, moves):
     import copy
 
-    from so8t_core.lm import body_study as bs
+    from so8t_core.studies import body_study as bs
 
     lm, enc, soul = tier_b_setup
     run = bs.TierB.from_stage(
@@ -356,7 +356,7 @@ def test_frozen_r_waits_for_the_gate_to_open(tier_b_setup, freeze, steps, moves)
 def test_tier_b_sizes_and_scores(tier_b_setup):
     import copy
 
-    from so8t_core.lm import body_study as bs
+    from so8t_core.studies import body_study as bs
 
     lm, enc, soul = tier_b_setup
     run = bs.TierB.from_stage(SoulStageConfig(b_steps=1, b_batch=2, b_seeds=2))

@@ -8,7 +8,7 @@ import pytest
 
 from so8t_core.config import AlphaStageConfig, SoulStageConfig
 from so8t_core.export.gguf import parity_targets
-from so8t_core.gate.studies import alpha_verdicts, rotation_verdicts
+from so8t_core.studies.gate_studies import alpha_verdicts, rotation_verdicts
 from so8t_core.think import format_quad, in_quad_layout
 from so8t_core.verdicts import higher, lower, need
 from so8t_core.vision.train import random_tower_verdicts, text_only_baselines, tower_verdicts, visual_verdicts

@@ -1,1 +1,1 @@
-"""The language model: corpus, tokenizer and tiny Phi-3 base, loading, LoRA, soul injection (notebooks 00, 03)."""
+"""The language model: tokenizer and tiny Phi-3 base, real models, loading, LoRA, soul injection and its training."""

@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 from transformers import LlamaTokenizer, Phi3Config, Phi3ForCausalLM, PreTrainedTokenizerBase
 
 from so8t_core.artifacts import atomic_path
+from so8t_core.batching import right_pad
 from so8t_core.config import check
-from so8t_core.lm.batching import right_pad
 from so8t_core.lm.tokenizer import exact_fast_tokenizer
 from so8t_core.think import FINAL_TAG, THINK_PARTS, chat_turn, stop_ids
 

@@ -267,6 +267,23 @@ def resolve_base(stage_dir: str | Path) -> str:
     return read_model_ref(stage_dir)["base_model"]
 
 
+def load_base(stage00: Path, device_map: Any = None):
+    """(model, tokenizer, ref) of the base notebook 00 chose (embedded default or a real checkpoint).
+
+    Args:
+        stage00: notebook 00's stage folder.
+        device_map: passed to ``from_pretrained`` (None: the loader's default; one process of several gives
+            ``{"": local_process_index}`` so its 4-bit copy lands on its own GPU).
+    """
+    ref = read_model_ref(stage00)
+    model, tok = load_model_and_tokenizer(
+        ref["base_model"],
+        load_in_4bit=bool(ref.get("load_in_4bit", False)),
+        device_map=device_map,
+    )
+    return model, tok, ref
+
+
 def load_soul_folder(
     base_model: str | Path,
     soul_dir: str | Path,

@@ -30,7 +30,7 @@ import yaml
 from so8t_core.artifacts import write_json_atomic
 from so8t_core.config import PARAMS_DIR, SoulStageConfig, check
 from so8t_core.gate.soul import SoulConfig, SoulWrapper
-from so8t_core.lm import study
+from so8t_core.lm import variants as study
 from so8t_core.lm.inject import InjectConfig, inject, read_timeline
 from so8t_core.lm.loading import read_model_ref
 from so8t_core.lm.lora import LoraSettings

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from so8t_core.batching import masked_mean
 from so8t_core.config import check
-from so8t_core.lm.batching import masked_mean
 from so8t_core.think import DECISIONS, FALLBACK_MESSAGE, FINAL_TAG, THINK_PARTS, extract_final, top_level_parts
 from so8t_core.verdicts import need
 

@@ -40,8 +40,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from so8t_core.artifacts import atomic_path, write_json_atomic
+from so8t_core.batching import pool_prompts
 from so8t_core.config import check
-from so8t_core.lm.batching import pool_prompts
 from so8t_core.safety.labels import LABELS, metrics
 
 TASKS = ("information", "coding", "creative", "advice")

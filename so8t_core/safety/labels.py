@@ -291,7 +291,7 @@ def pair_of(row_id: str) -> str:
 
 def generated_set(split: str, seed: int = 0) -> LabeledSet:
     """The ``train`` or ``dev`` split of the generated safety prompts (``lm.safety_data``), split by variant."""
-    from so8t_core.lm.safety_data import generate_safety_prompts
+    from so8t_core.data.safety_data import generate_safety_prompts
 
     check(split in ("train", "dev"), "split", split, "generated prompts have train and dev only")
     rows = [p.as_row() for p in generate_safety_prompts(seed) if p.split == split]

@@ -35,10 +35,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from so8t_core.batching import encode_prompts, masked_mean, pool_prompts
 from so8t_core.config import SafetyEvalStageConfig, check, stage_fields
 from so8t_core.gate.rotation import commutator_norm, eigen_angles
 from so8t_core.gate.soul import SoulConfig, SoulWrapper, causal_lm_loss, mix
-from so8t_core.lm.batching import encode_prompts, masked_mean, pool_prompts
 from so8t_core.safety.heads import TASKS, SafetyHeads
 from so8t_core.safety.labels import LABELS, LabeledSet
 

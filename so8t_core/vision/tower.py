@@ -100,7 +100,7 @@ def load_soul_lm(stage00: str | Path, soul_dir: str | Path) -> tuple[SoulWrapper
     """
     from peft import PeftModel
 
-    from so8t_core.lm.study import load_base
+    from so8t_core.lm.loading import load_base
 
     base, tok, _ = load_base(Path(stage00))
     soul_dir = Path(soul_dir)

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from so8t_core.batching import masked_mean, right_pad
 from so8t_core.config import check
-from so8t_core.lm.batching import masked_mean, right_pad
 from so8t_core.stats import crossed_test
 from so8t_core.text import normalize_text
 from so8t_core.think import END_OF_TURN, chat_turn, stop_ids

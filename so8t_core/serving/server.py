@@ -51,9 +51,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from so8t_core.config import artifacts_dir
-from so8t_core.ops.answer import AppState, RequestError, health, parse_think_request, think
-from so8t_core.ops.audit import AuditError, AuditLog
-from so8t_core.ops.models import load_decider, model_identity, resolve_model
+from so8t_core.serving.answer import AppState, RequestError, health, parse_think_request, think
+from so8t_core.serving.audit import AuditError, AuditLog
+from so8t_core.serving.models import load_decider, model_identity, resolve_model
 
 log = logging.getLogger("so8t_core.serve")  # also when run as __main__
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from so8t_core.lm.lexicon import EdictEntry, Gloss, JaWord
+from so8t_core.data.lexicon import EdictEntry, Gloss, JaWord
 from so8t_core.think import chat_turn, format_quad
 
 POS_NAMES = {"n": ("noun", "名詞"), "v": ("verb", "動詞"), "a": ("adjective", "形容詞"), "r": ("adverb", "副詞")}

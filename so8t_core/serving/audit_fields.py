@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from so8t_core.config import check
-from so8t_core.ops.audit_chain import canonical_json, ocr_commitment
+from so8t_core.serving.audit_chain import canonical_json, ocr_commitment
 from so8t_core.think import DECISIONS, leaks_thinking
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")

@@ -15,29 +15,12 @@ from typing import Any
 import torch
 
 from so8t_core.config import check
+from so8t_core.data.corpus import Corpus
 from so8t_core.gate.soul import SoulConfig, SoulWrapper, describe
 from so8t_core.lm.base_model import encode_documents, pack_rows, perplexity, token_batches
-from so8t_core.lm.corpus import Corpus
 from so8t_core.lm.inject import InjectConfig, inject
-from so8t_core.lm.loading import load_model_and_tokenizer, read_model_ref
+from so8t_core.lm.loading import load_base
 from so8t_core.lm.lora import LoraSettings, apply_lora
-
-
-def load_base(stage00: Path, device_map: Any = None):
-    """(model, tokenizer, ref) of the base notebook 00 chose (embedded default or a real checkpoint).
-
-    Args:
-        stage00: notebook 00's stage folder.
-        device_map: passed to ``from_pretrained`` (None: the loader's default; one process of several gives
-            ``{"": local_process_index}`` so its 4-bit copy lands on its own GPU).
-    """
-    ref = read_model_ref(stage00)
-    model, tok = load_model_and_tokenizer(
-        ref["base_model"],
-        load_in_4bit=bool(ref.get("load_in_4bit", False)),
-        device_map=device_map,
-    )
-    return model, tok, ref
 
 
 def corpus_tensors(stage00: Path, tokenizer, seq_len: int, batch_size: int, max_eval_docs: int):

@@ -39,7 +39,7 @@ import pytesseract
 from PIL import Image
 
 from so8t_core.config import check
-from so8t_core.ops.ocr_image import (
+from so8t_core.serving.ocr_image import (
     CANDIDATES,
     ImageTooLargeError,
     InvalidImageError,
@@ -50,7 +50,7 @@ from so8t_core.ops.ocr_image import (
     TesseractMissingError,
     load_gray,
 )
-from so8t_core.ops.ocr_prep import (
+from so8t_core.serving.ocr_prep import (
     Prepared,
     estimate_noise,
     estimate_skew,

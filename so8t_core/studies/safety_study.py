@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from so8t_core.batching import encode_prompts
 from so8t_core.config import SafetyEvalStageConfig
 from so8t_core.gate.soul import SoulWrapper
-from so8t_core.lm.batching import encode_prompts
 from so8t_core.safety.baselines import make_baseline
 from so8t_core.safety.heads import SafetyHeads, Thresholds, pooled_hidden_states, train_heads, tune_thresholds
 from so8t_core.safety.labels import LABELS, LabeledSet, refuse_threshold

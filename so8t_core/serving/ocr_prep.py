@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from so8t_core.ops.ocr_image import OCRConfig
+from so8t_core.serving.ocr_image import OCRConfig
 
 CANDIDATES = ("raw", "level", "clean")
 

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from so8t_core.config import check
-from so8t_core.ops.audit_chain import (
+from so8t_core.serving.audit_chain import (
     GENESIS,
     TABLES,
     VerifyResult,
@@ -56,7 +56,7 @@ from so8t_core.ops.audit_chain import (
     row_hash,
     verify_chain,
 )
-from so8t_core.ops.audit_fields import (
+from so8t_core.serving.audit_fields import (
     _SYNC_LEVELS,
     AuditConfig,
     AuditError,

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from so8t_core.config import check
-from so8t_core.ops.audit import AuditLog
-from so8t_core.ops.audit_chain import canonical_json
-from so8t_core.ops.limits import Admission, Busy, PromptLimit, chars_per_token, prompt_token_limit
-from so8t_core.ops.ocr import (
+from so8t_core.serving.audit import AuditLog
+from so8t_core.serving.audit_chain import canonical_json
+from so8t_core.serving.limits import Admission, Busy, PromptLimit, chars_per_token, prompt_token_limit
+from so8t_core.serving.ocr import (
     ImageTooLargeError,
     InvalidImageError,
     OCRResult,

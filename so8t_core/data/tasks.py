@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from so8t_core.batching import right_pad
 from so8t_core.config import check
-from so8t_core.lm.batching import right_pad
 from so8t_core.think import chat_turn
 
 TASKS = ("remap", "format", "arith")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from so8t_core.artifacts import write_jsonl_atomic
 from so8t_core.config import check
-from so8t_core.lm.templates import generate_documents
+from so8t_core.data.templates import generate_documents
 
 TRAIN_FILE = "train.jsonl"
 HELDOUT_FILE = "heldout.jsonl"
@@ -123,9 +123,9 @@ def build_corpus(seed: int = 0, n_docs: int = 2000, heldout_fraction: float = 0.
         ``Corpus(train, heldout)``.
     Explained in notebooks/00_base_model.ipynb.
     """
-    from so8t_core.lm import documents as D
-    from so8t_core.lm.lexicon import edict_common, japanese_words, wordnet_glosses
-    from so8t_core.lm.safety_data import VARIANTS, generate_safety_prompts
+    from so8t_core.data import documents as D
+    from so8t_core.data.lexicon import edict_common, japanese_words, wordnet_glosses
+    from so8t_core.data.safety_data import VARIANTS, generate_safety_prompts
 
     check(0.0 < heldout_fraction < 1.0, "heldout_fraction", heldout_fraction, "must be in (0, 1)")
     check(n_docs >= 20, "n_docs", n_docs, "must be >= 20")

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from so8t_core.ops.ocr_eval import EN_WORDS, JA_OBJECT, JA_PLACE, JA_TOPIC, JA_VERB, rotate_image
+from so8t_core.serving.ocr_eval import EN_WORDS, JA_OBJECT, JA_PLACE, JA_TOPIC, JA_VERB, rotate_image
 from so8t_core.text import find_font
 
 KINDS = ("clean", "speckle", "gradient", "texture", "photo", "jpeg", "blur", "rotated", "low_contrast", "small")

@@ -72,7 +72,7 @@ def cache_states(model, enc: dict[str, Tensor], batch_size: int = 64) -> Cached:
 
     Args:
         model: a transformers causal LM whose ``model.norm`` is the final norm (Llama/Phi-3 layout).
-        enc: ``so8t_core.lm.tasks.encode_items`` output.
+        enc: ``so8t_core.data.tasks.encode_items`` output.
         batch_size: items per forward pass.
     Returns:
         The cache (float32, on the CPU).

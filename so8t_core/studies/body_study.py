@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from so8t_core.batching import masked_mean
 from so8t_core.config import SoulStageConfig, check, stage_fields
 from so8t_core.gate.alpha import STABLE_MAX_WEIGHT
 from so8t_core.gate.soul import SoulConfig, SoulWrapper, describe
-from so8t_core.lm.batching import masked_mean
 from so8t_core.lm.lora import PHI3_TARGETS, LoraSettings, apply_lora
 from so8t_core.stats import choose_interior
 

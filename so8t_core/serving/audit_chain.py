@@ -1,5 +1,5 @@
 """The hash chain of the audit log as pure functions: canonical encoding, row hashes, OCR commitments, document
-diffs and chain verification. No SQLite here; ``so8t_core.ops.audit`` stores the rows and explains the design
+diffs and chain verification. No SQLite here; ``so8t_core.serving.audit`` stores the rows and explains the design
 (no notebook covers the log).
 """
 
