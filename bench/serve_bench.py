@@ -40,7 +40,8 @@ from so8t_core.serving.server import make_server  # noqa: E402
 def tiny_model(folder: Path, max_positions: int = 512):
     """The tests' tiny model: a SentencePiece tokenizer on a few lines and a random 1-layer Phi-3 reading up to
     ``max_positions`` tokens."""
-    from so8t_core.lm.base_model import MIN_VOCAB, build_model, special_ids, tiny_phi3_config, train_tokenizer
+    from so8t_core.lm.base_model import build_model, tiny_phi3_config
+    from so8t_core.lm.tokenizer import MIN_VOCAB, special_ids, train_tokenizer
     from so8t_core.think import QUAD_SYSTEM, format_quad
 
     lines = [format_quad("a", "b", "c", "d", "hello"), QUAD_SYSTEM, "hello world how are you today"] * 20

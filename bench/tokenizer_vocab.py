@@ -17,9 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from so8t_core.batching import encode_documents  # noqa: E402
 from so8t_core.data.corpus import build_corpus  # noqa: E402
 from so8t_core.data.coverage import token_coverage  # noqa: E402
-from so8t_core.lm.base_model import encode_documents, train_tokenizer  # noqa: E402
+from so8t_core.lm.tokenizer import train_tokenizer  # noqa: E402
 from so8t_core.safety.labels import handwritten_test  # noqa: E402
 
 

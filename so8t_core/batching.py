@@ -1,4 +1,5 @@
-"""Token rows to right-padded batches, and the masked-mean pooling that every safety head reads.
+"""Token rows to right-padded batches (prompts, documents, packed LM rows), and the masked-mean pooling every
+safety head reads.
 
 One home for both, because heads trained in one room (notebook 06) and served in another (the server, the
 ``eval`` command line) only match when they see the same feature: each prompt tokenised alone (no chat template),
@@ -10,11 +11,13 @@ Explained in notebooks/06_safety_eval.ipynb.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
 
 from so8t_core.config import check
 
@@ -109,3 +112,67 @@ def pool_prompts(
     finally:
         model.train(was_training)
     return out
+
+
+def encode_documents(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each document framed as ``<s> … <|endoftext|>`` (a tokenizer without bos/eos skips it)."""
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    head = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    tail = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    return [[*head, *x, *tail] for x in ids]
+
+
+def device_of(model: Any) -> torch.device:
+    """Device of the model's first parameter (CPU for a parameterless callable)."""
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+def pack_rows(docs: Sequence[Sequence[int]], seq_len: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate documents and cut the stream into rows of ``seq_len`` (the last one padded).
+
+    Packing wastes no compute on padding; a row may start mid-document, as in usual LM pretraining.
+
+    Args:
+        docs: token ids per document.
+        seq_len: row length.
+        pad_id: id used to fill the last row.
+    Returns:
+        ``(input_ids, attention_mask)``, both ``(rows, seq_len)``.
+    """
+    check(seq_len >= 2, "seq_len", seq_len, "must be >= 2 (one input and one target)")
+    stream = torch.tensor([t for d in docs for t in d], dtype=torch.long)
+    check(stream.numel() >= 2, "docs", len(docs), "hold fewer than 2 tokens")
+    rows = math.ceil(stream.numel() / seq_len)
+    ids = torch.full((rows * seq_len,), pad_id, dtype=torch.long)
+    mask = torch.zeros(rows * seq_len, dtype=torch.long)
+    ids[: stream.numel()], mask[: stream.numel()] = stream, 1
+    return ids.view(rows, seq_len), mask.view(rows, seq_len)  # (rows, T)
+
+
+def token_batches(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], seq_len: int, batch_size: int
+) -> list[dict[str, torch.Tensor]]:
+    """Evaluation batches, one document per row, right-padded; long documents become overlapping windows.
+
+    Windows overlap by one token, so every token after a document's ``<s>`` is a prediction target exactly once.
+
+    Args:
+        tokenizer: the tokenizer.
+        texts: documents.
+        seq_len: longest row.
+        batch_size: rows per batch.
+    Returns:
+        Batches with ``input_ids`` and ``attention_mask`` of shape ``(B, T)``, ``T <= seq_len``.
+    Explained in notebooks/00_base_model.ipynb.
+    """
+    check(seq_len >= 2, "seq_len", seq_len, "must be >= 2")
+    check(batch_size > 0, "batch_size", batch_size, "must be > 0")
+    rows = [d[s : s + seq_len] for d in encode_documents(tokenizer, texts) for s in range(0, len(d) - 1, seq_len - 1)]
+    batches = []
+    for i in range(0, len(rows), batch_size):
+        ids, mask = right_pad(rows[i : i + batch_size], tokenizer.pad_token_id)  # (B, T) each
+        batches.append({"input_ids": ids, "attention_mask": mask})
+    return batches

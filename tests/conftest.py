@@ -81,8 +81,9 @@ def tiny_lm(tmp_path_factory) -> Callable[..., TinyLM]:
     like a real checkpoint. Built once per set of arguments per session; tests must not train it in place (use
     ``copy.deepcopy`` or reload from ``.dir``).
     """
-    from so8t_core.lm.base_model import MIN_VOCAB, build_model, special_ids, tiny_phi3_config, train_tokenizer
+    from so8t_core.lm.base_model import build_model, tiny_phi3_config
     from so8t_core.lm.loading import save_model
+    from so8t_core.lm.tokenizer import MIN_VOCAB, special_ids, train_tokenizer
 
     cache: dict[tuple, TinyLM] = {}
 
@@ -118,7 +119,7 @@ def tiny_lm(tmp_path_factory) -> Callable[..., TinyLM]:
 def corpus_tok(tmp_path_factory):
     """``(tokenizer, corpus)``: the project's tokenizer trained on a small generated corpus (120 documents)."""
     from so8t_core.data.corpus import build_corpus
-    from so8t_core.lm.base_model import train_tokenizer
+    from so8t_core.lm.tokenizer import train_tokenizer
 
     corpus = build_corpus(seed=0, n_docs=120, heldout_fraction=0.1)
     return train_tokenizer(corpus.train, tmp_path_factory.mktemp("corpus_tok"), vocab_size=2500), corpus

@@ -11,23 +11,17 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from so8t_core import config
+from so8t_core.batching import encode_documents, token_batches
 from so8t_core.config import BaseModelConfig
 from so8t_core.data.corpus import build_corpus
-from so8t_core.lm import base_model, loading
-from so8t_core.lm.base_model import (
-    build_model,
-    encode_documents,
-    lr_at,
-    perplexity,
-    pretrain,
-    special_ids,
-    tiny_phi3_config,
-    token_batches,
-    train_tokenizer,
-    unigram_perplexity,
-)
+from so8t_core.lm import loading
+from so8t_core.lm import tokenizer as tk
+from so8t_core.lm.base_model import build_model, tiny_phi3_config
+from so8t_core.lm.generate import greedy_chat
 from so8t_core.lm.loading import load_model_and_tokenizer, read_model_ref, resolve_base, save_model, write_model_ref
 from so8t_core.lm.lora import LoraSettings, apply_lora
+from so8t_core.lm.pretrain import lr_at, perplexity, pretrain, unigram_perplexity
+from so8t_core.lm.tokenizer import special_ids, train_tokenizer
 from so8t_core.think import chat_turn, stop_ids
 
 # written out here rather than imported, so a renamed or dropped token fails the test
@@ -122,7 +116,7 @@ def test_tokenizer_training_is_deterministic(corpus, tok, tmp_path):
 def test_too_small_vocab_is_rejected(corpus, tmp_path):
     with pytest.raises(ValueError, match="vocab_size"):
         train_tokenizer(corpus.train, tmp_path, vocab_size=100)
-    assert config.MIN_VOCAB == base_model.MIN_VOCAB
+    assert config.MIN_VOCAB == tk.MIN_VOCAB
 
 
 # --- model config ---
@@ -305,14 +299,14 @@ def test_the_tokenizers_chat_template_writes_chat_turn(tok):
 
 def test_greedy_chat_stops_at_the_stop_ids_of_think(tok, monkeypatch):
     model, seen = tiny(tok), {}
-    generate = model.generate
+    original = model.generate
 
     def record(**kwargs):
         seen.update(kwargs)
-        return generate(**kwargs)
+        return original(**kwargs)
 
     monkeypatch.setattr(model, "generate", record)
-    base_model.greedy_chat(model, tok, "hi", max_new_tokens=2)
+    greedy_chat(model, tok, "hi", max_new_tokens=2)
     assert seen["eos_token_id"] == stop_ids(tok)
     assert set(stop_ids(tok)) == {tok.eos_token_id, tok.convert_tokens_to_ids("<|end|>")}
 

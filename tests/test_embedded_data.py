@@ -163,7 +163,7 @@ def test_token_coverage_counts_seen_tokens_and_bytes() -> None:
 def test_tokenizer_json_encodes_as_the_sentencepiece_model(tmp_path) -> None:
     import sentencepiece as spm
 
-    from so8t_core.lm.base_model import train_tokenizer
+    from so8t_core.lm.tokenizer import train_tokenizer
 
     corpus = build_corpus(3, 400, 0.1)
     tok = train_tokenizer(corpus.train, tmp_path, vocab_size=2500)

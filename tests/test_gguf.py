@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from so8t_core import timing
+from so8t_core.batching import encode_documents
 from so8t_core.export import gguf
 from so8t_core.export.fusion import fuse_soul_into_lm_head, save_fused, tiny_tied_llama
 from so8t_core.export.latency import interleaved_tokens_per_second, speed_ratio
 from so8t_core.gate.soul import SoulConfig, SoulWrapper
-from so8t_core.lm.base_model import encode_documents
 from so8t_core.lm.loading import save_model
 
 MISSING = gguf.missing_setup()
@@ -122,7 +122,8 @@ def fused_folder(model, tok, out, H):
 
 @pytest.fixture(scope="module")
 def phi3_gguf(tok, tmp_path_factory):
-    from so8t_core.lm.base_model import build_model, special_ids, tiny_phi3_config
+    from so8t_core.lm.base_model import build_model, tiny_phi3_config
+    from so8t_core.lm.tokenizer import special_ids
 
     t, corpus = tok
     cfg = tiny_phi3_config(len(t), hidden_size=32, num_layers=2, num_heads=2, max_positions=128, **special_ids(t))

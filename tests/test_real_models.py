@@ -38,8 +38,8 @@ def _fake_wheel(root, dist: str, version: str, files: dict[str, bytes]) -> None:
 def tiny_gguf(tiny_lm, tmp_path_factory):
     """A q8_0 GGUF of a tiny random Llama (tied head) with the project's SentencePiece tokenizer."""
     from so8t_core.export.fusion import tiny_tied_llama
-    from so8t_core.lm.base_model import special_ids
     from so8t_core.lm.loading import save_model
+    from so8t_core.lm.tokenizer import special_ids
 
     if MISSING is not None:
         pytest.skip(f"{MISSING} (make setup installs it)")

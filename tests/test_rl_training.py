@@ -12,8 +12,9 @@ from transformers import AutoModelForCausalLM
 from so8t_core.config import QuadRLStageConfig
 from so8t_core.export import fusion, gguf
 from so8t_core.gate.soul import SoulConfig, SoulWrapper
-from so8t_core.lm.base_model import build_model, special_ids, tiny_phi3_config
+from so8t_core.lm.base_model import build_model, tiny_phi3_config
 from so8t_core.lm.loading import load_model_and_tokenizer, save_model
+from so8t_core.lm.tokenizer import special_ids
 from so8t_core.rl import evaluation as ev
 from so8t_core.rl import training as tr
 from so8t_core.serving.models import resolve_model

@@ -11,7 +11,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, Phi3Config, Phi3ForC
 
 from so8t_core.data.corpus import build_corpus
 from so8t_core.gate.soul import SoulConfig, SoulWrapper
-from so8t_core.lm.base_model import train_tokenizer
+from so8t_core.lm.tokenizer import train_tokenizer
 from so8t_core.vision import data as vd
 from so8t_core.vision import train as vt
 from so8t_core.vision.data import ImageInputError, ImageSpec, to_pixels

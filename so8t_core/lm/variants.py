@@ -14,13 +14,14 @@ from typing import Any
 
 import torch
 
+from so8t_core.batching import encode_documents, pack_rows, token_batches
 from so8t_core.config import check
 from so8t_core.data.corpus import Corpus
 from so8t_core.gate.soul import SoulConfig, SoulWrapper, describe
-from so8t_core.lm.base_model import encode_documents, pack_rows, perplexity, token_batches
 from so8t_core.lm.inject import InjectConfig, inject
 from so8t_core.lm.loading import load_base
 from so8t_core.lm.lora import LoraSettings, apply_lora
+from so8t_core.lm.pretrain import perplexity
 
 
 def corpus_tensors(stage00: Path, tokenizer, seq_len: int, batch_size: int, max_eval_docs: int):
