@@ -8,7 +8,7 @@ import pytest
 
 from so8t_core.config import AlphaStageConfig, SoulStageConfig
 from so8t_core.export.gguf import parity_targets
-from so8t_core.studies.gate_studies import alpha_verdicts, rotation_verdicts
+from so8t_core.studies.gate_studies import alpha_verdicts, rotation_reading, rotation_verdicts
 from so8t_core.think import format_quad, in_quad_layout
 from so8t_core.verdicts import higher, lower, need
 from so8t_core.vision.train import random_tower_verdicts, text_only_baselines, tower_verdicts, visual_verdicts
@@ -205,6 +205,18 @@ def test_rotation_verdicts_conclusion_follows_the_numbers() -> None:
     assert "do not both stay orthogonal" in rotation_verdicts(ROT | {"orth_err_cayley_float32": 1.0})["conclusion"]
     with pytest.raises(KeyError, match="rotation_verdicts: no 'map_ms_exp'"):
         rotation_verdicts({k: v for k, v in ROT.items() if k != "map_ms_exp"})
+
+
+def test_rotation_reading_quotes_the_run() -> None:
+    metrics = ROT | {"householder_det": -1.0, "gate_ratio_block_cayley": 3.25, "gate_ratio_dense": 40.0}
+    lines = rotation_reading(metrics, rotation_verdicts(metrics))
+    assert lines[0] == rotation_verdicts(metrics)["conclusion"]
+    assert "slope 2.01" in lines[2] and "quadratically, as theory says" in lines[2]
+    assert lines[3].endswith("block_cayley 3.2x, dense 40.0x.")  # cheapest first
+    bent = metrics | {"commutator_small_scale_slope": 1.0}
+    assert "not quadratically" in rotation_reading(bent, rotation_verdicts(bent))[2]
+    with pytest.raises(KeyError, match="rotation_reading: no 'householder_det'"):
+        rotation_reading(ROT, rotation_verdicts(ROT))
 
 
 PHI = (1 + 5**0.5) / 2

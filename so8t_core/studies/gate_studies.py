@@ -273,3 +273,28 @@ def alpha_verdicts(table: Sequence[Mapping[str, Any]], target: float, tol: float
         f"{out['schedule_wins_for_teachers'] or 'no teacher'}; the learned alpha ends at {ends}."
     )
     return out
+
+
+def rotation_reading(metrics: Mapping[str, Any], verdicts: Mapping[str, Any]) -> list[str]:
+    """Notebook 01's reading: sentences quoting this run's measured values.
+
+    Args:
+        metrics: the stage's metrics (as for ``rotation_verdicts``; ``gate_ratio_*`` entries are quoted when present).
+        verdicts: ``rotation_verdicts(metrics)``.
+    Returns:
+        One sentence per finding.
+    """
+    m = lambda key: need(metrics, key, "rotation_reading")
+    lines = [str(verdicts["conclusion"])]
+    lines.append(
+        f"det = +1 held for both maps to {max(m('det_max_dev_cayley'), m('det_max_dev_exp')):.1e}; a reflection "
+        f"(Householder, det {m('householder_det'):+.0f}) is orthogonal but out of reach of either map."
+    )
+    slope = m("commutator_small_scale_slope")
+    shape = "quadratically, as theory says" if verdicts["commutator_quadratic_at_small_scale"] else "not quadratically"
+    lines.append(f"At small scales the two orders part {shape} (log-log slope {slope:.2f}, theory 2).")
+    ratios = {k.removeprefix("gate_ratio_"): v for k, v in metrics.items() if k.startswith("gate_ratio_")}
+    if ratios:
+        quoted = ", ".join(f"{k} {v:.1f}x" for k, v in sorted(ratios.items(), key=lambda kv: kv[1]))
+        lines.append(f"Forward+backward cost over the elementwise floor on this CPU: {quoted}.")
+    return lines
