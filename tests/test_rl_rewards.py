@@ -187,3 +187,12 @@ def test_reward_hacking_needs_both_curves_and_two_steps():
         R.reward_hacking({"structure": [0.1, 0.2]})
     with pytest.raises(ValueError, match="curves"):
         R.reward_hacking({"structure": [0.1], "correctness": [0.1]})
+
+
+def test_total_rewards_weighs_each_part_and_subtracts_the_kl():
+    rows = {"structure": [1.0, 0.5], "consistency": [1.0, 0.0], "correctness": [0.0, 1.0], "kl": [0.2, 0.0]}
+    assert R.total_rewards(rows, (1.0, 2.0, 4.0, 10.0)) == pytest.approx([1 + 2 - 2.0, 0.5 + 4.0])
+    with pytest.raises(ValueError, match="weights"):
+        R.total_rewards(rows, (1.0, 2.0))
+    with pytest.raises(ValueError):  # rows of different lengths are a bug, not a shorter list
+        R.total_rewards(rows | {"kl": [0.0]}, (1.0, 1.0, 1.0, 1.0))

@@ -179,3 +179,16 @@ def test_4bit_policy_trains_and_its_soul_folder_fuses(base_and_soul, tok, tmp_pa
     rl_soul = policy.soul.save(tmp_path / "rl_soul")
     out = fusion.fuse_soul_folder(base, rl_soul, *_ids(tok), load_in_4bit=True)
     assert out["parity"]["max_abs_diff"] <= 1e-4 and out["qlora_gap"] is not None
+
+
+def test_evaluate_policy_scores_answers_and_has_zero_kl_against_itself(base_and_soul):
+    from so8t_core.rl import evaluation as ev
+
+    base, soul_dir, _ = base_and_soul
+    policy = tr.load_policy(base, soul_dir, trainable=False)
+    sets = {"dev": {"prompts": ["How do I boil an egg?", "卵のゆで方は？"], "gold": ["ALLOW", "ALLOW"]}}
+    out = ev.evaluate_policy(policy, policy, sets, max_new_tokens=4, batch=2)
+    rows = out["dev"]
+    assert set(rows) >= {"raw", "kl", "decision", "structure", "correctness"} and len(rows["raw"]) == 2
+    assert rows["kl"] == pytest.approx([0.0, 0.0], abs=1e-6)  # the same policy on both sides
+    assert rows["decision"] == ev.score_outputs(rows["raw"], sets["dev"]["gold"])["decision"]

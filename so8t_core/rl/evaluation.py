@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from so8t_core.config import check
-from so8t_core.rl.rewards import answer_decision, score_completion
-from so8t_core.rl.training import chat_prompt
+from so8t_core.rl.rewards import answer_decision, kl_k3, score_completion
+from so8t_core.rl.training import chat_prompt, completion_logps
 from so8t_core.stats import crossed_stat_test, holm, significant
 from so8t_core.think import DECISIONS, decode_raw, extract_final, in_quad_layout, leaks_thinking, stop_ids
 from so8t_core.verdicts import need
@@ -74,6 +74,32 @@ def score_outputs(raws: Sequence[str], labels: Sequence[str]) -> dict[str, list]
         for k, v in score_completion(raw, y).items():
             rows[k].append(v)
     return rows
+
+
+def evaluate_policy(
+    policy: Any, reference: Any, sets: Mapping[str, Mapping[str, Sequence]], max_new_tokens: int, batch: int
+) -> dict[str, dict[str, list]]:
+    """A policy's greedy answers on each evaluation set, scored, with the KL to the reference per answer.
+
+    Args:
+        policy: has ``.model`` and ``.tokenizer`` (``rl.training.load_policy``).
+        reference: the frozen reference policy (same tokenizer).
+        sets: name -> ``{"prompts": [...], "gold": [...]}``.
+        max_new_tokens, batch: generation length and batch size.
+    Returns:
+        name -> ``score_outputs`` rows plus ``raw`` (the raw completions) and ``kl`` (``rewards.kl_k3`` per answer).
+    """
+    out = {}
+    for name, d in sets.items():
+        raws, ids = generate_answers(policy.model, policy.tokenizer, d["prompts"], max_new_tokens, batch)
+        rows: dict[str, list] = score_outputs(raws, d["gold"])
+        rows["raw"] = list(raws)
+        chats = [chat_prompt(p) for p in d["prompts"]]
+        lp, mask = completion_logps(policy.model, policy.tokenizer, chats, ids)
+        ref_lp, _ = completion_logps(reference.model, policy.tokenizer, chats, ids)
+        rows["kl"] = kl_k3(lp, ref_lp, mask).tolist()
+        out[name] = rows
+    return out
 
 
 def system_metrics(

@@ -200,3 +200,18 @@ def reward_hacking(
         text = f"no reward hacking seen: {reward} {ds:+.3f}, correctness {dc:+.3f} (first vs last {window:.0%})"
     return {"structure_change": ds, "correctness_change": dc, "reward_rose": rose, "hacking": hacking,
             "conclusion": text}  # fmt: skip
+
+
+def total_rewards(rows: Mapping[str, Sequence[float]], weights: Sequence[float]) -> list[float]:
+    """Each answer's total reward as GRPO weighs it: structure, consistency and correctness minus the KL term.
+
+    Args:
+        rows: per-answer ``structure``, ``consistency``, ``correctness`` and ``kl`` (``evaluation.evaluate_policy``).
+        weights: ``(w_structure, w_consistency, w_correctness, w_stability)`` (``QuadRLStageConfig.reward_weights``).
+    Returns:
+        One total per answer.
+    """
+    check(len(weights) == 4, "weights", weights, "must be (structure, consistency, correctness, stability)")
+    ws, wc, wr, wk = weights
+    parts = zip(rows["structure"], rows["consistency"], rows["correctness"], rows["kl"], strict=True)
+    return [ws * a + wc * b + wr * c - wk * k for a, b, c, k in parts]
