@@ -8,7 +8,7 @@ import pytest
 
 from so8t_core.config import AlphaStageConfig, SoulStageConfig
 from so8t_core.export.gguf import parity_targets
-from so8t_core.gate.studies import alpha_verdicts, rotation_verdicts
+from so8t_core.gate.studies import rotation_verdicts
 from so8t_core.think import format_quad, in_quad_layout
 from so8t_core.verdicts import higher, lower, need
 from so8t_core.vision.train import random_tower_verdicts, text_only_baselines, tower_verdicts, visual_verdicts
@@ -205,43 +205,3 @@ def test_rotation_verdicts_conclusion_follows_the_numbers() -> None:
     assert "do not both stay orthogonal" in rotation_verdicts(ROT | {"orth_err_cayley_float32": 1.0})["conclusion"]
     with pytest.raises(KeyError, match="rotation_verdicts: no 'map_ms_exp'"):
         rotation_verdicts({k: v for k, v in ROT.items() if k != "map_ms_exp"})
-
-
-PHI = (1 + 5**0.5) / 2
-
-
-def alpha_table(losses: dict, alphas: dict | None = None) -> list[dict]:
-    alphas = alphas or {}
-    return [
-        {"teacher": t, "mode": m, "final_loss": v, "final_alpha": alphas.get(t, 0.5)} for (t, m), v in losses.items()
-    ]
-
-
-ALPHA = {("dense_orthogonal", "scheduled"): 0.5, ("dense_orthogonal", "learned"): 0.4,
-         ("linear", "scheduled"): 0.3, ("linear", "learned"): 0.35}  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    "change, alphas, learned, schedule, settles",
-    [
-        ({}, {}, ["dense_orthogonal"], ["linear"], []),
-        ({("linear", "learned"): 0.1}, {}, ["dense_orthogonal", "linear"], [], []),
-        (
-            {("dense_orthogonal", "learned"): 0.9},
-            {"linear": PHI + 0.01},
-            [],
-            ["dense_orthogonal", "linear"],
-            ["linear"],
-        ),
-    ],
-)
-def test_alpha_verdicts(change, alphas, learned, schedule, settles) -> None:
-    v = alpha_verdicts(alpha_table(ALPHA | change, alphas), PHI)
-    assert v["learned_wins_for_teachers"] == learned and v["schedule_wins_for_teachers"] == schedule
-    assert v["learned_alpha_settles_at_target_for"] == settles
-    assert "the learned alpha ends at dense_orthogonal" in v["conclusion"]
-
-
-def test_alpha_verdicts_need_both_modes() -> None:
-    with pytest.raises(KeyError, match="alpha_verdicts: no 'learned for teacher linear'"):
-        alpha_verdicts(alpha_table({k: v for k, v in ALPHA.items() if k != ("linear", "learned")}), PHI)
