@@ -28,11 +28,11 @@ def test_probe_finds_a_linear_signal_and_chooses_c_on_dev() -> None:
     xtr, ytr = synthetic(300, 3.0, 0)
     xdev, ydev = synthetic(120, 3.0, 1)
     out = pr.probe_scores({"train": xtr, "dev": xdev}, ytr, ydev)
-    assert out["C"] in pr.C_GRID
+    assert out["C"] in out["tuning"]["grid"] and out["tuning"]["scores"]
     refuse = np.array(ydev) == "REFUSE"
     assert out["dev"][refuse].mean() > 0.8 and out["dev"][~refuse].mean() < 0.3
     noise = pr.probe_scores({"train": synthetic(300, 0.0, 0)[0]}, ytr)
-    assert set(noise) == {"train", "C"} and noise["C"] == pr.C_GRID[-1]  # no dev: the last C
+    assert set(noise) == {"train", "C", "tuning"} and noise["C"] == pr.C_GRID[-1] and noise["tuning"] is None
     with pytest.raises(ValueError, match="train_labels"):
         pr.probe_scores({"train": xtr}, ["ALLOW"] * len(ytr))
 
@@ -88,26 +88,22 @@ def test_paired_differences_average_over_seeds_and_keep_them() -> None:
         pr.paired_differences(test, seeds, seeds[:2], n_boot=10)
 
 
-def interval(lo: float, hi: float) -> dict[str, float]:
-    p = 0.01 if lo > 0 or hi < 0 else 0.5  # as the crossed test gives it: p < 0.05 iff 0 is outside
-    return {"estimate": (lo + hi) / 2, "lo": lo, "hi": hi, "p": p, "n_clusters": 165}
+def test_probe_c_is_chosen_inside_its_grid_or_flagged_edge() -> None:
+    xtr, ytr = synthetic(300, 1.0, 0)
+    xdev, ydev = synthetic(200, 1.0, 1)
+    xtr = np.hstack([xtr, np.random.default_rng(2).normal(size=(300, 200))])  # many noise features: C matters
+    xdev = np.hstack([xdev, np.random.default_rng(3).normal(size=(200, 200))])
+    out = pr.probe_scores({"train": xtr, "dev": xdev}, ytr, ydev, grid=(1e-3, 1e-2))
+    t = out["tuning"]
+    assert t["extensions"] >= 1 and (t["grid"][0] < 1e-3 or t["grid"][-1] > 1e-2)  # two values: one is an end
+    assert t["edge"] == (out["C"] in (t["grid"][0], t["grid"][-1]))
+    best = t["grid"][int(np.argmax(t["scores"]))]
+    assert out["C"] == best  # the dev-best value, not the last tried
 
 
-@pytest.mark.parametrize(
-    "rnd,tfidf,want",
-    [
-        ((0.01, 0.2), (0.05, 0.3), (True, True, False)),
-        ((-0.001, 0.18), (-0.39, -0.18), (False, False, True)),  # an interval touching 0 is no win
-        ((-0.2, -0.1), (-0.1, 0.1), (False, False, False)),
-    ],
-)
-def test_precondition_verdicts(rnd, tfidf, want) -> None:
-    diffs = {"probe_vs_random": {"auprc_refuse": interval(*rnd)}, "probe_vs_tfidf": {"auprc_refuse": interval(*tfidf)}}
-    v = pr.precondition_verdicts(diffs)
-    assert (v["pretraining_beats_random_init"], v["probe_beats_tfidf"], v["probe_loses_to_tfidf"]) == want
-    assert pr.reading(v, diffs)  # sentences come from the same numbers
-    diffs["probe_vs_random"]["safety_f1"] = interval(-0.256, -0.018)
-    f1 = [s for s in pr.reading(v, diffs) if "safety F1" in s]
-    assert len(f1) == 1 and " lower than " in f1[0] and "-0.256" in f1[0]
-    with pytest.raises(KeyError, match="probe_vs_random"):
-        pr.precondition_verdicts({"probe_vs_tfidf": diffs["probe_vs_tfidf"]})
+def test_table_lists_every_seed_and_their_mean() -> None:
+    dev = labelled(["REFUSE", "ALLOW", "REFUSE", "ALLOW"])
+    runs = [pr.score_system(dev, dev, s, s, 0.5) for s in ([0.9, 0.1, 0.8, 0.2], [0.1, 0.9, 0.2, 0.8])]
+    rows = pr.table({"one": runs[0], "many": runs})
+    assert [r["system"] for r in rows] == ["one", "many[seed 0]", "many[seed 1]", "many[mean]"]
+    assert rows[-1]["auprc_refuse"] == pytest.approx((rows[1]["auprc_refuse"] + rows[2]["auprc_refuse"]) / 2)

@@ -8,10 +8,10 @@ import pytest
 
 from so8t_core.config import AlphaStageConfig, SoulStageConfig
 from so8t_core.export.gguf import parity_targets
-from so8t_core.studies.gate_studies import alpha_verdicts, rotation_reading, rotation_verdicts
+from so8t_core.studies.gate_studies import rotation_reading, rotation_verdicts
 from so8t_core.think import format_quad, in_quad_layout
 from so8t_core.verdicts import higher, lower, need
-from so8t_core.vision.train import random_tower_verdicts, text_only_baselines, tower_verdicts, visual_verdicts
+from so8t_core.vision.train import text_only_baselines
 
 
 def test_need_names_the_missing_key_and_what_needed_it() -> None:
@@ -68,7 +68,6 @@ RESULTS = {
     "text_only_blind_weighted": em(0.5, 0.1),
     "text_only_blind_attention": em(0.2, 0.3),
 }
-GAINS = {"weighted": {"ci95": [0.01, 0.2]}, "attention": {"ci95": [-0.1, 0.3]}}
 METHODS = ("weighted", "attention")
 
 
@@ -77,52 +76,6 @@ def test_text_only_rival_is_the_better_of_zero_shot_and_the_blind_twin() -> None
         "weighted": "text_only_blind_weighted",
         "attention": "text_only_zero_shot",
     }
-
-
-@pytest.mark.parametrize(
-    "results,key,want",
-    [
-        (RESULTS, "weighted_beats_text_only", True),  # 0.6 > blind twin 0.5
-        (RESULTS, "attention_beats_text_only", True),  # 0.4 > zero-shot 0.3
-        (RESULTS | {"visual_attention": em(0.3, 0.1)}, "attention_beats_text_only", False),
-        (RESULTS, "weighted_beats_text_only_on_words", True),
-        (RESULTS, "attention_beats_text_only_on_words", False),  # 0.1 < blind 0.3
-        (RESULTS, "better_fusion", "weighted"),
-        (RESULTS, "weighted_beats_text_only_ci95_above_zero", True),
-        (RESULTS, "attention_beats_text_only_ci95_above_zero", False),
-        (RESULTS | {"ocr_path": em(0.0, 0.45)}, "weighted_beats_ocr_on_words", True),
-        (RESULTS | {"ocr_path": em(0.0, 0.55)}, "weighted_beats_ocr_on_words", False),
-    ],
-)
-def test_visual_verdicts(results, key, want) -> None:
-    assert visual_verdicts(results, GAINS, METHODS)[key] == want
-
-
-def test_visual_verdicts_raise_on_missing_variants() -> None:
-    with pytest.raises(KeyError, match="text_only_blind_attention"):
-        visual_verdicts({k: v for k, v in RESULTS.items() if k != "text_only_blind_attention"}, GAINS, METHODS)
-    with pytest.raises(KeyError, match="attention"):
-        visual_verdicts(RESULTS, {"weighted": GAINS["weighted"]}, METHODS)
-    assert "weighted_beats_ocr_on_words" not in visual_verdicts(RESULTS, GAINS, METHODS)  # OCR not run: no verdict
-
-
-@pytest.mark.parametrize(
-    "r,rand,n,want",
-    [(0.5, 0.2, 10, (True, True)), (0.05, 0.2, 10, (False, False)), (0.15, 0.2, 10, (False, True))],
-)
-def test_tower_verdicts(r, rand, n, want) -> None:
-    v = tower_verdicts(r, rand, n)
-    assert (v["pretraining_beats_random_tower_retrieval"], v["pretraining_beats_chance"]) == want
-
-
-def test_random_tower_verdicts() -> None:
-    res = {"visual_weighted": em(0.6, 0), "random_tower_weighted": em(0.5, 0)}
-    assert random_tower_verdicts(res, {"ci95": [-0.01, 0.2]}, "weighted") == {
-        "pretrained_tower_beats_random": True,
-        "pretrained_tower_beats_random_ci95_above_zero": False,
-    }
-    with pytest.raises(KeyError, match="visual_attention"):
-        random_tower_verdicts(res, {"ci95": [0, 1]}, "attention")
 
 
 # --- notebook 00 ---
@@ -217,43 +170,3 @@ def test_rotation_reading_quotes_the_run() -> None:
     assert "not quadratically" in rotation_reading(bent, rotation_verdicts(bent))[2]
     with pytest.raises(KeyError, match="rotation_reading: no 'householder_det'"):
         rotation_reading(ROT, rotation_verdicts(ROT))
-
-
-PHI = (1 + 5**0.5) / 2
-
-
-def alpha_table(losses: dict, alphas: dict | None = None) -> list[dict]:
-    alphas = alphas or {}
-    return [
-        {"teacher": t, "mode": m, "final_loss": v, "final_alpha": alphas.get(t, 0.5)} for (t, m), v in losses.items()
-    ]
-
-
-ALPHA = {("dense_orthogonal", "scheduled"): 0.5, ("dense_orthogonal", "learned"): 0.4,
-         ("linear", "scheduled"): 0.3, ("linear", "learned"): 0.35}  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    "change, alphas, learned, schedule, settles",
-    [
-        ({}, {}, ["dense_orthogonal"], ["linear"], []),
-        ({("linear", "learned"): 0.1}, {}, ["dense_orthogonal", "linear"], [], []),
-        (
-            {("dense_orthogonal", "learned"): 0.9},
-            {"linear": PHI + 0.01},
-            [],
-            ["dense_orthogonal", "linear"],
-            ["linear"],
-        ),
-    ],
-)
-def test_alpha_verdicts(change, alphas, learned, schedule, settles) -> None:
-    v = alpha_verdicts(alpha_table(ALPHA | change, alphas), PHI)
-    assert v["learned_wins_for_teachers"] == learned and v["schedule_wins_for_teachers"] == schedule
-    assert v["learned_alpha_settles_at_target_for"] == settles
-    assert "the learned alpha ends at dense_orthogonal" in v["conclusion"]
-
-
-def test_alpha_verdicts_need_both_modes() -> None:
-    with pytest.raises(KeyError, match="alpha_verdicts: no 'learned for teacher linear'"):
-        alpha_verdicts(alpha_table({k: v for k, v in ALPHA.items() if k != ("linear", "learned")}), PHI)

@@ -37,6 +37,7 @@ class BaseModelConfig(StageConfig):
     probe_max_length: int = 96
     probe_layers: str = "0,-1"  # hidden states pooled side by side (0: token embeddings, -1: after the final norm)
     probe_max_prompts: int = 0  # > 0: a seeded sample of at most this many generated train / dev prompts each
+    probe_seeds: int = 3  # random-init models (one init seed each) the pretrained probe is compared with
     max_over_refusal: float = 0.05  # the dev rule every safety system is thresholded by
     n_boot: int = 1000  # bootstrap resamples of translation pairs
     base_model: str = ""
@@ -59,6 +60,7 @@ class BaseModelConfig(StageConfig):
             "n_boot",
         )
         check(self.eval_every >= 0, "eval_every", self.eval_every, "must be >= 0 (0: no curve)")
+        check(self.probe_seeds >= 1, "probe_seeds", self.probe_seeds, "must be >= 1 (3 or more for a verdict)")
         check(self.probe_max_prompts >= 0, "probe_max_prompts", self.probe_max_prompts, "must be >= 0 (0: all)")
         try:
             layers = self.probe_layer_ids

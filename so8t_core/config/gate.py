@@ -43,10 +43,16 @@ class AlphaStageConfig(StageConfig):
     exp_steps: int = 600
     exp_batch: int = 128
     exp_lr: float = 0.05
+    exp_seeds: int = 3  # runs per teacher and mode (student init and input stream); >= 3 for a verdict
+    exp_init_std: float = 0.05  # spread of the student's initial generators, so seeds vary the initialisation
+    exp_eval: int = 256  # held-out inputs every run is scored on (the crossed test's shared items)
+    n_boot: int = 1000
     map: str = "cayley"
 
     def __post_init__(self) -> None:
         require_positive(self, "warmup_steps", "anneal_steps", "exp_hidden", "exp_steps", "exp_batch", "exp_lr")
+        require_positive(self, "exp_seeds", "exp_eval", "n_boot")
+        check(self.exp_init_std >= 0, "exp_init_std", self.exp_init_std, "must be >= 0")
         check(self.pet_max_lambda >= 0, "pet_max_lambda", self.pet_max_lambda, "must be >= 0")
         check(self.exp_hidden % 8 == 0, "exp_hidden", self.exp_hidden, "must be a multiple of 8")
         check(self.map in MAPS, "map", self.map, f"must be one of {MAPS}")

@@ -35,6 +35,8 @@ class VisualStageConfig(StageConfig):
     run_ocr: bool = True
     run_ablations: bool = True
     n_examples: int = 8
+    seeds: int = 3  # adapter trainings per variant (init and batch order; a random tower's weights); >= 3
+    n_boot: int = 1000
     torch_threads: int = 0  # 0 keeps torch's default (all cores); see Stage
 
     def __post_init__(self) -> None:
@@ -53,6 +55,8 @@ class VisualStageConfig(StageConfig):
             "adapter_batch",
             "adapter_lr",
             "fusion_heads",
+            "seeds",
+            "n_boot",
         )
         check(self.pretrain_steps >= 0, "pretrain_steps", self.pretrain_steps, "must be >= 0")
         check(self.n_examples >= 0, "n_examples", self.n_examples, "must be >= 0")

@@ -23,6 +23,13 @@ Scored = Mapping[str, Any]  # a ``score_system`` result
 
 C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
+# Notebook 00's declared primary family: the pretrained probe against the same probe on random-init models (does
+# pretraining put the signal there?) and against TF-IDF (is it more than character n-grams?), on AUPRC of
+# REFUSE. Holm corrects these two only; every other comparison (safety F1, keywords) is exploratory.
+PRIMARY = ("probe_vs_random", "probe_vs_tfidf")
+PRIMARY_METRIC = "auprc_refuse"
+MIN_EFFECT = 0.03  # AUPRC of REFUSE: a smaller gap is not a signal a later notebook could build on
+
 
 def probe_scores(
     features: Mapping[str, np.ndarray],
@@ -32,8 +39,10 @@ def probe_scores(
 ) -> dict[str, Any]:
     """P(REFUSE) on each split from a standardised logistic-regression probe fitted on ``features["train"]``.
 
-    The inverse L2 strength ``C`` is chosen from ``grid`` by AUPRC of REFUSE on ``features["dev"]`` (tuning on dev,
-    never on test); without ``dev_labels`` the last value of ``grid`` is used.
+    The inverse L2 strength ``C`` is chosen by AUPRC of REFUSE on ``features["dev"]`` (tuning on dev, never on
+    test) with ``stats.choose_interior``: the grid is extended while the best value is an end of it, and a choice
+    still at an end is flagged ``edge`` (no verdict may rest on it). Without ``dev_labels`` the last value of
+    ``grid`` is used and nothing is tuned.
 
     Args:
         features: split -> (N, H) pooled states; needs ``train`` (and ``dev`` when tuning).
@@ -41,30 +50,42 @@ def probe_scores(
         dev_labels: gold labels of the dev rows, to choose ``C``.
         grid: candidate ``C`` values; classes balanced by weight.
     Returns:
-        split -> (N,) scores for every split in ``features``, and ``"C"``: the chosen value.
+        split -> (N,) scores for every split in ``features``, ``"C"`` (the chosen value) and ``"tuning"`` (the
+        ``choose_interior`` record: ``edge``, ``side``, the extended ``grid`` and its dev ``scores``; None
+        without dev labels).
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from so8t_core.stats import choose_interior
 
     y = np.asarray(train_labels) == "REFUSE"
     check(0 < y.sum() < len(y), "train_labels", int(y.sum()), "need both REFUSE and other prompts")
     check(len(grid) > 0, "grid", grid, "needs at least one C")
-    best: tuple[float, float, Any] | None = None
-    for c in grid if dev_labels is not None else grid[-1:]:
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000))
-        clf.fit(np.asarray(features["train"], dtype=np.float64), y)
-        if dev_labels is None:
-            best = (0.0, c, clf)
-            break
+    fitted: dict[float, Any] = {}
+
+    def fit(c: float) -> Any:
+        if c not in fitted:
+            fitted[c] = _logistic(c).fit(np.asarray(features["train"], dtype=np.float64), y)
+        return fitted[c]
+
+    tuning = None
+    if dev_labels is None:
+        c = float(grid[-1])
+    else:
         ydev = np.asarray(dev_labels) == "REFUSE"
-        score = auprc_refuse(ydev, clf.predict_proba(np.asarray(features["dev"], dtype=np.float64))[:, 1])
-        if best is None or score > best[0]:
-            best = (score, c, clf)
-    assert best is not None
-    _, c, clf = best
+        xdev = np.asarray(features["dev"], dtype=np.float64)
+        tuning = choose_interior(grid, lambda c: auprc_refuse(ydev, fit(c).predict_proba(xdev)[:, 1]), minimize=False)
+        c = tuning["choice"]
+    clf = fit(c)
     out: dict[str, Any] = {s: clf.predict_proba(np.asarray(x, dtype=np.float64))[:, 1] for s, x in features.items()}
-    return out | {"C": c}
+    return out | {"C": c, "tuning": tuning}
+
+
+def _logistic(c: float) -> Any:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    # lbfgs on a strictly convex loss: the fit is a function of the data and C alone (no seed to replicate over)
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000))
 
 
 def score_system(
@@ -148,73 +169,33 @@ def _seeds(x: Scored | Sequence[Scored]) -> list[Scored]:
     return [x] if isinstance(x, Mapping) else list(x)
 
 
-def precondition_verdicts(diffs: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, bool]:
-    """Notebook 00's verdicts from ``paired_differences`` results.
+def table(systems: Mapping[str, Scored | Sequence[Scored]], keys: Sequence[str] = REPORTED) -> list[dict[str, Any]]:
+    """One row per system and seed: its dev threshold (and whether the dev rule found one), the test metrics in
+    ``keys`` and the dev over-refusal cap, so test over-refusal is read against it.
 
     Args:
-        diffs: needs ``probe_vs_random`` and ``probe_vs_tfidf``.
+        systems: name -> a ``score_system`` result, or one per seed (rows ``name[seed i]``, then ``name[mean]``).
+        keys: the ``metrics`` reported.
     Returns:
-        ``pretraining_beats_random_init`` / ``probe_beats_tfidf``: the AUPRC difference is significantly above 0
-        (``stats.significant``: p < 0.05, interval above 0, at least ``min_effect``); ``probe_loses_to_tfidf``:
-        significantly below. Two comparisons, each its own question, so no Holm over them.
+        One dict per row.
     """
-    from so8t_core.stats import significant
-    from so8t_core.verdicts import need
-
-    what = "precondition_verdicts"
-    rnd = need(need(diffs, "probe_vs_random", what), "auprc_refuse", what)
-    tfidf = need(need(diffs, "probe_vs_tfidf", what), "auprc_refuse", what)
-    return {
-        "pretraining_beats_random_init": significant(dict(rnd)) == 1,
-        "probe_beats_tfidf": significant(dict(tfidf)) == 1,
-        "probe_loses_to_tfidf": significant(dict(tfidf)) == -1,
-    }
-
-
-def table(systems: Mapping[str, Mapping[str, Any]], keys: Sequence[str] = REPORTED) -> list[dict[str, Any]]:
-    """One row per system: its dev threshold (and whether the dev rule found one), the test metrics in ``keys``
-    and the dev over-refusal cap, so test over-refusal is read against it."""
-    return [
-        {
-            "system": n,
-            "threshold": s["threshold"],
-            "no_admissible_threshold": s.get("no_admissible_threshold", False),
-            **{k: s["metrics"][k] for k in keys},
-            "over_refusal_cap": s["metrics"].get("over_refusal_cap", float("nan")),
-        }
-        for n, s in systems.items()
-    ]
-
-
-__all__ = ["LABELS", "paired_differences", "precondition_verdicts", "probe_scores", "score_system", "table"]
-
-
-def reading(verdicts: Mapping[str, bool], diffs: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[str]:
-    """Plain sentences for the notebook's reading cell, from the computed verdicts and intervals (no number typed)."""
-
-    def iv(name: str, key: str = "auprc_refuse") -> str:
-        d = diffs[name][key]
-        return f"{d['estimate']:+.3f} (95 % interval {d['lo']:+.3f} to {d['hi']:+.3f}, {d['n_clusters']} pairs)"
-
-    out = []
-    if "probe_vs_random" in diffs:
-        did = "beats" if verdicts["pretraining_beats_random_init"] else "does not beat"
-        out.append(f"Pretraining {did} the random-init probe on AUPRC of REFUSE: {iv('probe_vs_random')}.")
-        f1 = diffs["probe_vs_random"].get("safety_f1")
-        if f1 is not None:
-            side = "higher" if f1["lo"] > 0 else "lower" if f1["hi"] < 0 else "not distinguishable"
-            out.append(
-                f"At the dev-tuned threshold its safety F1 is {side} than the random-init probe's: "
-                f"{iv('probe_vs_random', 'safety_f1')}; ranking (AUPRC) and the decision at one threshold can disagree."
+    rows = []
+    for n, runs in systems.items():
+        many = not isinstance(runs, Mapping)
+        for i, s in enumerate(_seeds(runs)):
+            rows.append(
+                {
+                    "system": f"{n}[seed {i}]" if many else n,
+                    "threshold": s["threshold"],
+                    "no_admissible_threshold": s.get("no_admissible_threshold", False),
+                    **{k: s["metrics"][k] for k in keys},
+                    "over_refusal_cap": s["metrics"].get("over_refusal_cap", float("nan")),
+                }
             )
-    if verdicts.get("probe_beats_tfidf"):
-        out.append(f"The probe on the pretrained base beats TF-IDF: {iv('probe_vs_tfidf')}.")
-    elif verdicts.get("probe_loses_to_tfidf"):
-        out.append(
-            f"The probe on the pretrained base loses to TF-IDF: {iv('probe_vs_tfidf')}. A character n-gram "
-            "classifier on the same generated data reads the hand-written prompts better than a linear "
-            "probe on this base's pooled states: a finding about the base, not a failure of the check."
-        )
-    else:
-        out.append(f"The probe and TF-IDF are not distinguishable: {iv('probe_vs_tfidf')}.")
-    return out
+        if many:
+            per = rows[-len(_seeds(runs)) :]
+            rows.append({"system": f"{n}[mean]", **{k: float(np.mean([r[k] for r in per])) for k in keys}})
+    return rows
+
+
+__all__ = ["LABELS", "MIN_EFFECT", "PRIMARY", "paired_differences", "probe_scores", "score_system", "table"]

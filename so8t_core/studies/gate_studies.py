@@ -5,7 +5,7 @@ two ``*_verdicts`` functions turn them into the notebooks' findings.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -163,16 +163,28 @@ def alpha_experiment(
     schedule: LinearSchedule,
     seed: int = 0,
     map: str = "cayley",
+    init_std: float = 0.0,
+    teacher_seed: int | None = None,
+    eval_inputs: Tensor | None = None,
 ) -> list[dict]:
     """Fit a student gate ``h + sigmoid(alpha) R h`` to a teacher not of its form and record alpha along the way.
 
     The loss is the MSE relative to the teacher's output power, so 1.0 is what predicting 0 scores. The student
     learns its rotation either way; its alpha is scheduled (the design's annealing) or learned from the same start.
     Explained in notebooks/02_alpha_annealing.ipynb.
+
+    Args:
+        seed: the run's seed: the student's initial rotation (with ``init_std`` > 0) and the stream of inputs.
+        init_std: spread of the student's initial generators (0: the identity rotation).
+        teacher_seed: the teacher's seed (default ``seed``); fixed across seeds, the teacher is the task.
+        eval_inputs: (N, H) held-out inputs shared by every run; the last record then gains ``eval_item_loss``,
+            each input's squared error over the teacher's mean output power on them (their mean is the relative MSE).
+    Returns:
+        One record per step: ``step``, ``alpha``, ``weight``, ``phase``, ``loss``.
     """
-    T = teacher_map(teacher, hidden, seed)
+    T = teacher_map(teacher, hidden, seed if teacher_seed is None else teacher_seed)
     torch.manual_seed(seed)
-    student = BlockSO8Rotation(hidden, map, init_std=0.0)
+    student = BlockSO8Rotation(hidden, map, init_std=init_std)
     gate = AlphaGate(alpha_mode, init=schedule(0), schedule=schedule if alpha_mode == "scheduled" else None)
     opt = torch.optim.Adam([p for p in [*student.parameters(), *gate.parameters()] if p.requires_grad], lr=lr)
     g = torch.Generator().manual_seed(seed + 1)
@@ -195,6 +207,11 @@ def alpha_experiment(
                 "loss": loss.item(),
             }
         )
+    if eval_inputs is not None:
+        with torch.no_grad():
+            y = eval_inputs @ T.T  # (N, H)
+            err = (mix(eval_inputs, student.matrices(), gate.weight) - y).pow(2).sum(-1)  # (N,)
+            records[-1]["eval_item_loss"] = (err / y.pow(2).sum(-1).mean()).tolist()
     return records
 
 
@@ -238,39 +255,6 @@ def rotation_verdicts(
         f"(commutator {m('commutator_at_scale_1'):.2g} per block at scale 1); a block gate stores "
         f"{m('dense_over_block_params'):.0f}x fewer parameters than a dense orthogonal weight; {cheaper} maps "
         f"{max(ms.values()) / ms[cheaper]:.1f}x faster."
-    )
-    return out
-
-
-def alpha_verdicts(table: Sequence[Mapping[str, Any]], target: float, tol: float = 0.05) -> dict[str, Any]:
-    """Notebook 02's findings from the learned-vs-scheduled experiment (lower final relative MSE is better).
-
-    Args:
-        table: rows with ``teacher``, ``mode`` (``scheduled`` or ``learned``), ``final_loss`` and ``final_alpha``;
-            every teacher needs both modes.
-        target: the alpha the schedule anneals toward.
-        tol: how close the learned alpha must end to ``target`` to count as settling there.
-    Returns:
-        ``learned_wins_for_teachers``, ``schedule_wins_for_teachers``, ``learned_alpha_settles_at_target_for``
-        (teachers whose learned alpha ends within ``tol`` of ``target``) and a one-line ``conclusion``.
-    Raises:
-        KeyError: a teacher lacks a mode.
-    """
-    what = "alpha_verdicts"
-    rows = {f"{r['mode']} for teacher {r['teacher']}": r for r in table}
-    teachers = list(dict.fromkeys(str(r["teacher"]) for r in table))
-    loss = {(t, m): need(rows, f"{m} for teacher {t}", what)["final_loss"] for t in teachers for m in MODES_2}
-    learned_alpha = {t: rows[f"learned for teacher {t}"]["final_alpha"] for t in teachers}
-    out: dict[str, Any] = {
-        "learned_wins_for_teachers": [t for t in teachers if loss[(t, "learned")] < loss[(t, "scheduled")]],
-        "schedule_wins_for_teachers": [t for t in teachers if loss[(t, "scheduled")] < loss[(t, "learned")]],
-        "learned_alpha_settles_at_target_for": [t for t in teachers if abs(learned_alpha[t] - target) <= tol],
-    }
-    ends = ", ".join(f"{t} {learned_alpha[t]:.2f}" for t in teachers)
-    out["conclusion"] = (
-        f"Against teachers the block gate cannot represent, the learned alpha ends with the lower relative MSE for "
-        f"{out['learned_wins_for_teachers'] or 'no teacher'} and the schedule toward {target:.3f} for "
-        f"{out['schedule_wins_for_teachers'] or 'no teacher'}; the learned alpha ends at {ends}."
     )
     return out
 

@@ -125,16 +125,24 @@ def pretrain_tower(
     return text, records
 
 
-@torch.no_grad()
 def retrieval_accuracy(
     tower: nn.Module, text: CaptionEncoder, tokenizer: Any, samples: list[VisualSample], spec: ImageSpec
 ) -> float:
     """Image -> caption top-1 accuracy among the distinct English captions of ``samples`` (chance = 1 / #captions)."""
+    hits = retrieval_hits(tower, text, tokenizer, samples, spec)
+    return sum(hits) / len(hits)
+
+
+@torch.no_grad()
+def retrieval_hits(
+    tower: nn.Module, text: CaptionEncoder, tokenizer: Any, samples: list[VisualSample], spec: ImageSpec
+) -> list[bool]:
+    """Per image: is its caption the top-1 among the distinct English captions of ``samples``?"""
     caps = sorted({s.caption_en for s in samples})
     img = F.normalize(tower(pixel_values=to_pixels([s.image for s in samples], spec)).pooler_output, dim=-1)
     txt = F.normalize(text(*_caption_ids(tokenizer, caps)), dim=-1)
     pred = (img @ txt.T).argmax(-1).tolist()
-    return sum(caps[p] == s.caption_en for p, s in zip(pred, samples)) / len(samples)
+    return [caps[p] == s.caption_en for p, s in zip(pred, samples)]
 
 
 # --- token rows and batches ---
@@ -355,58 +363,4 @@ def text_only_baselines(results: Mapping[str, Mapping[str, float]], methods: Seq
             key=lambda k: need(need(results, k, what), "em_all", what),
         )
         for m in methods
-    }
-
-
-def visual_verdicts(
-    results: Mapping[str, Mapping[str, float]], gains: Mapping[str, Mapping[str, Any]], methods: Sequence[str]
-) -> dict[str, Any]:
-    """Notebook 05's findings: does each visual variant beat its text-only rival (and OCR, when it ran)?
-
-    Args:
-        results: variant -> ``summarise`` output; needs ``visual_<m>``, ``text_only_zero_shot`` and
-            ``text_only_blind_<m>`` for every method; ``ocr_path`` is optional.
-        gains: method -> ``paired_difference`` against its text-only rival (``ci95`` is used).
-        methods: the fusion methods.
-    Returns:
-        ``<m>_beats_text_only``, ``<m>_beats_text_only_on_words``, ``<m>_beats_ocr_on_words`` (with OCR),
-        ``better_fusion``, ``<m>_beats_text_only_ci95_above_zero``.
-    Raises:
-        KeyError: a variant or a gain is missing.
-    """
-    what = "visual_verdicts"
-    rival = text_only_baselines(results, methods)
-    em = lambda name, key="em_all": need(need(results, name, what), key, what)
-    out: dict[str, Any] = {}
-    for m in methods:
-        out[f"{m}_beats_text_only"] = em(f"visual_{m}") > em(rival[m])
-        blind_words = max(em("text_only_zero_shot", "em_word"), em(f"text_only_blind_{m}", "em_word"))
-        out[f"{m}_beats_text_only_on_words"] = em(f"visual_{m}", "em_word") > blind_words
-        if "ocr_path" in results:
-            out[f"{m}_beats_ocr_on_words"] = em(f"visual_{m}", "em_word") > em("ocr_path", "em_word")
-    out["better_fusion"] = max(methods, key=lambda m: em(f"visual_{m}"))
-    for m in methods:
-        out[f"{m}_beats_text_only_ci95_above_zero"] = need(need(gains, m, what), "ci95", what)[0] > 0
-    return out
-
-
-def tower_verdicts(retrieval: float, retrieval_random: float, n_captions: int) -> dict[str, bool]:
-    """Does tower pretraining help caption retrieval, against a random tower and against chance (1 / captions)?"""
-    check(n_captions > 0, "n_captions", n_captions, "must be > 0")
-    return {
-        "pretraining_beats_random_tower_retrieval": retrieval > retrieval_random,
-        "pretraining_beats_chance": retrieval > 1 / n_captions,
-    }
-
-
-def random_tower_verdicts(
-    results: Mapping[str, Mapping[str, float]], gain: Mapping[str, Any], method: str
-) -> dict[str, bool]:
-    """Does the pretrained tower beat a random one under the same adapter training (``visual_<method>`` against
-    ``random_tower_<method>``), in exact match and with the paired interval ``gain`` above zero?"""
-    what = "random_tower_verdicts"
-    em = {k: need(need(results, k, what), "em_all", what) for k in (f"visual_{method}", f"random_tower_{method}")}
-    return {
-        "pretrained_tower_beats_random": em[f"visual_{method}"] > em[f"random_tower_{method}"],
-        "pretrained_tower_beats_random_ci95_above_zero": need(gain, "ci95", what)[0] > 0,
     }
