@@ -9,7 +9,8 @@ Two policies, each a property of the model (``answer_policy`` reads it from the 
   04). Asked for the quad layout it mostly writes tags but rarely a right answer (``bench/quad_layout.py``), so it
   is asked plainly through its own chat template, and its whole reply is the answer once ``final_text`` has
   removed every think part with its content. A reply that is only thinking, or that still reads as thinking
-  afterwards, gives ``FALLBACK_MESSAGE``.
+  afterwards, gives ``FALLBACK_MESSAGE``. A reply cut short (``max_new_tokens``, the deadline) leaves as far as it
+  got, as a chat API's answer would; an unclosed think part in it is dropped to the end.
 
 Both go through the same lexer as ``extract_final``, so a spelling that would open a think part there is thinking
 here too, and both log ``think.thinking_hash`` of the raw text, never the thinking itself.
