@@ -396,16 +396,38 @@ def stop_ids(tokenizer: Any) -> list[int]:
 def generate_raw(
     model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 128, max_time: float | None = None
 ) -> str:
-    """Greedy generation of the quad layout for ``prompt``; returns only the newly generated text.
+    """Greedy generation of the quad layout for ``prompt`` (``build_prompt``); returns only the new text.
 
-    Decoded with special tokens kept, so a fine-tuned model whose think tags are special tokens cannot
-    lose its tags (and so leak its thinking); the tokenizer's other special tokens are then removed.
     ``max_time`` (seconds) stops generating once that much time has passed (transformers' ``MaxTimeCriteria``,
     checked after each new token); an output cut short has no closed final part, so ``extract_final`` falls back.
     """
+    return generate_text(model, tokenizer, build_prompt(prompt), max_new_tokens, max_time)
+
+
+def generate_text(
+    model: Any,
+    tokenizer: Any,
+    text: str,
+    max_new_tokens: int = 128,
+    max_time: float | None = None,
+    add_special_tokens: bool = True,
+) -> str:
+    """Greedy continuation of an already built chat prompt ``text``, stopping at ``stop_ids``; the new text only.
+
+    Decoded with special tokens kept (``decode_raw``), so a fine-tuned model whose think tags are special tokens
+    cannot lose its tags (and so leak its thinking); the tokenizer's other special tokens are then removed.
+
+    Args:
+        model, tokenizer: a causal LM and its tokenizer.
+        text: the whole prompt, chat layout included.
+        max_new_tokens, max_time: generation budget in tokens and seconds (None: no time limit).
+        add_special_tokens: False for a prompt from a chat template, which writes its own special tokens.
+    Returns:
+        The newly generated text.
+    """
     import torch
 
-    enc = tokenizer(build_prompt(prompt), return_tensors="pt")
+    enc = tokenizer(text, return_tensors="pt", add_special_tokens=add_special_tokens)
     device = next(model.parameters()).device
     enc = {k: v.to(device) for k, v in enc.items()}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

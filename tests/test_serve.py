@@ -26,6 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import so8t_core.think as think_mod
+from so8t_core import artifacts
 from so8t_core.lm.loading import load_model_and_tokenizer
 from so8t_core.serving import answer, models, server
 from so8t_core.serving.audit import AuditLog
@@ -124,6 +125,7 @@ def test_healthz_names_model_decider_and_audit(audit) -> None:
         "status": "ok",
         "model_id": "tiny@test",
         "decision_source": "test_decider",
+        "answer_policy": "quad",  # no tokenizer: the policy whose extract_final never leaks
         "audit_path": str(audit.path),
         "queue": {"waiting": 0, "running": 0, "max_queue": 8},
         "limits": {"max_prompt_tokens": None, "max_new_tokens": 128, "deadline_s": 30.0},  # no tokenizer: no count
@@ -700,6 +702,10 @@ def test_cli_serves_purges_old_ocr_and_stops_cleanly(tiny_dir, tmp_path) -> None
         code = proc.wait(timeout=30)
     assert code == 0  # SIGTERM is a clean stop
     with AuditLog(db) as log:
-        first, second = log.decision(1), log.decision(2)
+        first, answered = log.decision(1), log.decision(3)  # row 2: the contract naming model and source
         assert first["ocr_summary"] is None and first["ocr_purged_at"] is not None
-        assert second["request_id"] == json.loads(raw)["request_id"] and log.verify().ok
+        assert answered["request_id"] == json.loads(raw)["request_id"] and log.verify().ok
+        contract = log.identity_contract()
+        assert answered["contract_version"] == contract.version and answered["model_id"] == health["model_id"]
+        assert contract.doc["model"]["id"] == health["model_id"] and contract.doc["decision_source"] == "safety_heads"
+        assert contract.doc["model"]["sha256"] == artifacts.model_fingerprint(model_dir)

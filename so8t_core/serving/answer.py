@@ -6,8 +6,9 @@ holds the model, the decision source and the audit log, so it runs the same in t
 An image is read locally by ``ocr.ocr_summary`` and only its summary is appended to the prompt (``model_text``);
 decision and answer both see that text. When OCR warns (marks it could not read, or a low-confidence reading),
 the warning is appended too and returned as ``ocr_warnings``, so an unread image is never passed off as empty.
-The answer comes only from ``think.respond`` (``extract_final`` or a fixed message). Every answered request is
-one ``AuditLog.log_decision`` row (see ``ops.server``).
+The answer comes only from ``policy.respond_under`` under the model's answer policy (``extract_final`` for the
+project's quad models, ``policy.final_text`` for chat models without thinking tags, or a fixed message). Every
+answered request is one ``AuditLog.log_decision`` row (see ``ops.server``).
 
 The work one request causes is bounded (``ops.limits``): a prompt over the token limit is refused (413) before
 the decision source or the model sees it; a request that needs the model waits in a bounded queue or is refused
@@ -42,7 +43,8 @@ from so8t_core.serving.ocr import (
     TesseractMissingError,
     ocr_summary,
 )
-from so8t_core.think import Response, respond, strip_control, thinking_hash
+from so8t_core.serving.policy import POLICIES, answer_policy, respond_under
+from so8t_core.think import Response, strip_control, thinking_hash
 
 FIELDS = ("prompt", "image_base64")
 NO_THINKING_HASH = thinking_hash("")  # logged for REFUSE/ESCALATE: nothing was generated
@@ -90,6 +92,10 @@ class AppState:
         max_queue: requests that may wait for the model while one uses it; a wait ends after
             ``max_queue * deadline_s``, when every turn ahead would have used its whole deadline.
         ocr_lang, ocr_fn: Tesseract languages and the OCR function ``(bytes, lang) -> OCRResult``.
+        answer_policy: ``quad`` or ``final_only`` (``ops.policy``); None reads it from the tokenizer
+            (``policy.answer_policy``), so it follows the model.
+        contract_version: the audit log's identity-contract version naming this model and decision source
+            (``models.serving_contract``), written into every row; None takes the newest stored one.
     """
 
     model: Any
@@ -108,6 +114,8 @@ class AppState:
     max_queue: int = 8
     ocr_lang: str = "jpn+eng"
     ocr_fn: Callable[[bytes, str], OCRResult] = _default_ocr
+    answer_policy: str | None = None
+    contract_version: int | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     limit: PromptLimit | None = field(init=False, repr=False, compare=False)
     admission: Admission = field(init=False, repr=False, compare=False)
@@ -119,11 +127,14 @@ class AppState:
             check(isinstance(v, str) and 0 < len(v) <= 200, name, v, "must be a non-empty string of at most 200 chars")
         for name in ("max_new_tokens", "max_body", "read_timeout_s", "deadline_s"):
             check(getattr(self, name) > 0, name, getattr(self, name), "must be > 0")
+        policy = answer_policy(self.tokenizer) if self.answer_policy is None else self.answer_policy
+        check(policy in POLICIES, "answer_policy", policy, f"must be one of {POLICIES}")
+        object.__setattr__(self, "answer_policy", policy)  # frozen: derived once, here
         limit = None
         if self.tokenizer is not None:
             config = getattr(self.model, "config", None)
             tokens = prompt_token_limit(config, self.max_new_tokens, self.decide_max_tokens, self.max_prompt_tokens)
-            limit = PromptLimit(tokens, chars_per_token(self.tokenizer)) if tokens is not None else None
+            limit = PromptLimit(tokens, chars_per_token(self.tokenizer), policy) if tokens is not None else None
         object.__setattr__(self, "limit", limit)  # frozen: derived once, here
         object.__setattr__(self, "admission", Admission(self.lock, self.max_queue, self.max_queue * self.deadline_s))
 
@@ -227,14 +238,17 @@ def _check_length(state: AppState, text: str) -> None:
 
 
 def _answer(state: AppState, text: str) -> Response:
+    policy = str(state.answer_policy)
     label = None if state.decide_uses_model else state.decide(text)  # a baseline does not touch the model
     if label is not None and label != "ALLOW":
-        return respond(state.model, state.tokenizer, text, lambda _: label)
+        return respond_under(policy, state.model, state.tokenizer, text, lambda _: label)
     try:
         with state.admission.turn() as started:  # the heads' forward pass and generate share the model
             decision = label or state.decide(text)
             left = max(state.deadline_s - (time.monotonic() - started), 0.0)  # the decision used part of the turn
-            return respond(state.model, state.tokenizer, text, lambda _: decision, state.max_new_tokens, left)
+            return respond_under(
+                policy, state.model, state.tokenizer, text, lambda _: decision, state.max_new_tokens, left
+            )
     except Busy as e:
         raise RequestError(503, e.message, {"Retry-After": str(e.retry_after_s)}) from None
 
@@ -265,6 +279,7 @@ def think(state: AppState, req: ThinkRequest, request_id: str) -> dict[str, Any]
         thinking_hash=r.thinking_hash or NO_THINKING_HASH,
         final_text=r.final,
         model_id=state.model_id,
+        contract_version=state.contract_version,
         ocr_summary=ocr.summary if ocr else None,
         image_sha256=ocr.image_sha256 if ocr else None,
     )
@@ -281,6 +296,7 @@ def health(state: AppState) -> dict[str, Any]:
         "status": "ok",
         "model_id": state.model_id,
         "decision_source": state.decision_source,
+        "answer_policy": state.answer_policy,
         "audit_path": str(state.audit.path),
         "queue": state.admission.depth(),
         "limits": {

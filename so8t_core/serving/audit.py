@@ -363,6 +363,12 @@ class AuditLog:
             r = self._conn.execute("SELECT * FROM decisions WHERE id = ?", (row_id,)).fetchone()
         return dict(r) if r else None
 
+    def decisions_for(self, request_id: str) -> list[dict[str, Any]]:
+        """The stored columns of every decision row of one request, oldest first (one for an answered request)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT * FROM decisions WHERE request_id = ? ORDER BY id", (request_id,))
+            return [dict(r) for r in rows.fetchall()]
+
     def head(self) -> tuple[int, str]:
         """``(id, row_hash)`` of the newest row: keep it elsewhere and pass it to ``verify(anchor=...)`` later."""
         with self._lock:

@@ -11,13 +11,13 @@ CREATE TABLE IF NOT EXISTS decisions (
     ts                TEXT    NOT NULL,                 -- UTC, 'YYYY-MM-DDTHH:MM:SS.ffffffZ'
     request_id        TEXT    NOT NULL,
     decision          TEXT    NOT NULL CHECK (decision IN ('ALLOW', 'ESCALATE', 'REFUSE')),
-    reason            TEXT    NOT NULL,                 -- short rule / reason code, never thinking text
+    reason            TEXT    NOT NULL,                 -- short reason code (the server: its decision source), never thinking text
     input_hash        TEXT    NOT NULL CHECK (length(input_hash) = 64),
     thinking_hash     TEXT    NOT NULL CHECK (length(thinking_hash) = 64),
     final_text        TEXT    NOT NULL,
     policy_version    INTEGER NOT NULL CHECK (policy_version >= 0),
-    contract_version  INTEGER NOT NULL CHECK (contract_version >= 0),
-    model_id          TEXT    NOT NULL,
+    contract_version  INTEGER NOT NULL CHECK (contract_version >= 0),  -- the server: model hashes, source, policy
+    model_id          TEXT    NOT NULL,                 -- the server: 'label:name@weights hash'
     image_sha256      TEXT    CHECK (image_sha256 IS NULL OR length(image_sha256) = 64),
     ocr_digest        TEXT    CHECK (ocr_digest IS NULL OR length(ocr_digest) = 64),  -- kept forever, hashed
     ocr_summary       TEXT,                             -- OCR-derived payload, NULL once purged

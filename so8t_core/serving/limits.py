@@ -1,10 +1,11 @@
 """Bounds on the work one ``/think`` request can cause: a prompt limit in tokens, and a bounded queue for the model.
 
-A prompt (with any OCR text) is measured in the served model's tokens, as the model reads it (the chat template
-of ``think.build_prompt``) and as a decision source that reads tokens reads it (the text itself: safety heads,
-``bow_ids``); the longer of the two must fit ``max_tokens``. Nothing is cut: a decision is made on exactly the
-text the model answers, or the request is refused. Before tokenizing, a prompt longer than ``max_tokens`` times the
-longest token (in characters) is refused at once: no such text can fit.
+A prompt (with any OCR text) is measured in the served model's tokens, as the model reads it (the prompt of its
+answer policy, ``policy.model_prompt``: ``think.build_prompt`` or the model's own chat template) and as a decision
+source that reads tokens reads it (the text itself: safety heads, ``bow_ids``); the longer of the two must fit
+``max_tokens``. Nothing is cut: a decision is made on exactly the text the model answers, or the request is
+refused. Before tokenizing, a prompt longer than ``max_tokens`` times the longest token (in characters) is refused
+at once: no such text can fit.
 
 The model is used by one request at a time; ``Admission`` lets at most ``max_queue`` requests wait for it, refuses
 the next at once (``Busy``: the server answers 503 with ``Retry-After``) and gives up a wait after ``max_wait_s``.
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from so8t_core.config import check
-from so8t_core.think import build_prompt
+from so8t_core.serving.policy import QUAD, prompt_ids
 
 
 def model_context(config: Any) -> tuple[int | None, int | None]:
@@ -81,17 +82,20 @@ def chars_per_token(tokenizer: Any) -> int:
     return max(len(p) for p in pieces if isinstance(p, str))
 
 
-def count_tokens(tokenizer: Any, text: str) -> int:
-    """Tokens of ``text``: the longer of the chat prompt the model reads and the text a decision source reads."""
-    return max(len(tokenizer(build_prompt(text))["input_ids"]), len(tokenizer(text)["input_ids"]))
+def count_tokens(tokenizer: Any, text: str, policy: str = QUAD) -> int:
+    """Tokens of ``text``: the longer of the prompt the model reads under ``policy`` and the text a decision source
+    reads."""
+    return max(len(prompt_ids(tokenizer, policy, text)), len(tokenizer(text)["input_ids"]))
 
 
 @dataclass(frozen=True)
 class PromptLimit:
-    """``max_tokens`` per prompt, and ``chars_per_token`` for the cheap check before tokenizing."""
+    """``max_tokens`` per prompt, ``chars_per_token`` for the cheap check before tokenizing, and the model's answer
+    policy (``policy.answer_policy``), which decides the prompt the model reads."""
 
     max_tokens: int
     chars_per_token: int
+    policy: str = QUAD
 
     @property
     def max_chars(self) -> int:
@@ -108,7 +112,7 @@ class PromptLimit:
         flag = f"the limit of {self.max_tokens} tokens (--max-prompt-tokens)"
         if len(text) > self.max_chars:  # refused before tokenizing a byte of it
             return f"prompt too long: {len(text)} characters can hold more tokens than {flag} allows"
-        n = count_tokens(tokenizer, text)
+        n = count_tokens(tokenizer, text, self.policy)
         if n > self.max_tokens:
             return f"prompt too long: {n} tokens (with any OCR text, as the model reads it) exceed {flag}"
         return None

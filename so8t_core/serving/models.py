@@ -13,31 +13,43 @@ from so8t_core.artifacts import fingerprint_id, model_fingerprint, notebook_for,
 from so8t_core.config import artifacts_dir, check
 
 FUSED_STAGE, FUSED_DIR, BASE_STAGE = "04_fusion_and_gguf", "fused", "00_base_model"
+SPEAKER = "smollm2-135m-instruct"  # the real chat model that speaks; notebook 04 fuses the soul into its head
+REAL_FUSED_DIR = f"real/{SPEAKER}/{FUSED_DIR}"
 
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """Which model to serve: ``source`` (a folder or hub id), ``label`` (fused/base/model), 4-bit flag."""
+    """Which model to serve: ``source`` (a folder or hub id), ``label`` (fused/base/model), 4-bit flag, and
+    ``name``, the model's name in its audit id (None: the folder's name)."""
 
     source: str
     label: str
     load_in_4bit: bool = False
+    name: str | None = None
 
 
 def resolve_model(override: str | Path | None = None) -> ModelChoice:
-    """``--model DIR``, else notebook 04's fused model, else notebook 00's base model, else a clear error.
+    """``--model DIR|NAME``, else notebook 04's fused real model (SmolLM2 with the soul in its head), else its fused
+    tiny model, else notebook 00's base model, else a clear error.
 
     Args:
-        override: a model folder given on the command line.
+        override: a model folder, or a real model's name (``lm.real_models``: its converted folder).
     Returns:
-        ``ModelChoice``. Raises ``FileNotFoundError`` naming the folder or the notebook to run.
+        ``ModelChoice``. Raises ``FileNotFoundError`` naming the folder or the notebook to run, or
+        ``RealModelUnavailable`` (an ``OSError``) naming the package of a real model that is not installed.
     """
-    from so8t_core.lm.loading import read_model_ref
+    from so8t_core.lm.loading import is_real_model, read_model_ref
+    from so8t_core.lm.real_models import real_model_dir
 
     if override is not None:
+        if is_real_model(override):
+            return ModelChoice(str(real_model_dir(str(override))), "model", name=str(override))
         if not (Path(override) / "config.json").is_file():
-            raise FileNotFoundError(f"--model {override}: not a model folder (no config.json)")
+            raise FileNotFoundError(f"--model {override}: not a model folder (no config.json) nor a real model's name")
         return ModelChoice(str(Path(override).resolve()), "model")
+    if (artifacts_dir() / FUSED_STAGE / REAL_FUSED_DIR).exists():  # the real model speaks when 04 fused it
+        folder = require(FUSED_STAGE, f"{REAL_FUSED_DIR}/config.json") / REAL_FUSED_DIR
+        return ModelChoice(str(folder), "fused", name=SPEAKER)
     if (artifacts_dir() / FUSED_STAGE / FUSED_DIR).exists():  # half-written fusion: an error, not a silent fallback
         return ModelChoice(str(require(FUSED_STAGE, f"{FUSED_DIR}/config.json") / FUSED_DIR), "fused")
     try:
@@ -53,11 +65,31 @@ def resolve_model(override: str | Path | None = None) -> ModelChoice:
 def model_identity(choice: ModelChoice) -> str:
     """``label:name@hash``: the hash is ``artifacts.model_fingerprint`` (config.json and the weight files, not
     safety heads saved beside them), so a changed model is a different id in the audit log; a hub id is used as
-    it is."""
+    it is. ``name`` is ``choice.name`` (a real model's name) or the folder's name."""
     folder = Path(choice.source)
     if not folder.is_dir():
         return f"{choice.label}:{choice.source}"[:200]
-    return f"{choice.label}:{folder.name[:100]}@{fingerprint_id(model_fingerprint(folder))}"
+    name = choice.name or folder.name
+    return f"{choice.label}:{name[:100]}@{fingerprint_id(model_fingerprint(folder))}"
+
+
+def serving_contract(choice: ModelChoice, model_id: str, decision_source: str, answer_policy: str) -> dict[str, Any]:
+    """The document the audit log stores as the identity contract while this server answers: the model (its id,
+    name and the SHA-256 of its config and each weight file), the decision source and the answer policy. Every
+    decision row names its version, so the chain ties each answer to the full weight hashes.
+
+    Args:
+        choice: the served ``ModelChoice``.
+        model_id: ``model_identity(choice)``.
+        decision_source: the ``decision_source`` of ``load_decider``.
+        answer_policy: ``ops.policy.answer_policy`` of the model's tokenizer.
+    Returns:
+        A JSON document (for ``AuditLog.set_identity_contract``).
+    """
+    folder = Path(choice.source)
+    weights = model_fingerprint(folder) if folder.is_dir() else {}
+    model = {"id": model_id, "label": choice.label, "name": choice.name or folder.name, "sha256": weights}
+    return {"model": model, "decision_source": decision_source, "answer_policy": answer_policy}
 
 
 def find_heads(model_dir: str | Path) -> Path | None:

@@ -1,11 +1,11 @@
 """The ``/think`` HTTP endpoint: a prompt (and optionally an image) in, a policy decision and a final answer out.
 
-    python -m so8t_core.serve [--model DIR] [--host 127.0.0.1] [--port 8088] [--audit artifacts/audit/audit.db]
+    python -m so8t_core.serve [--model DIR|NAME] [--host 127.0.0.1] [--port 8088] [--audit artifacts/audit/audit.db]
         [--max-body 2MB] [--max-new-tokens 128] [--max-prompt-tokens N] [--deadline-s 30] [--max-queue 8]
         [--allow-remote] [--decision-source NAME]
 
     POST /think    {"prompt": str, "image_base64": str (optional)} -> 200 {"request_id", "decision", "final"}
-    GET  /healthz  -> 200 {"status", "model_id", "decision_source", "audit_path", "queue", "limits"}
+    GET  /healthz  -> 200 {"status", "model_id", "decision_source", "answer_policy", "audit_path", "queue", "limits"}
     errors         -> 4xx/5xx {"error": "..."}: 400 bad JSON, fields, base64 or image; 404 path; 405 method;
                       411 no Content-Length; 413 body, image or prompt (in tokens) too large; 415 not JSON;
                       422 OCR failed on the image; 500 internal; 503 queue full (with Retry-After) or OCR not
@@ -18,15 +18,24 @@ prompt over ``--max-prompt-tokens`` is refused before any model work, at most ``
 the model (the next gets 503 at once), and a turn with the model ends after ``--deadline-s``. ``/healthz`` never
 waits for the model.
 
+Which model speaks (``models.resolve_model``): ``--model`` (a folder, or a real model's name such as
+``smollm2-135m-instruct``), else SmolLM2-135M-Instruct with the soul fused into its head (notebook 04's
+``real/smollm2-135m-instruct/fused``), else notebook 04's fused tiny model, else notebook 00's. How it answers is a
+property of the model (``ops.policy``): the project's quad models answer in the quad layout and only ``<final>``
+leaves; a chat model without thinking tags (SmolLM2) is asked through its own chat template and its reply leaves
+with every think part removed.
+
 An image is read locally by ``ocr.ocr_summary`` and only its summary is appended to the prompt (``model_text``);
-decision and answer both see that text. The answer comes only from ``think.respond`` (``extract_final`` or a
-fixed message), and error messages and the server log never include model output.
+decision and answer both see that text. The answer comes only from ``policy.respond_under`` (``extract_final``,
+``policy.final_text`` or a fixed message), and error messages and the server log never include model output.
 
 The decision source is the one notebook 06 chose on dev (``safety.decision``, ``decision.json``) unless
 ``--decision-source`` names another it measured; ``/healthz`` and every audit row name it.
 
 Every answered request is one ``AuditLog.log_decision`` row: decision, decision source (as reason), ``input_hash``,
-thinking hash (for REFUSE/ESCALATE, which generate nothing, the hash of no thinking), final text, model id and,
+thinking hash (for REFUSE/ESCALATE, which generate nothing, the hash of no thinking), final text, model id
+(``label:name@hash``), the identity-contract version whose document holds the model's weight hashes, the decision
+source and the answer policy (``load_state``) and,
 with an image, its SHA-256 and the OCR summary (purged after ``audit.RETENTION_DAYS``, at start-up). A rejected
 request (4xx, 503) reached no decision and is not logged as one. If the audit write fails the answer is withheld (500).
 
@@ -53,7 +62,8 @@ from urllib.parse import urlsplit
 from so8t_core.config import artifacts_dir
 from so8t_core.serving.answer import AppState, RequestError, health, parse_think_request, think
 from so8t_core.serving.audit import AuditError, AuditLog
-from so8t_core.serving.models import load_decider, model_identity, resolve_model
+from so8t_core.serving.models import ModelChoice, load_decider, model_identity, resolve_model, serving_contract
+from so8t_core.serving.policy import answer_policy
 
 log = logging.getLogger("so8t_core.serve")  # also when run as __main__
 
@@ -223,7 +233,11 @@ def parse_size(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m so8t_core.serve", description="Serve POST /think on the model.")
-    p.add_argument("--model", help="model folder (default: notebook 04's fused model, else notebook 00's)")
+    p.add_argument(
+        "--model",
+        help="model folder or real model name (smollm2-135m-instruct); default: notebook 04's fused SmolLM2, "
+        "else its fused tiny model, else notebook 00's",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8088, help="0 picks a free port")
     p.add_argument("--audit", help="audit log file (default: artifacts/audit/audit.db)")
@@ -248,14 +262,37 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def load_state(choice: ModelChoice, audit: AuditLog, decision_source: str | None = None, **settings: Any) -> AppState:
+    """Load the chosen model, its decision source and its answer policy, and record them in the audit log.
+
+    The identity contract (``models.serving_contract``: model id, weight hashes, decision source, answer policy) is
+    stored once (unchanged on a restart with the same model) and every decision row of this server names its
+    version.
+
+    Args:
+        choice: from ``resolve_model``.
+        audit: the open audit log.
+        decision_source: ``--decision-source`` (None: the one notebook 06 chose).
+        settings: further ``AppState`` fields (``max_new_tokens``, ``max_prompt_tokens``, ``deadline_s``...).
+    Returns:
+        The ``AppState`` to serve.
+    """
+    from so8t_core.lm.loading import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(choice.source, load_in_4bit=choice.load_in_4bit)
+    decider = load_decider(model, tok, choice.source, decision_source)
+    model_id, policy = model_identity(choice), answer_policy(tok)
+    contract = serving_contract(choice, model_id, decider["decision_source"], policy)
+    version = audit.set_identity_contract(contract)
+    return AppState(model, tok, audit, model_id, answer_policy=policy, contract_version=version, **decider, **settings)
+
+
 def _stop(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # SIGTERM ends serve_forever like Ctrl-C, so the audit log is closed cleanly
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit code (2 with a one-line message for bad settings)."""
-    from so8t_core.lm.loading import load_model_and_tokenizer
-
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     audit = None
@@ -265,18 +302,15 @@ def main(argv: list[str] | None = None) -> int:
         choice = resolve_model(args.model)
         audit = AuditLog(args.audit or artifacts_dir() / "audit" / "audit.db")
         purged = audit.purge()
-        model, tok = load_model_and_tokenizer(choice.source, load_in_4bit=choice.load_in_4bit)
-        state = AppState(
-            model,
-            tok,
+        state = load_state(
+            choice,
             audit,
-            model_identity(choice),
+            args.decision_source,
             max_new_tokens=args.max_new_tokens,
             max_body=max_body,
             max_prompt_tokens=args.max_prompt_tokens,
             deadline_s=args.deadline_s,
             max_queue=args.max_queue,
-            **load_decider(model, tok, choice.source, args.decision_source),
         )
         server = make_server(state, args.host, args.port, args.allow_remote)
     except (ValueError, OSError, AuditError) as e:
@@ -287,8 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     host, port = str(server.server_address[0]), server.server_address[1]
     host = f"[{host}]" if ":" in host else host
     print(
-        f"so8t serve: {state.model_id} ({state.decision_source}); audit {audit.path} ({purged} OCR summaries "
-        f"purged); prompts up to {state.limit.max_tokens if state.limit else 'any number of'} tokens, turns of "
+        f"so8t serve: {state.model_id} ({state.decision_source}, {state.answer_policy} answers); audit {audit.path} "
+        f"({purged} OCR summaries purged); prompts up to "
+        f"{state.limit.max_tokens if state.limit else 'any number of'} tokens, turns of "
         f"{state.deadline_s:g} s, {state.max_queue} waiting at most; listening on http://{host}:{port}",
         flush=True,
     )
