@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from so8t_core.lm.base_model import encode_documents, train_tokenizer  # noqa: E402
-from so8t_core.lm.corpus import build_corpus  # noqa: E402
-from so8t_core.lm.coverage import token_coverage  # noqa: E402
-from so8t_core.safety.labels import handwritten_test  # noqa: E402
+from so8t_core.lm.base_model import encode_documents, train_tokenizer
+from so8t_core.lm.corpus import build_corpus
+from so8t_core.lm.coverage import token_coverage
+from so8t_core.safety.labels import handwritten_test
 
 
 def main() -> None:

@@ -78,7 +78,8 @@ def saved(tok, tmp_path_factory):
 def check_specials(t):
     for s in SPECIALS:
         ids = t.encode(s, add_special_tokens=False)
-        assert len(ids) == 1 and ids[0] != t.unk_token_id, s
+        assert len(ids) == 1, s
+        assert ids[0] != t.unk_token_id, s
         assert t.convert_ids_to_tokens(ids) == [s]
         assert ids[0] in t.encode(f"abc{s}def", add_special_tokens=False)
 
@@ -86,7 +87,8 @@ def check_specials(t):
 def test_each_special_token_is_one_id(tok):
     check_specials(tok)
     assert tok.convert_ids_to_tokens(tok.eos_token_id) == "<|endoftext|>"
-    assert 0 <= tok.pad_token_id < len(tok) and tok.bos_token == "<s>"
+    assert 0 <= tok.pad_token_id < len(tok)
+    assert tok.bos_token == "<s>"
 
 
 def test_special_tokens_stay_single_after_autotokenizer_reload(saved):
@@ -110,7 +112,8 @@ def test_unseen_characters_fall_back_to_bytes(tok, corpus):
 
 
 def test_tokenizer_folder_keeps_the_sentencepiece_model(tok):
-    assert Path(tok.vocab_file).name == "tokenizer.model" and Path(tok.vocab_file).is_file()
+    assert Path(tok.vocab_file).name == "tokenizer.model"
+    assert Path(tok.vocab_file).is_file()
 
 
 def test_tokenizer_training_is_deterministic(corpus, tok, tmp_path):
@@ -153,7 +156,8 @@ def test_config_is_untied_and_checks_sizes(tok):
 
 def test_save_then_auto_reload_gives_identical_logits(saved, tok):
     model, folder = saved
-    assert (folder / "tokenizer.model").is_file() and (folder / "model.safetensors").is_file()
+    assert (folder / "tokenizer.model").is_file()
+    assert (folder / "model.safetensors").is_file()
     model2 = AutoModelForCausalLM.from_pretrained(folder)
     tok2 = AutoTokenizer.from_pretrained(folder)
     text = "<|user|>\n空の色は何ですか？<|end|>\n<|assistant|>\n"
@@ -167,7 +171,8 @@ def test_load_model_and_tokenizer_on_a_saved_folder(saved):
     model2, tok2 = load_model_and_tokenizer(folder)
     assert not model2.training  # documented: callers who train call .train()
     ids = torch.tensor([[1, 5, 9, 12]])
-    assert torch.equal(model(ids).logits, model2(ids).logits) and tok2.pad_token is not None
+    assert torch.equal(model(ids).logits, model2(ids).logits)
+    assert tok2.pad_token is not None
 
 
 def test_missing_local_path_names_it(tmp_path):
@@ -180,11 +185,11 @@ def test_missing_local_path_names_it(tmp_path):
 
 
 def test_unknown_hub_id_offline_is_a_clear_error(monkeypatch):
-    with pytest.raises(loading.BaseModelUnavailable, match="so8t-test/not-a-model.*not in the Hugging Face cache"):
+    with pytest.raises(loading.BaseModelUnavailable, match=r"so8t-test/not-a-model.*not in the Hugging Face cache"):
         load_model_and_tokenizer("so8t-test/not-a-model", local_files_only=True)
     monkeypatch.setattr(loading, "_hub_offline", lambda: False)
     monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=3.0: False)
-    with pytest.raises(OSError, match="so8t-test/not-a-model.*no network"):
+    with pytest.raises(OSError, match=r"so8t-test/not-a-model.*no network"):
         load_model_and_tokenizer("so8t-test/not-a-model")
 
 
@@ -198,9 +203,10 @@ def test_4bit_without_cuda_says_it_needs_a_gpu(saved):
 def test_4bit_loads_nf4_and_prepares_for_training(saved):
     import bitsandbytes as bnb
 
-    model, tok2 = load_model_and_tokenizer(saved[1], load_in_4bit=True)
+    model, _tok2 = load_model_and_tokenizer(saved[1], load_in_4bit=True)
     quantised = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    assert quantised and all(m.weight.quant_type == "nf4" for m in quantised)
+    assert quantised
+    assert all(m.weight.quant_type == "nf4" for m in quantised)
     assert all(m.weight.quant_state.nested for m in quantised)  # double quantisation
     assert not any(p.requires_grad for p in model.parameters())  # frozen by prepare_model_for_kbit_training
     ids = torch.tensor([[1, 5, 9, 12]], device=model.device)
@@ -240,9 +246,11 @@ def test_pretraining_lowers_loss_and_is_deterministic(tok, corpus):
         eval_every=20,
     )
     assert sum(r["loss"] for r in records[-5:]) / 5 < records[0]["loss"] - 1.0
-    assert perplexity(model, batches) < before / 2 and not model.training
+    assert perplexity(model, batches) < before / 2
+    assert not model.training
     curve = [(r["step"], r["heldout_ppl"]) for r in records if "heldout_ppl" in r]
-    assert [s for s, _ in curve] == [19, 39] and curve[1][1] < curve[0][1]  # measured during training, falling
+    assert [s for s, _ in curve] == [19, 39]
+    assert curve[1][1] < curve[0][1]
     again = pretrain(tiny(tok), tok, corpus.train, steps=40, batch_size=8, seq_len=64, lr=1e-2, seed=1)
     assert [r["loss"] for r in again] == [r["loss"] for r in records]  # evaluation does not disturb training
 
@@ -334,7 +342,8 @@ def test_lora_default_targets_adapt_only_lora_params(tok):
     inter = model.config.intermediate_size
     peft_model = apply_lora(model, LoraSettings(r=r, alpha=8, dropout=0.05))
     trainable = {n: p.numel() for n, p in peft_model.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_" in n for n in trainable)
+    assert trainable
+    assert all("lora_" in n for n in trainable)
     # A: r x in, B: out x r for qkv (h -> 3h), o (h -> h), gate_up (h -> 2I), down (I -> h)
     per_layer = r * ((h + 3 * h) + (h + h) + (h + 2 * inter) + (inter + h))
     assert sum(trainable.values()) == layers * per_layer

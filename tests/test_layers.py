@@ -166,7 +166,7 @@ def test_function_level_imports_are_read(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "graph,bad",
+    ("graph", "bad"),
     [
         ({"so8t_core.safety.cli": {"so8t_core.ops.models"}}, "so8t_core.safety (rank 5) may not import so8t_core.ops"),
         ({"so8t_core.vision.model": {"so8t_core.safety.heads"}}, "may not import so8t_core.safety (rank 5)"),

@@ -70,7 +70,9 @@ def test_grpo_trains_lora_and_the_soul_only_when_asked(base_and_soul, tok, train
     )
     policy = tr.load_policy(base, soul_dir, train_soul=train_soul)
     reference = tr.load_policy(base, soul_dir, trainable=False)
-    assert (policy.counts["soul"] > 0) is train_soul and policy.counts["lora"] > 0 and reference.counts["lora"] == 0
+    assert (policy.counts["soul"] > 0) is train_soul
+    assert policy.counts["lora"] > 0
+    assert reference.counts["lora"] == 0
     # a random model's completions all score 0 on the text rewards, and with LoRA's B = 0 the policy equals the
     # reference (KL 0): every advantage would be 0 and nothing could move. A small B makes the KL vary.
     with torch.no_grad(), torch.random.fork_rng():
@@ -89,7 +91,8 @@ def test_grpo_trains_lora_and_the_soul_only_when_asked(base_and_soul, tok, train
     assert precision == [torch.cuda.is_available() and torch.cuda.is_bf16_supported()]  # no bf16 autocast on a CPU
     assert not AcceleratorState._shared_state  # nothing of the trainer's Accelerator outlives it
     curves = tr.reward_curves(history)
-    assert len(curves["structure"]) == 2 and set(tr.REWARDS) <= set(curves)
+    assert len(curves["structure"]) == 2
+    assert set(tr.REWARDS) <= set(curves)
     soul_moved = any(not torch.equal(v, policy.soul.soul_state()[k]) for k, v in soul0.items())
     assert soul_moved is train_soul
     assert any(not torch.equal(p, lora0[n]) for n, p in policy.model.named_parameters() if "lora_" in n)
@@ -134,7 +137,8 @@ def test_trained_soul_folder_fuses_into_a_folder_the_server_loads(rl_fused, tok)
         want = policy.model(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(fusion.causal_logits(fused, ids, mask), want, atol=1e-4, rtol=1e-4)
     choice = resolve_model(folder)  # what `python -m so8t_core.serve --model <folder>` resolves
-    assert choice.label == "model" and choice.source == str(folder.resolve())
+    assert choice.label == "model"
+    assert choice.source == str(folder.resolve())
     model, tok2 = load_model_and_tokenizer(choice.source)
     torch.testing.assert_close(fusion.causal_logits(model, ids, mask), want, atol=1e-4, rtol=1e-4)
     assert isinstance(generate_raw(model, tok2, "How do I boil an egg?", max_new_tokens=4), str)
@@ -146,14 +150,16 @@ def test_rl_fused_folder_exports_to_gguf_with_parity(rl_fused, tok, tmp_path):
     paths = gguf.export_gguf(folder, tmp_path / "gguf", ["f32"], stem="rl")
     rows = [tok(tr.chat_prompt(t))["input_ids"][:24] for t in ("How do I boil an egg?", "卵のゆで方は？")]
     (row,) = gguf.gguf_parity(fused, paths, rows, n_threads=1)
-    assert row["max_abs_diff"] <= 1e-3 and row["top1_agreement"] == 1.0
+    assert row["max_abs_diff"] <= 1e-3
+    assert row["top1_agreement"] == 1.0
 
 
 def test_generate_answers_cut_at_the_stop_token(base_and_soul, tok):
     base, soul_dir, _ = base_and_soul
     policy = tr.load_policy(base, soul_dir, trainable=False)
     raws, ids = ev.generate_answers(policy.model, tok, ["How do I boil an egg?", "卵のゆで方は？"], 6, batch=2)
-    assert len(raws) == len(ids) == 2 and all(len(x) <= 6 for x in ids)
+    assert len(raws) == len(ids) == 2
+    assert all(len(x) <= 6 for x in ids)
     stops = set(tok.convert_tokens_to_ids(["<|end|>"])) | {tok.eos_token_id, tok.pad_token_id}
     assert all(t not in stops for x in ids for t in x[:-1])  # nothing after a stop
 
@@ -174,7 +180,9 @@ def test_4bit_policy_trains_and_its_soul_folder_fuses(base_and_soul, tok, tmp_pa
         QuadRLStageConfig(steps=2, num_generations=4, prompts_per_step=1, max_completion_length=8, soul_lr=0.5)
     )
     history = tr.train_grpo(policy, reference, ["How do I boil an egg?"], ["ALLOW"], s)
-    assert len(history) == 2 and torch.isfinite(policy.soul.alpha.alpha).item()
+    assert len(history) == 2
+    assert torch.isfinite(policy.soul.alpha.alpha).item()
     rl_soul = policy.soul.save(tmp_path / "rl_soul")
     out = fusion.fuse_soul_folder(base, rl_soul, *_ids(tok), load_in_4bit=True)
-    assert out["parity"]["max_abs_diff"] <= 1e-4 and out["qlora_gap"] is not None
+    assert out["parity"]["max_abs_diff"] <= 1e-4
+    assert out["qlora_gap"] is not None

@@ -18,7 +18,8 @@ def test_need_names_the_missing_key_and_what_needed_it() -> None:
     assert need({"a": 1}, "a", "x") == 1
     with pytest.raises(KeyError, match=r"soul_verdicts: no 'b' among \['a'\]"):
         need({"a": 1}, "b", "soul_verdicts")
-    assert lower({"a": 1.0, "b": 2.0}, "a", "b", "x") and not higher({"a": 1.0, "b": 2.0}, "a", "b", "x")
+    assert lower({"a": 1.0, "b": 2.0}, "a", "b", "x")
+    assert not higher({"a": 1.0, "b": 2.0}, "a", "b", "x")
     assert not lower({"a": 2.0, "b": 2.0}, "a", "b", "x")  # a tie is no win
 
 
@@ -28,7 +29,7 @@ def row(t, diff, top1, ppl):
 
 
 @pytest.mark.parametrize(
-    "wrapper,table,key,want",
+    ("wrapper", "table", "key", "want"),
     [
         ({"max_abs_diff": 5e-5}, [row("f32", 1e-4, 1.0, 10.0)], "fused_vs_wrapper_max_abs_le_1e-4", True),
         ({"max_abs_diff": 2e-4}, [row("f32", 1e-4, 1.0, 10.0)], "fused_vs_wrapper_max_abs_le_1e-4", False),
@@ -80,7 +81,7 @@ def test_text_only_rival_is_the_better_of_zero_shot_and_the_blind_twin() -> None
 
 
 @pytest.mark.parametrize(
-    "results,key,want",
+    ("results", "key", "want"),
     [
         (RESULTS, "weighted_beats_text_only", True),  # 0.6 > blind twin 0.5
         (RESULTS, "attention_beats_text_only", True),  # 0.4 > zero-shot 0.3
@@ -107,7 +108,7 @@ def test_visual_verdicts_raise_on_missing_variants() -> None:
 
 
 @pytest.mark.parametrize(
-    "r,rand,n,want",
+    ("r", "rand", "n", "want"),
     [(0.5, 0.2, 10, (True, True)), (0.05, 0.2, 10, (False, False)), (0.15, 0.2, 10, (False, True))],
 )
 def test_tower_verdicts(r, rand, n, want) -> None:
@@ -130,7 +131,7 @@ QUAD = format_quad("o", "d", "a", "i", "answer")
 
 
 @pytest.mark.parametrize(
-    "text,want",
+    ("text", "want"),
     [
         (QUAD, True),
         ("  " + QUAD + " trailing", True),
@@ -178,7 +179,7 @@ ROT = {
 
 
 @pytest.mark.parametrize(
-    "change, key, want",
+    ("change", "key", "want"),
     [
         ({}, "maps_orthogonal_float32", True),
         ({"orth_err_exp_float32": 2e-5}, "maps_orthogonal_float32", False),
@@ -198,10 +199,8 @@ def test_rotation_verdicts(change, key, want) -> None:
 
 def test_rotation_verdicts_conclusion_follows_the_numbers() -> None:
     assert rotation_verdicts(ROT)["conclusion"].startswith("Cayley and exp give exact rotations in float32")
-    assert (
-        "878x fewer" in rotation_verdicts(ROT)["conclusion"]
-        and "cayley maps 2.5x faster" in rotation_verdicts(ROT)["conclusion"]
-    )
+    assert "878x fewer" in rotation_verdicts(ROT)["conclusion"]
+    assert "cayley maps 2.5x faster" in rotation_verdicts(ROT)["conclusion"]
     assert "do not both stay orthogonal" in rotation_verdicts(ROT | {"orth_err_cayley_float32": 1.0})["conclusion"]
     with pytest.raises(KeyError, match="rotation_verdicts: no 'map_ms_exp'"):
         rotation_verdicts({k: v for k, v in ROT.items() if k != "map_ms_exp"})
@@ -222,7 +221,7 @@ ALPHA = {("dense_orthogonal", "scheduled"): 0.5, ("dense_orthogonal", "learned")
 
 
 @pytest.mark.parametrize(
-    "change, alphas, learned, schedule, settles",
+    ("change", "alphas", "learned", "schedule", "settles"),
     [
         ({}, {}, ["dense_orthogonal"], ["linear"], []),
         ({("linear", "learned"): 0.1}, {}, ["dense_orthogonal", "linear"], [], []),
@@ -237,7 +236,8 @@ ALPHA = {("dense_orthogonal", "scheduled"): 0.5, ("dense_orthogonal", "learned")
 )
 def test_alpha_verdicts(change, alphas, learned, schedule, settles) -> None:
     v = alpha_verdicts(alpha_table(ALPHA | change, alphas), PHI)
-    assert v["learned_wins_for_teachers"] == learned and v["schedule_wins_for_teachers"] == schedule
+    assert v["learned_wins_for_teachers"] == learned
+    assert v["schedule_wins_for_teachers"] == schedule
     assert v["learned_alpha_settles_at_target_for"] == settles
     assert "the learned alpha ends at dense_orthogonal" in v["conclusion"]
 

@@ -132,7 +132,7 @@ def _draw_shape(img: np.ndarray, shape: str, centre: tuple[int, int], r: int, rg
     if shape == "circle":
         cv2.circle(img, (x, y), r, rgb, thickness=-1, lineType=cv2.LINE_AA)
     elif shape == "square":
-        s = int(round(r * 0.85))
+        s = round(r * 0.85)
         cv2.rectangle(img, (x - s, y - s), (x + s, y + s), rgb, thickness=-1)
     else:
         pts = np.array([[x, y - r], [x - r, y + int(0.8 * r)], [x + r, y + int(0.8 * r)]], np.int32)
