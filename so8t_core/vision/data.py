@@ -356,5 +356,5 @@ def to_pixels(images: Sequence[Any], spec: ImageSpec) -> Tensor:
             raise ImageInputError(f"image {i}: {exc}") from None
         if rgb.shape[:2] != (spec.size, spec.size):
             rgb = cv2.resize(rgb, (spec.size, spec.size), interpolation=cv2.INTER_AREA)
-        out.append((rgb - np.float32(spec.mean)) / np.float32(spec.std))
+        out.append((rgb - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32))
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()  # (B, 3, S, S)
