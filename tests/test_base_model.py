@@ -58,17 +58,20 @@ def corpus():
 
 @pytest.fixture(scope="module")
 def tok(corpus, tmp_path_factory):
+    """This module's own tokenizer, on its larger corpus: the tokenizer and pretraining are what it tests."""
     return train_tokenizer(corpus.train, tmp_path_factory.mktemp("tok"), vocab_size=2500)
 
 
-def tiny(tok, seed=0, hidden=32, layers=2):
-    cfg = tiny_phi3_config(len(tok), hidden_size=hidden, num_layers=layers, num_heads=2, **special_ids(tok))
-    return build_model(cfg, seed=seed, stop_ids=[tok.convert_tokens_to_ids("<|end|>")])
+@pytest.fixture(scope="module")
+def tiny(tok, tiny_model):
+    """The suite's tiny Phi-3 on this module's tokenizer, also stopping at ``<|end|>``: ``tiny(hidden=, layers=)``."""
+    end = [tok.convert_tokens_to_ids("<|end|>")]
+    return lambda **kw: tiny_model(tok, stop_ids=end, **kw)
 
 
 @pytest.fixture(scope="module")
-def saved(tok, tmp_path_factory):
-    model = tiny(tok)
+def saved(tok, tmp_path_factory, tiny):
+    model = tiny()
     return model, save_model(model, tok, tmp_path_factory.mktemp("m") / "model")
 
 
@@ -229,8 +232,8 @@ def test_model_ref_resolves_each_kind(tmp_path, saved):
 # --- training and evaluation ---
 
 
-def test_pretraining_lowers_loss_and_is_deterministic(tok, corpus):
-    model = tiny(tok)
+def test_pretraining_lowers_loss_and_is_deterministic(tok, corpus, tiny):
+    model = tiny()
     batches = token_batches(tok, corpus.heldout, seq_len=64, batch_size=16)
     before = perplexity(model, batches)
     records = pretrain(
@@ -251,7 +254,7 @@ def test_pretraining_lowers_loss_and_is_deterministic(tok, corpus):
     curve = [(r["step"], r["heldout_ppl"]) for r in records if "heldout_ppl" in r]
     assert [s for s, _ in curve] == [19, 39]
     assert curve[1][1] < curve[0][1]
-    again = pretrain(tiny(tok), tok, corpus.train, steps=40, batch_size=8, seq_len=64, lr=1e-2, seed=1)
+    again = pretrain(tiny(), tok, corpus.train, steps=40, batch_size=8, seq_len=64, lr=1e-2, seed=1)
     assert [r["loss"] for r in again] == [r["loss"] for r in records]  # evaluation does not disturb training
 
 
@@ -311,8 +314,8 @@ def test_the_tokenizers_chat_template_writes_chat_turn(tok):
         assert text == chat_turn("空の色は？", **kwargs)
 
 
-def test_greedy_chat_stops_at_the_stop_ids_of_think(tok, monkeypatch):
-    model, seen = tiny(tok), {}
+def test_greedy_chat_stops_at_the_stop_ids_of_think(tok, monkeypatch, tiny):
+    model, seen = tiny(), {}
     generate = model.generate
 
     def record(**kwargs):
@@ -336,9 +339,9 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
 # --- LoRA ---
 
 
-def test_lora_default_targets_adapt_only_lora_params(tok):
+def test_lora_default_targets_adapt_only_lora_params(tok, tiny):
     h, layers, r = 32, 2, 4
-    model = tiny(tok, hidden=h, layers=layers)
+    model = tiny(hidden=h, layers=layers)
     inter = model.config.intermediate_size
     peft_model = apply_lora(model, LoraSettings(r=r, alpha=8, dropout=0.05))
     trainable = {n: p.numel() for n, p in peft_model.named_parameters() if p.requires_grad}
@@ -349,8 +352,8 @@ def test_lora_default_targets_adapt_only_lora_params(tok):
     assert sum(trainable.values()) == layers * per_layer
 
 
-def test_lora_target_that_matches_nothing_is_named(tok):
+def test_lora_target_that_matches_nothing_is_named(tok, tiny):
     with pytest.raises(ValueError, match=r"q_proj.*qkv_proj"):
-        apply_lora(tiny(tok), LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("qkv_proj", "q_proj")))
+        apply_lora(tiny(), LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("qkv_proj", "q_proj")))
     with pytest.raises(ValueError, match="r="):
         LoraSettings(r=0, alpha=8, dropout=0.0)

@@ -188,7 +188,7 @@ def test_heads_bound_to_other_weights_are_refused(stage06, lm, tiny_lm) -> None:
 
 
 def test_server_default_override_healthz_and_audit_reason(stage06, lm, tmp_path) -> None:
-    from tests.test_serve import call, running
+    from tests.serving import call, running
 
     chosen = models.load_decider(lm.model, lm.tok, lm.dir)
     assert chosen["decision_source"] == "keyword"

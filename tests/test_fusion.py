@@ -32,11 +32,6 @@ H = 32
 SPECIAL = {"bos_token_id": 1, "eos_token_id": 3, "pad_token_id": 3}  # <|endoftext|> pads, as in base_model
 
 
-@pytest.fixture(scope="module")
-def tok(corpus_tok):
-    return corpus_tok[0]
-
-
 def phi3_untied(vocab: int, hidden: int = H, seed: int = 0):
     torch.manual_seed(seed)
     cfg = Phi3Config(

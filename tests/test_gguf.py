@@ -109,11 +109,6 @@ def test_each_sample_repeats_a_short_run_until_it_lasts_min_seconds(monkeypatch)
 # --- through llama.cpp ---
 
 
-@pytest.fixture(scope="module")
-def tok(corpus_tok):
-    return corpus_tok
-
-
 def rows_of(tok, texts, n=4, T=40):
     return [d[:T] for d in encode_documents(tok, texts[:n])]
 
@@ -127,21 +122,17 @@ def fused_folder(model, tok, out, H):
 
 
 @pytest.fixture(scope="module")
-def phi3_gguf(tok, tmp_path_factory):
-    from so8t_core.lm.base_model import build_model, special_ids, tiny_phi3_config
-
-    t, _corpus = tok
-    cfg = tiny_phi3_config(len(t), hidden_size=32, num_layers=2, num_heads=2, max_positions=128, **special_ids(t))
-    model = build_model(cfg, seed=0)
+def phi3_gguf(tok, tiny_model, tmp_path_factory):
+    model = tiny_model(tok, hidden=32, layers=2, max_positions=128)
     d = tmp_path_factory.mktemp("phi3")
-    fused, folder = fused_folder(model, t, d / "fused", 32)
+    fused, folder = fused_folder(model, tok, d / "fused", 32)
     return fused, folder, gguf.export_gguf(folder, d / "gguf", ["f32", "q8_0", "q4_k_m"], stem="fused")
 
 
 @needs_llama_cpp
-def test_phi3_f32_gguf_matches_transformers_in_llama_cpp(phi3_gguf, tok):
+def test_phi3_f32_gguf_matches_transformers_in_llama_cpp(phi3_gguf, corpus_tok):
     fused, _, paths = phi3_gguf
-    rows = rows_of(tok[0], tok[1].heldout)
+    rows = rows_of(corpus_tok[0], corpus_tok[1].heldout)
     table = {r["type"]: r for r in gguf.gguf_parity(fused, paths, rows, n_threads=1)}
     assert table["f32"]["max_abs_diff"] <= 1e-3
     assert table["f32"]["top1_agreement"] == 1.0
@@ -161,8 +152,8 @@ def test_q4_k_m_is_written_by_llama_cpps_quantizer(phi3_gguf):
 
 
 @needs_llama_cpp
-def test_tied_llama_round_trip_keeps_the_untied_fused_head(tok, tmp_path):
-    t, corpus = tok
+def test_tied_llama_round_trip_keeps_the_untied_fused_head(corpus_tok, tmp_path):
+    t, corpus = corpus_tok
     model = tiny_tied_llama(len(t), 32, num_layers=2, num_heads=2, init_range=0.2, **SPECIAL)
     fused, folder = fused_folder(model, t, tmp_path / "fused", 32)
     paths = gguf.export_gguf(folder, tmp_path / "gguf", ["f32"])
@@ -174,7 +165,7 @@ def test_tied_llama_round_trip_keeps_the_untied_fused_head(tok, tmp_path):
 
 @needs_llama_cpp
 def test_converter_failure_is_reported_and_leaves_no_file(tok, tmp_path):
-    t, _ = tok
+    t = tok
     folder = save_model(tiny_tied_llama(len(t), 32, num_layers=1, num_heads=2, **SPECIAL), t, tmp_path / "m")
     (folder / "model.safetensors").write_bytes(b"broken")
     with pytest.raises(gguf.GGUFError, match=r"convert_hf_to_gguf.py failed"):

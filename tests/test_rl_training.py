@@ -12,7 +12,6 @@ from transformers import AutoModelForCausalLM
 from so8t_core.config import QuadRLStageConfig
 from so8t_core.export import fusion, gguf
 from so8t_core.gate.soul import SoulConfig, SoulWrapper
-from so8t_core.lm.base_model import build_model, special_ids, tiny_phi3_config
 from so8t_core.lm.loading import load_model_and_tokenizer, save_model
 from so8t_core.ops.models import resolve_model
 from so8t_core.rl import evaluation as ev
@@ -22,15 +21,9 @@ from so8t_core.think import generate_raw
 H = 32
 
 
-@pytest.fixture(scope="module")
-def tok(corpus_tok):
-    return corpus_tok[0]
-
-
 @pytest.fixture
-def base_and_soul(tok, tmp_path):
-    cfg = tiny_phi3_config(len(tok), hidden_size=H, num_layers=1, num_heads=2, max_positions=256, **special_ids(tok))
-    base = save_model(build_model(cfg, seed=0), tok, tmp_path / "base")
+def base_and_soul(tok, tiny_model, tmp_path):
+    base = save_model(tiny_model(tok, hidden=H, layers=1, max_positions=256), tok, tmp_path / "base")
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(base),
         LoraConfig(r=2, lora_alpha=4, lora_dropout=0.0, target_modules=["qkv_proj"], init_lora_weights=False),

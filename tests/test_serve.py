@@ -12,12 +12,10 @@ import os
 import re
 import shutil
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,7 +24,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import so8t_core.think as think_mod
-from so8t_core.lm.loading import load_model_and_tokenizer
 from so8t_core.ops import answer, models, server
 from so8t_core.ops.audit import AuditLog
 from so8t_core.ops.ocr import (
@@ -38,17 +35,15 @@ from so8t_core.ops.ocr import (
 )
 from so8t_core.think import (
     ESCALATE_MESSAGE,
-    QUAD_SYSTEM,
     REFUSE_MESSAGE,
     THINK_PARTS,
     extract_final,
-    format_quad,
     generate_raw,
 )
+from tests.serving import QUAD, Scripted, call, rows, running, state_for
 
 REPO = Path(__file__).resolve().parents[1]
 NO_THINKING = hashlib.sha256(b"[]").hexdigest()  # think.thinking_hash's documented form of "no thinking"
-QUAD = format_quad("SECRETOBS", "SECRETDED", "SECRETABD", "SECRETINT", "hello world")
 
 
 def hand_input_hash(prompt: str, image_sha: str | None) -> str:
@@ -56,62 +51,6 @@ def hand_input_hash(prompt: str, image_sha: str | None) -> str:
     return hashlib.sha256(
         f'{{"image_sha256":{image},"prompt":{json.dumps(prompt, ensure_ascii=False)}}}'.encode()
     ).hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def tiny_dir(tiny_lm) -> Path:
-    """A tiny tokenizer and a random 1-layer Phi-3, saved as one HF folder (the suite's factory)."""
-    return tiny_lm([QUAD, QUAD_SYSTEM, "hello world how are you today", "the cat sat on the mat"] * 20).dir
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_dir):
-    return load_model_and_tokenizer(tiny_dir, local_files_only=True)
-
-
-@pytest.fixture
-def audit(tmp_path):
-    with AuditLog(tmp_path / "audit.db") as log:
-        yield log
-
-
-def state_for(model, tok, audit, decide=lambda text: "REFUSE", **kw) -> answer.AppState:
-    return answer.AppState(model, tok, audit, "tiny@test", "test_decider", decide, **kw)
-
-
-@contextmanager
-def running(state: answer.AppState):
-    httpd = server.make_server(state, "127.0.0.1", 0)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield httpd.server_address[1]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
-
-
-def call(
-    port: int, method: str, path: str, body: bytes | dict | None = None, headers: dict | None = None
-) -> tuple[int, dict, bytes]:
-    """One request with http.client; returns (status, headers, raw body)."""
-    if isinstance(body, dict):
-        body = json.dumps(body).encode()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
-        r = conn.getresponse()
-        return r.status, dict(r.getheaders()), r.read()
-    finally:
-        conn.close()
-
-
-def rows(audit: AuditLog) -> list[dict]:
-    with sqlite3.connect(f"file:{audit.path}?mode=ro", uri=True) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT * FROM decisions ORDER BY id")]
 
 
 # ---------------------------------------------------------------------------------------------- answers
@@ -154,8 +93,8 @@ def test_refuse_and_escalate_answer_fixed_messages_and_are_logged(audit, label, 
     assert audit.verify().ok
 
 
-def test_allow_runs_the_real_model_through_extract_final(tiny, audit) -> None:
-    model, tok = tiny
+def test_allow_runs_the_real_model_through_extract_final(serve_lm, audit) -> None:
+    model, tok = serve_lm
     with running(state_for(model, tok, audit, decide=lambda t: "ALLOW", max_new_tokens=6)) as port:
         status, _, raw = call(port, "POST", "/think", {"prompt": "say hello"})
     raw_out = generate_raw(model, tok, "say hello", 6)  # greedy, so the server saw the same text
@@ -164,33 +103,8 @@ def test_allow_runs_the_real_model_through_extract_final(tiny, audit) -> None:
     assert rows(audit)[0]["thinking_hash"] == think_mod.thinking_hash(raw_out)
 
 
-class Scripted(torch.nn.Module):
-    """A model whose ``generate`` appends scripted ids (after ``delay`` s) and records how many run at once, and
-    the prompt length and keyword arguments of each call."""
-
-    def __init__(self, model, script: list[int], delay: float = 0.0) -> None:
-        super().__init__()
-        self.model, self.config, self.script, self.delay = model, model.config, script, delay
-        self.guard, self.inflight, self.max_inflight, self.calls = threading.Lock(), 0, 0, 0
-        self.seen: list[tuple[int, dict]] = []
-
-    def forward(self, *args, **kwargs):
-        return self.model(*args, **kwargs)
-
-    def generate(self, input_ids, **kwargs):
-        with self.guard:
-            self.inflight += 1
-            self.calls += 1
-            self.max_inflight = max(self.max_inflight, self.inflight)
-            self.seen.append((input_ids.shape[1], kwargs))
-        time.sleep(self.delay)
-        with self.guard:
-            self.inflight -= 1
-        return torch.cat([input_ids, torch.tensor([self.script])], dim=1)
-
-
-def test_a_model_that_writes_thinking_never_leaks_it(tiny, audit) -> None:
-    model, tok = tiny
+def test_a_model_that_writes_thinking_never_leaks_it(serve_lm, audit) -> None:
+    model, tok = serve_lm
     scripted = Scripted(model, tok(QUAD, add_special_tokens=False)["input_ids"])
     assert "SECRETOBS" in tok.decode(scripted.script)  # the thinking really is in what the model "generates"
     with running(state_for(scripted, tok, audit, decide=lambda t: "ALLOW")) as port:
@@ -248,8 +162,8 @@ def test_no_response_ever_contains_thinking(audit, caplog) -> None:
     assert audit.verify().ok
 
 
-def test_concurrent_requests_share_the_model_one_at_a_time(tiny, audit) -> None:
-    model, tok = tiny
+def test_concurrent_requests_share_the_model_one_at_a_time(serve_lm, audit) -> None:
+    model, tok = serve_lm
     scripted = Scripted(model, tok(QUAD, add_special_tokens=False)["input_ids"], delay=0.02)
     decide = lambda text: "REFUSE" if "refuse" in text else "ALLOW"
     results, errors = [], []
@@ -602,10 +516,10 @@ def test_model_choice_order(tmp_path, monkeypatch) -> None:
         models.resolve_model(tmp_path)
 
 
-def test_model_id_follows_the_weights(tiny_dir, tmp_path) -> None:
-    copy = shutil.copytree(tiny_dir, tmp_path / "model")
+def test_model_id_follows_the_weights(serve_lm_dir, tmp_path) -> None:
+    copy = shutil.copytree(serve_lm_dir, tmp_path / "model")
     same = models.model_identity(models.ModelChoice(str(copy), "model"))
-    assert same == models.model_identity(models.ModelChoice(str(tiny_dir), "model"))
+    assert same == models.model_identity(models.ModelChoice(str(serve_lm_dir), "model"))
     assert re.fullmatch(r"model:model@[0-9a-f]{16}", same)
     weights = next(copy.glob("*.safetensors"))
     data = bytearray(weights.read_bytes())
@@ -629,11 +543,13 @@ def allow_or_refuse_heads(hidden: int, refuse: bool):
     return heads
 
 
-def test_decision_source_heads_next_to_the_model_else_tfidf(tiny, tiny_dir, tmp_path, audit, monkeypatch) -> None:
+def test_decision_source_heads_next_to_the_model_else_tfidf(
+    serve_lm, serve_lm_dir, tmp_path, audit, monkeypatch
+) -> None:
     import so8t_core.safety.baselines as baselines
     from so8t_core.safety.heads import SafetyHeads, save_heads
 
-    model, tok = tiny
+    model, tok = serve_lm
     fitted = []
 
     class FakeBaseline:  # the real TF-IDF fit takes seconds; the CLI test below runs the real start-up
@@ -641,13 +557,13 @@ def test_decision_source_heads_next_to_the_model_else_tfidf(tiny, tiny_dir, tmp_
             return ["ESCALATE" if "doctor" in t else "ALLOW" for t in texts]
 
     monkeypatch.setattr(baselines, "make_baseline", lambda name: fitted.append(name) or FakeBaseline())
-    fallback = models.load_decider(model, tok, tiny_dir)
+    fallback = models.load_decider(model, tok, serve_lm_dir)
     assert fallback["decision_source"] == "tfidf_baseline"
     assert not fallback["decide_uses_model"]
     assert fitted == ["tfidf"]
     assert [fallback["decide"](t) for t in ("ask a doctor", "hi")] == ["ESCALATE", "ALLOW"]
     save_heads(allow_or_refuse_heads(model.config.hidden_size, refuse=True), tmp_path)  # the folder around it
-    copy = shutil.copytree(tiny_dir, tmp_path / "model")
+    copy = shutil.copytree(serve_lm_dir, tmp_path / "model")
     chosen = models.load_decider(model, tok, copy)
     assert chosen["decision_source"] == "safety_heads"
     assert chosen["decide_uses_model"]
@@ -684,10 +600,10 @@ def test_app_state_needs_a_callable_decision_source(audit) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- real CLI
-def test_cli_serves_purges_old_ocr_and_stops_cleanly(tiny_dir, tmp_path) -> None:
+def test_cli_serves_purges_old_ocr_and_stops_cleanly(serve_lm_dir, tmp_path) -> None:
     from so8t_core.safety.heads import save_heads
 
-    model_dir = shutil.copytree(tiny_dir, tmp_path / "model")
+    model_dir = shutil.copytree(serve_lm_dir, tmp_path / "model")
     save_heads(allow_or_refuse_heads(32, refuse=False), model_dir)  # heads: the TF-IDF fit would cost seconds
     db = tmp_path / "audit.db"
     h = hashlib.sha256(b"x").hexdigest()

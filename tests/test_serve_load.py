@@ -14,33 +14,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from so8t_core.ops import answer, limits
-from so8t_core.ops.audit import AuditLog
 from so8t_core.ops.ocr import OCRResult
 from so8t_core.safety.decision import Decider
 from so8t_core.safety.heads import HEADS_MAX_TOKENS
-from so8t_core.think import QUAD_SYSTEM, build_prompt, stop_ids
-from tests.test_serve import QUAD, Scripted, call, rows, running, state_for
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_lm):
-    """The tiny tokenizer and random 1-layer Phi-3 of test_serve (512 positions)."""
-    lm = tiny_lm([QUAD, QUAD_SYSTEM, "hello world how are you today", "the cat sat on the mat"] * 20)
-    return lm.model, lm.tok
-
-
-@pytest.fixture
-def audit(tmp_path):
-    with AuditLog(tmp_path / "audit.db") as log:
-        yield log
+from so8t_core.think import build_prompt, stop_ids
+from tests.serving import QUAD, Scripted, call, rows, running, state_for
 
 
 def never(text: str) -> str:
     raise AssertionError("a refused request reached the decision source")
 
 
-def scripted(tiny, delay: float = 0.0) -> Scripted:
-    model, tok = tiny
+def scripted(serve_lm, delay: float = 0.0) -> Scripted:
+    model, tok = serve_lm
     return Scripted(model, tok(QUAD, add_special_tokens=False)["input_ids"], delay)
 
 
@@ -66,9 +52,9 @@ def in_thread(results: list, port: int, body: dict) -> threading.Thread:
 
 
 # ---------------------------------------------------------------------------------------------- prompt limit
-def test_too_long_prompts_get_413_in_under_a_second(tiny, audit) -> None:
-    model = scripted(tiny)
-    state = state_for(model, tiny[1], audit, decide=never, max_new_tokens=16)
+def test_too_long_prompts_get_413_in_under_a_second(serve_lm, audit) -> None:
+    model = scripted(serve_lm)
+    state = state_for(model, serve_lm[1], audit, decide=never, max_new_tokens=16)
     assert state.limit is not None
     assert state.limit.max_tokens == 512 - 16
     with running(state) as port:
@@ -85,8 +71,8 @@ def test_too_long_prompts_get_413_in_under_a_second(tiny, audit) -> None:
     assert rows(audit) == []
 
 
-def test_the_limit_counts_what_the_model_reads_with_ocr_text(tiny, audit) -> None:
-    model, tok = scripted(tiny), tiny[1]
+def test_the_limit_counts_what_the_model_reads_with_ocr_text(serve_lm, audit) -> None:
+    model, tok = scripted(serve_lm), serve_lm[1]
     prompt = "hello world how are you today " * 4
     n = model_tokens(tok, prompt)
     ocr = OCRResult("the cat sat", "the cat sat", 90.0, "ab" * 32, "eng", 0, 0.0, 1.0, 3, "ok", (), "clean/psm7")
@@ -104,8 +90,8 @@ def test_the_limit_counts_what_the_model_reads_with_ocr_text(tiny, audit) -> Non
 
 @settings(max_examples=60, deadline=None)
 @given(st.text(alphabet=st.sampled_from("ab <|>日本語🙂\n\t"), min_size=1, max_size=200))
-def test_no_text_holds_fewer_tokens_than_its_characters_allow(tiny, text: str) -> None:
-    tok = tiny[1]
+def test_no_text_holds_fewer_tokens_than_its_characters_allow(serve_lm, text: str) -> None:
+    tok = serve_lm[1]
     n = len(tok(text, add_special_tokens=False)["input_ids"])
     assert n * limits.chars_per_token(tok) >= len(text)  # so a text over max_chars never fits
 
@@ -130,9 +116,9 @@ def test_limit_defaults_and_start_up_checks() -> None:
 
 # ---------------------------------------------------------------------------------------------- queue
 @pytest.mark.parametrize("max_queue", [1, 0])
-def test_a_full_queue_gets_503_with_retry_after(tiny, audit, max_queue) -> None:
-    model, results = scripted(tiny, delay=1.5), []
-    state = state_for(model, tiny[1], audit, decide=lambda t: "ALLOW", max_queue=max_queue)
+def test_a_full_queue_gets_503_with_retry_after(serve_lm, audit, max_queue) -> None:
+    model, results = scripted(serve_lm, delay=1.5), []
+    state = state_for(model, serve_lm[1], audit, decide=lambda t: "ALLOW", max_queue=max_queue)
     with running(state) as port:
         threads = [in_thread(results, port, {"prompt": "first"})]
         wait_until(port, lambda h: h["queue"]["running"] == 1)
@@ -152,9 +138,9 @@ def test_a_full_queue_gets_503_with_retry_after(tiny, audit, max_queue) -> None:
     assert len(rows(audit)) == len(threads)
 
 
-def test_a_wait_for_the_model_ends_after_max_wait(tiny, audit) -> None:
-    model, results = scripted(tiny, delay=1.5), []  # ignores its deadline, like a slow prefill
-    state = state_for(model, tiny[1], audit, decide=lambda t: "ALLOW", max_queue=2, deadline_s=0.2)
+def test_a_wait_for_the_model_ends_after_max_wait(serve_lm, audit) -> None:
+    model, results = scripted(serve_lm, delay=1.5), []  # ignores its deadline, like a slow prefill
+    state = state_for(model, serve_lm[1], audit, decide=lambda t: "ALLOW", max_queue=2, deadline_s=0.2)
     with running(state) as port:
         first = in_thread(results, port, {"prompt": "first"})
         wait_until(port, lambda h: h["queue"]["running"] == 1)
@@ -169,9 +155,9 @@ def test_a_wait_for_the_model_ends_after_max_wait(tiny, audit) -> None:
     assert len(rows(audit)) == 1
 
 
-def test_healthz_answers_while_a_long_generation_runs(tiny, audit) -> None:
-    model, results = scripted(tiny, delay=2.0), []
-    with running(state_for(model, tiny[1], audit, decide=lambda t: "ALLOW")) as port:
+def test_healthz_answers_while_a_long_generation_runs(serve_lm, audit) -> None:
+    model, results = scripted(serve_lm, delay=2.0), []
+    with running(state_for(model, serve_lm[1], audit, decide=lambda t: "ALLOW")) as port:
         long = in_thread(results, port, {"prompt": "take your time"})
         wait_until(port, lambda h: h["queue"]["running"] == 1)
         t0 = time.perf_counter()
@@ -190,8 +176,8 @@ def test_healthz_answers_while_a_long_generation_runs(tiny, audit) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- deadline
-def test_the_deadline_stops_generation(tiny, audit) -> None:
-    model, tok = copy.deepcopy(tiny[0]), tiny[1]
+def test_the_deadline_stops_generation(serve_lm, audit) -> None:
+    model, tok = copy.deepcopy(serve_lm[0]), serve_lm[1]
     steps = []
 
     def slow_no_eos(module, args, output):  # 50 ms per token, and never the end of the text
@@ -214,8 +200,8 @@ def test_the_deadline_stops_generation(tiny, audit) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- burst
-def test_one_audit_row_per_200_after_a_mixed_burst(tiny, audit) -> None:
-    model, tok = scripted(tiny, delay=0.05), tiny[1]
+def test_one_audit_row_per_200_after_a_mixed_burst(serve_lm, audit) -> None:
+    model, tok = scripted(serve_lm, delay=0.05), serve_lm[1]
     bodies = [
         {"prompt": "say hello"},
         {"prompt": "please refuse this"},
@@ -253,11 +239,11 @@ def test_one_audit_row_per_200_after_a_mixed_burst(tiny, audit) -> None:
     assert all(kwargs["max_time"] <= state.deadline_s for _, kwargs in model.seen)
 
 
-def test_app_state_checks_its_limits(tiny, audit) -> None:
+def test_app_state_checks_its_limits(serve_lm, audit) -> None:
     with pytest.raises(ValueError, match="deadline_s"):
         state_for(None, None, audit, deadline_s=0)
     with pytest.raises(ValueError, match="max_queue"):
         state_for(None, None, audit, max_queue=-1)
     with pytest.raises(ValueError, match="max_prompt_tokens"):
-        state_for(tiny[0], tiny[1], audit, max_prompt_tokens=500)  # 500 + 128 new tokens > 512 positions
-    assert answer.AppState(None, tiny[1], audit, "m", "s", never, decide_max_tokens=64).limit.max_tokens == 64
+        state_for(serve_lm[0], serve_lm[1], audit, max_prompt_tokens=500)  # 500 + 128 new tokens > 512 positions
+    assert answer.AppState(None, serve_lm[1], audit, "m", "s", never, decide_max_tokens=64).limit.max_tokens == 64

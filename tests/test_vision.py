@@ -35,26 +35,27 @@ H, DV, S = 32, 16, 16  # LM hidden, tower hidden, image side
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
+def vision_tok(tmp_path_factory):
+    """A tokenizer that also knows the captions and questions of the synthetic images (the suite's ``tok`` does not)."""
     samples = vd.generate(seed=5, n=40)
     texts = build_corpus(seed=0, n_docs=150).train + [t for s in samples for t in (s.caption_en, s.caption_ja)]
     texts += [q.question + " " + q.answer for s in samples for q in s.qa]
-    return train_tokenizer(texts, tmp_path_factory.mktemp("tok"), vocab_size=2500)
+    return train_tokenizer(texts, tmp_path_factory.mktemp("vision_tok"), vocab_size=2500)
 
 
-def soul_lm(tok, seed: int = 0) -> SoulWrapper:
+def soul_lm(vision_tok, seed: int = 0) -> SoulWrapper:
     torch.manual_seed(seed)
     cfg = Phi3Config(
-        vocab_size=len(tok),
+        vocab_size=len(vision_tok),
         hidden_size=H,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=4,
         max_position_embeddings=256,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
+        pad_token_id=vision_tok.pad_token_id,
+        bos_token_id=vision_tok.bos_token_id,
+        eos_token_id=vision_tok.eos_token_id,
     )
     model = get_peft_model(
         Phi3ForCausalLM(cfg), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["qkv_proj", "o_proj"])
@@ -73,9 +74,9 @@ def tower(seed: int = 0):
     )
 
 
-def vlm(tok, method="weighted", seed=0) -> VisualLM:
+def vlm(vision_tok, method="weighted", seed=0) -> VisualLM:
     torch.manual_seed(seed)
-    return VisualLM(soul_lm(tok, seed), tower(seed), *VisualConfig(DV, H, H, method=method).build())
+    return VisualLM(soul_lm(vision_tok, seed), tower(seed), *VisualConfig(DV, H, H, method=method).build())
 
 
 def pixels(n: int, seed: int = 0) -> torch.Tensor:
@@ -201,8 +202,8 @@ def test_to_pixels_rejects_bad_images(bad, match):
         to_pixels(bad, ImageSpec(S))
 
 
-def test_pixel_values_of_the_wrong_shape_are_refused_by_name(tok):
-    m = vlm(tok)
+def test_pixel_values_of_the_wrong_shape_are_refused_by_name(vision_tok):
+    m = vlm(vision_tok)
     with pytest.raises(ValueError, match="to_pixels"):
         m.visual_prefix(torch.zeros(1, 3, S + 8, S + 8))
     with pytest.raises(ValueError, match="to_pixels"):
@@ -227,11 +228,11 @@ def test_adapter_shape_and_last_step_is_an_exact_rotation():
     torch.testing.assert_close(normed, ln, atol=1e-5, rtol=1e-5)  # weight 1, bias 0 at init
 
 
-def test_adapter_refuses_a_tower_of_another_width(tok):
+def test_adapter_refuses_a_tower_of_another_width(vision_tok):
     with pytest.raises(ValueError, match="built for"):
         VisualProjectionAdapter(DV, H)(torch.randn(1, 4, DV + 8))
     with pytest.raises(ValueError, match=r"adapter.vision_hidden"):
-        VisualLM(soul_lm(tok), tower(), VisualProjectionAdapter(DV * 2, H), AdapterFusionLayer(H))
+        VisualLM(soul_lm(vision_tok), tower(), VisualProjectionAdapter(DV * 2, H), AdapterFusionLayer(H))
     with pytest.raises(ValueError, match="lm_hidden"):
         VisualProjectionAdapter(DV, 30)
 
@@ -270,9 +271,9 @@ def test_text_only_path_is_unchanged_without_an_image(method):
 
 
 @pytest.mark.parametrize("method", ["weighted", "attention"])
-def test_forward_without_prefix_equals_the_soul_lm(tok, method):
-    m = vlm(tok, method)
-    ids = torch.randint(5, len(tok), (2, 9))
+def test_forward_without_prefix_equals_the_soul_lm(vision_tok, method):
+    m = vlm(vision_tok, method)
+    ids = torch.randint(5, len(vision_tok), (2, 9))
     mask = torch.ones_like(ids)
     mask[1, -3:] = 0
     with torch.no_grad():
@@ -286,9 +287,9 @@ def test_forward_without_prefix_equals_the_soul_lm(tok, method):
     assert (out - ref).abs().max() > 1e-4
 
 
-def test_prefix_enters_as_inputs_embeds_with_extended_mask(tok):
-    m = vlm(tok)
-    ids, px = torch.randint(5, len(tok), (2, 6)), pixels(2)
+def test_prefix_enters_as_inputs_embeds_with_extended_mask(vision_tok):
+    m = vlm(vision_tok)
+    ids, px = torch.randint(5, len(vision_tok), (2, 6)), pixels(2)
     with torch.no_grad():
         P = m.visual_prefix(px)
         lm = m.soul.model.get_base_model()
@@ -306,8 +307,8 @@ def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("method", ["weighted", "attention"])
-def test_training_moves_only_adapter_and_fusion(tok, method):
-    m = vlm(tok, method)
+def test_training_moves_only_adapter_and_fusion(vision_tok, method):
+    m = vlm(vision_tok, method)
     frozen = {
         "lm_base_lora": _snapshot(m.soul.model),
         "soul_rotation": _snapshot(m.soul.rotation),
@@ -318,7 +319,13 @@ def test_training_moves_only_adapter_and_fusion(tok, method):
     trained = _snapshot(m.adapter) | {f"f.{k}": v for k, v in _snapshot(m.fusion).items()}
     samples = vd.generate(seed=1, n=6)
     recs = vt.train_adapter(
-        m, tok, to_pixels([s.image for s in samples], m.spec), vd.text_tasks(samples), steps=3, batch_size=4, lr=1e-2
+        m,
+        vision_tok,
+        to_pixels([s.image for s in samples], m.spec),
+        vd.text_tasks(samples),
+        steps=3,
+        batch_size=4,
+        lr=1e-2,
     )
     assert len(recs) == 3
     assert all(math.isfinite(r["loss"]) for r in recs)
@@ -338,8 +345,8 @@ def test_training_moves_only_adapter_and_fusion(tok, method):
     assert not m.tower.training
 
 
-def test_train_mode_checkpoints_the_frozen_decoder_without_dropout(tok):
-    m = vlm(tok, "attention")
+def test_train_mode_checkpoints_the_frozen_decoder_without_dropout(vision_tok):
+    m = vlm(vision_tok, "attention")
     lm = m.soul.model.get_base_model()
     lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     calls, mlp = [], lm.model.layers[0].mlp
@@ -359,26 +366,26 @@ def test_train_mode_checkpoints_the_frozen_decoder_without_dropout(tok):
 # --- scoring ---
 
 
-def test_encode_row_labels_only_the_target(tok):
-    ids, labels = vt.encode_row(tok, "何色ですか？", "赤")
-    end = tok.convert_tokens_to_ids("<|end|>")
-    n_target = len(tok("赤", add_special_tokens=False)["input_ids"]) + 1
-    assert ids[0] == tok.bos_token_id
+def test_encode_row_labels_only_the_target(vision_tok):
+    ids, labels = vt.encode_row(vision_tok, "何色ですか？", "赤")
+    end = vision_tok.convert_tokens_to_ids("<|end|>")
+    n_target = len(vision_tok("赤", add_special_tokens=False)["input_ids"]) + 1
+    assert ids[0] == vision_tok.bos_token_id
     assert ids[-1] == end
     assert len(ids) == len(labels)
     assert labels[:-n_target] == [-100] * (len(ids) - n_target)
     assert labels[-n_target:] == ids[-n_target:]
 
 
-def test_teacher_forced_exact_match_equals_greedy_decoding(tok):
-    m = vlm(tok, "attention", seed=1)
+def test_teacher_forced_exact_match_equals_greedy_decoding(vision_tok):
+    m = vlm(vision_tok, "attention", seed=1)
     samples = vd.generate(seed=7, n=4)
     px = to_pixels([s.image for s in samples], m.spec)
     rows = vd.text_tasks(samples, with_captions=False)[:6]
-    vt.train_adapter(m, tok, px, rows, steps=200, batch_size=6, lr=2e-2)  # fit these rows so some become exact
-    scores = vt.score_rows(m, tok, px, rows)
+    vt.train_adapter(m, vision_tok, px, rows, steps=200, batch_size=6, lr=2e-2)  # fit these rows so some become exact
+    scores = vt.score_rows(m, vision_tok, px, rows)
     for (i, q, a, _), s in zip(rows, scores):
-        greedy = vt.greedy_answer(m, tok, q, px[i : i + 1], max_new_tokens=8)
+        greedy = vt.greedy_answer(m, vision_tok, q, px[i : i + 1], max_new_tokens=8)
         assert s["exact"] == (greedy == a), (q, a, greedy)
     assert any(s["exact"] for s in scores)
 
@@ -414,14 +421,14 @@ def test_paired_difference_by_hand_and_resamples_images():
         vt.paired_difference(a[:-1], b, rows)
 
 
-def test_visual_path_weight_of_weighted_fusion_is_its_softmax_weight(tok):
-    m = vlm(tok, "weighted")
+def test_visual_path_weight_of_weighted_fusion_is_its_softmax_weight(vision_tok):
+    m = vlm(vision_tok, "weighted")
     samples = vd.generate(seed=2, n=3)
     px = to_pixels([s.image for s in samples], m.spec)
-    w = vt.visual_path_weight(m, tok, px, vd.text_tasks(samples)[:5], batch_size=2)
+    w = vt.visual_path_weight(m, vision_tok, px, vd.text_tasks(samples)[:5], batch_size=2)
     assert w == pytest.approx(float(torch.softmax(m.fusion.path_logits, 0)[1]), abs=1e-6)
-    a = vlm(tok, "attention")
-    wa = vt.visual_path_weight(a, tok, px, vd.text_tasks(samples)[:5])
+    a = vlm(vision_tok, "attention")
+    wa = vt.visual_path_weight(a, vision_tok, px, vd.text_tasks(samples)[:5])
     assert 0.0 <= wa <= 1.0
 
 
@@ -447,7 +454,7 @@ def test_sigmoid_contrastive_loss_by_hand():
 # --- saving and loading ---
 
 
-def test_save_load_round_trip_and_mismatch(tmp_path, tok):
+def test_save_load_round_trip_and_mismatch(tmp_path, vision_tok):
     cfg = VisualConfig(DV, H, H, method="attention")
     a, f = cfg.build()
     with torch.no_grad():
