@@ -232,6 +232,7 @@ def test_model_ref_resolves_each_kind(tmp_path, saved):
 # --- training and evaluation ---
 
 
+@pytest.mark.slow
 def test_pretraining_lowers_loss_and_is_deterministic(tok, corpus, tiny):
     model = tiny()
     batches = token_batches(tok, corpus.heldout, seq_len=64, batch_size=16)

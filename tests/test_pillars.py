@@ -103,6 +103,7 @@ def test_routing_keeps_values_and_splits_gradients(lm):
     assert w.rotation.r_cmd.generators.grad is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_family_trains_its_part_only_near_the_souls_size(lm, family):
     before = copy.deepcopy(lm.model.state_dict())
@@ -121,6 +122,7 @@ def test_every_family_trains_its_part_only_near_the_souls_size(lm, family):
     assert probs["p_refuse"].shape == (len(PROMPTS),)
 
 
+@pytest.mark.slow
 def test_routed_training_moves_r_safe_only_through_the_safety_losses(lm):
     w = build_family(lm.model, "soul_routed", replace(SETTINGS, steps=2, lam=0.0, batch_eval=64))
     train_pillars(w, lm.tok, _data(), replace(SETTINGS, steps=2, lam=0.0, batch_eval=64), routed=True)

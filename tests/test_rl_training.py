@@ -50,6 +50,7 @@ def test_soul_head_gives_the_wrappers_logits(base_and_soul, tok):
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("train_soul", [False, True])
 def test_grpo_trains_lora_and_the_soul_only_when_asked(base_and_soul, tok, train_soul, monkeypatch):
     import trl
@@ -164,6 +165,7 @@ def test_grpo_settings_are_checked():
         replace(tr.GRPOSettings.from_stage(QuadRLStageConfig()), weights=(1.0, 1.0))
 
 
+@pytest.mark.slow
 @pytest.mark.gpu  # bitsandbytes NF4: the real-checkpoint path of notebook 07 (load_in_4bit=true)
 def test_4bit_policy_trains_and_its_soul_folder_fuses(base_and_soul, tok, tmp_path):
     base, soul_dir, _ = base_and_soul

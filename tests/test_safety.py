@@ -304,6 +304,7 @@ def synthetic(n: int, seed: int) -> tuple[torch.Tensor, list[str], list[str]]:
     return x, [LABELS[i] for i in y], [TASKS[i] for i in t]
 
 
+@pytest.mark.slow
 def test_heads_learn_separable_features_and_are_seeded() -> None:
     x, y, t = synthetic(300, 0)
     state = torch.get_rng_state()
@@ -341,6 +342,7 @@ def test_tune_thresholds_by_hand() -> None:
         tune_thresholds([0.1], [0.1], [E])
 
 
+@pytest.mark.slow
 def test_tuned_thresholds_respect_the_cap_on_dev() -> None:
     x, y, t = synthetic(200, 2)
     x[:, :3] += torch.randn(200, 3, generator=torch.Generator().manual_seed(3)) * 1.5  # overlap: a real trade-off
@@ -351,6 +353,7 @@ def test_tuned_thresholds_respect_the_cap_on_dev() -> None:
     assert metrics(yd, decide(probs, th))["over_refusal_rate"] <= 0.02
 
 
+@pytest.mark.slow
 def test_heads_save_load_round_trip(tmp_path) -> None:
     x, y, t = synthetic(60, 5)
     heads = train_heads(x, y, t, steps=20)
@@ -428,6 +431,7 @@ def test_cli_model_without_heads_names_the_notebook(tmp_path, capsys, isolated_o
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_cli_with_model_and_heads(tmp_path, tiny) -> None:
     model, tok = tiny
     folder = tmp_path / "model"

@@ -138,6 +138,7 @@ def _run(tmp, steps, stop_after=None, resume=None, alpha_mode="learned"):
     return w, recs
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path):
     full, _ = _run(tmp_path / "a", 6)
     _run(tmp_path / "b", 6, stop_after=4)  # interrupted after step 4; last checkpoint is step 3
@@ -153,6 +154,7 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path):
     assert [r["alpha"] for r in tl] == pytest.approx([r["alpha"] for r in read_timeline(tmp_path / "a")], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_with_different_config_names_the_key(tmp_path):
     _run(tmp_path, 3)
     w = SoulWrapper.build(with_lora(tiny_phi3()), soul_cfg(alpha_mode="learned", map="exp"))
@@ -161,6 +163,7 @@ def test_resume_with_different_config_names_the_key(tmp_path):
         inject(w, data(), cfg, out_dir=tmp_path, resume_from="latest")
 
 
+@pytest.mark.slow
 def test_half_written_checkpoint_is_never_latest(tmp_path):
     _run(tmp_path, 3)
     (tmp_path / "checkpoints" / ".tmp_step_000006").mkdir()
@@ -168,6 +171,7 @@ def test_half_written_checkpoint_is_never_latest(tmp_path):
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step_000003"
 
 
+@pytest.mark.slow
 def test_training_lowers_loss_and_timeline_exports(tmp_path):
     w = SoulWrapper.build(with_lora(tiny_phi3(), dropout=0.0), soul_cfg(alpha_mode="scheduled"))
     cfg = _inject(steps=30, batch_size=8, lr=1e-2, soul_lr=5e-2, warmup_steps=3, checkpoint_every=0, seed=0)

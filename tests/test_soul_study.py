@@ -141,6 +141,7 @@ def test_tier_a_families_sizes_and_start(base_head, family, kw, params, same_as_
     assert not any(id(p) in base_ids for p in m.parameters())  # the variant trains copies, never the base
 
 
+@pytest.mark.slow
 def test_tier_a_fit_lowers_the_loss_and_score_counts_items(base_head):
     norm, head = base_head
     x = torch.randn(60, H)
@@ -179,6 +180,7 @@ def test_tier_a_extends_a_grid_whose_best_rate_is_its_end_and_marks_the_edge(bas
     assert wide["choice"] == 0.03
 
 
+@pytest.mark.slow
 def test_tier_a_seeds_replicate_and_a_run_repeats_exactly(base_head):
     norm, head = base_head
     specs = {k: v for k, v in hs.variant_specs((0.0, 1.0, 2.0)).items() if k in ("base", "oft", "lora_temp")}
@@ -366,6 +368,7 @@ def tier_b_setup(tiny_lm):
     return lm, tasks.encode_items(lm.tok, items), SoulConfig(hidden_size=32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("freeze", "steps", "moves"), [(True, 2, False), (False, 2, True), (True, 4, True)])
 def test_frozen_r_waits_for_the_gate_to_open(tier_b_setup, freeze, steps, moves):
     import copy

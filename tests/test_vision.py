@@ -306,6 +306,7 @@ def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["weighted", "attention"])
 def test_training_moves_only_adapter_and_fusion(vision_tok, method):
     m = vlm(vision_tok, method)
@@ -377,6 +378,7 @@ def test_encode_row_labels_only_the_target(vision_tok):
     assert labels[-n_target:] == ids[-n_target:]
 
 
+@pytest.mark.slow
 def test_teacher_forced_exact_match_equals_greedy_decoding(vision_tok):
     m = vlm(vision_tok, "attention", seed=1)
     samples = vd.generate(seed=7, n=4)
