@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from so8t_core.config import artifacts_dir  # noqa: E402
-from so8t_core.serving.audit import AuditConfig, AuditError, AuditLog  # noqa: E402
+from so8t_core.config import artifacts_dir
+from so8t_core.serving.audit import AuditConfig, AuditError, AuditLog
 
 H = hashlib.sha256(b"bench").hexdigest()
 

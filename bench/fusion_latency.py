@@ -18,13 +18,13 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import torch  # noqa: E402
+import torch
 
-from so8t_core.artifacts import require  # noqa: E402
-from so8t_core.batching import encode_documents  # noqa: E402
-from so8t_core.data.corpus import Corpus  # noqa: E402
-from so8t_core.export import gguf, latency  # noqa: E402
-from so8t_core.lm.loading import load_model_and_tokenizer, read_model_ref  # noqa: E402
+from so8t_core.artifacts import require
+from so8t_core.batching import encode_documents
+from so8t_core.data.corpus import Corpus
+from so8t_core.export import gguf, latency
+from so8t_core.lm.loading import load_model_and_tokenizer, read_model_ref
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from so8t_core.studies.gate_studies import gate_timings  # noqa: E402
+from so8t_core.studies.gate_studies import gate_timings
 
 
 def main() -> None:

@@ -42,11 +42,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from serve_bench import bench_model, png_line, serving  # noqa: E402
+from serve_bench import bench_model, png_line, serving
 
-from so8t_core.config import artifacts_dir  # noqa: E402
-from so8t_core.serving.answer import AppState  # noqa: E402
-from so8t_core.serving.audit import AuditLog  # noqa: E402
+from so8t_core.config import artifacts_dir
+from so8t_core.serving.answer import AppState
+from so8t_core.serving.audit import AuditLog
 
 BAD_INPUT = ("malformed", "long_2k", "long_20k", "long_200k")
 MALFORMED = [

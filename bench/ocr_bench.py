@@ -21,12 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import pytesseract  # noqa: E402
+import pytesseract
 
-from so8t_core.serving.ocr import OCRConfig, OCRResult, check_languages, ocr_summary  # noqa: E402
-from so8t_core.serving.ocr_eval import cer_by_group, character_error_rate  # noqa: E402
-from so8t_core.serving.ocr_synth import KINDS, LANGS, LAYOUTS, SPLITS, render_bench_set  # noqa: E402
-from so8t_core.timing import interleaved_map  # noqa: E402
+from so8t_core.serving.ocr import OCRConfig, OCRResult, check_languages, ocr_summary
+from so8t_core.serving.ocr_eval import cer_by_group, character_error_rate
+from so8t_core.serving.ocr_synth import KINDS, LANGS, LAYOUTS, SPLITS, render_bench_set
+from so8t_core.timing import interleaved_map
 
 RATE_RATIO_TARGET = 0.5
 

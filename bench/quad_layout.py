@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from so8t_core.data.templates import generate_documents  # noqa: E402
-from so8t_core.lm.loading import load_model_and_tokenizer  # noqa: E402
-from so8t_core.think import (  # noqa: E402
+from so8t_core.data.templates import generate_documents
+from so8t_core.lm.loading import load_model_and_tokenizer
+from so8t_core.think import (
     FALLBACK_MESSAGE,
     QUAD_SYSTEM,
     extract_final,

@@ -31,10 +31,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from so8t_core.config import artifacts_dir  # noqa: E402
-from so8t_core.serving.answer import AppState  # noqa: E402
-from so8t_core.serving.audit import AuditLog  # noqa: E402
-from so8t_core.serving.server import make_server  # noqa: E402
+from so8t_core.config import artifacts_dir
+from so8t_core.serving.answer import AppState
+from so8t_core.serving.audit import AuditLog
+from so8t_core.serving.server import make_server
 
 
 def tiny_model(folder: Path, max_positions: int = 512):
@@ -119,7 +119,8 @@ def run(state: AppState, body: bytes, requests: int, threads: int) -> dict[str, 
         for w in workers:
             w.join()
         wall = time.perf_counter() - t0
-    assert len(lat) == requests and state.audit.verify().ok
+    assert len(lat) == requests
+    assert state.audit.verify().ok
     q = statistics.quantiles(lat, n=20)
     return {"req_per_s": requests / wall, "p50_ms": 1e3 * statistics.median(lat), "p95_ms": 1e3 * q[18]}
 

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from so8t_core.config import artifacts_dir  # noqa: E402
-from so8t_core.lm.real_models import RealModelUnavailable  # noqa: E402
-from so8t_core.serving.selfcheck import run_check  # noqa: E402
+from so8t_core.config import artifacts_dir
+from so8t_core.lm.real_models import RealModelUnavailable
+from so8t_core.serving.selfcheck import run_check
 
 
 def main() -> int:

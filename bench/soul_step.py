@@ -22,33 +22,33 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from so8t_core.gate.soul import SoulConfig, SoulWrapper  # noqa: E402
-from so8t_core.lm.lora import LoraSettings, apply_lora  # noqa: E402
+from so8t_core.gate.soul import SoulConfig, SoulWrapper
+from so8t_core.lm.lora import LoraSettings, apply_lora
 
-PHI35 = dict(
-    vocab_size=32064,
-    hidden_size=3072,
-    intermediate_size=8192,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=32,
-    max_position_embeddings=4096,
-    pad_token_id=32000,
-    bos_token_id=1,
-    eos_token_id=32000,
-)
-TINY = dict(
-    vocab_size=512,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=4,
-    max_position_embeddings=4096,
-    pad_token_id=0,
-    bos_token_id=1,
-    eos_token_id=2,
-)
+PHI35 = {
+    "vocab_size": 32064,
+    "hidden_size": 3072,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "max_position_embeddings": 4096,
+    "pad_token_id": 32000,
+    "bos_token_id": 1,
+    "eos_token_id": 32000,
+}
+TINY = {
+    "vocab_size": 512,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 4096,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
 
 
 def build(tiny: bool, folder: Path):

@@ -17,11 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from so8t_core.batching import encode_documents  # noqa: E402
-from so8t_core.data.corpus import build_corpus  # noqa: E402
-from so8t_core.data.coverage import token_coverage  # noqa: E402
-from so8t_core.lm.tokenizer import train_tokenizer  # noqa: E402
-from so8t_core.safety.labels import handwritten_test  # noqa: E402
+from so8t_core.batching import encode_documents
+from so8t_core.data.corpus import build_corpus
+from so8t_core.data.coverage import token_coverage
+from so8t_core.lm.tokenizer import train_tokenizer
+from so8t_core.safety.labels import handwritten_test
 
 
 def main() -> None:

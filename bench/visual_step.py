@@ -24,14 +24,22 @@ from pathlib import Path
 
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
-from soul_step import build, step_fn  # noqa: E402  (PHI35 / TINY shapes, the NF4 loader, the QLoRA step)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from soul_step import build, step_fn
 
-from so8t_core.gate.soul import SoulConfig, SoulWrapper  # noqa: E402
-from so8t_core.lm.lora import LoraSettings, apply_lora  # noqa: E402
-from so8t_core.vision.model import METHODS, VisualConfig, VisualLM, build_vision_tower, freeze, tiny_siglip_config  # noqa: E402
+from so8t_core.gate.soul import SoulConfig, SoulWrapper
+from so8t_core.lm.lora import LoraSettings, apply_lora
+from so8t_core.vision.model import METHODS, VisualConfig, VisualLM, build_vision_tower, freeze, tiny_siglip_config
 
-SIGLIP_BASE = dict(image_size=224, patch_size=16, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072)
+SIGLIP_BASE = {
+    "image_size": 224,
+    "patch_size": 16,
+    "hidden_size": 768,
+    "num_layers": 12,
+    "num_heads": 12,
+    "intermediate_size": 3072,
+}
 TARGET_GIB = 5.0
 
 
@@ -145,7 +153,7 @@ def main() -> None:
     )
     rows = [] if args.no_plain else [plain_row(wrapper, ids, args, cuda)]
     rows += [visual_row(wrapper, tower, m, ids, labels, args, device) for m in args.methods]
-    gib = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
+    gib = lambda x: "n/a" if x is None else f"{x:.2f}"
     print(
         f"{'step':<13}{'trainable':>12}{'ms/step':>10}{'img/s':>8}{'alloc GiB':>11}{'reserved GiB':>14}"
         f"{f'<= {TARGET_GIB:g} GiB':>10}"

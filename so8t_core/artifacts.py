@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -141,10 +141,8 @@ def fingerprint_id(fingerprint: Mapping[str, str]) -> str:
 def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in _VERSIONED:
-        try:
+        with suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 

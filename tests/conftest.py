@@ -1,4 +1,5 @@
-"""Shared fixtures: isolated outputs, one tiny-LM factory, and automatic skips for GPU and Tesseract tests."""
+"""Shared fixtures: isolated outputs, the tiny-LM and tiny-model factories, the shared tokenizer, the server tests'
+model and audit log, and automatic skips for GPU and Tesseract tests."""
 
 from __future__ import annotations
 
@@ -123,6 +124,67 @@ def corpus_tok(tmp_path_factory):
 
     corpus = build_corpus(seed=0, n_docs=120, heldout_fraction=0.1)
     return train_tokenizer(corpus.train, tmp_path_factory.mktemp("corpus_tok"), vocab_size=2500), corpus
+
+
+@pytest.fixture(scope="session")
+def tok(corpus_tok):
+    """The tokenizer of ``corpus_tok`` alone."""
+    return corpus_tok[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Callable[..., Any]:
+    """A random tiny Phi-3 on a tokenizer the test brings:
+    ``tiny_model(tok, hidden=32, layers=2, heads=2, seed=0, max_positions=None, stop_ids=())``.
+
+    ``max_positions=None`` keeps ``tiny_phi3_config``'s default. A new model each call (tests may train it).
+    """
+    from so8t_core.lm.base_model import build_model, tiny_phi3_config
+    from so8t_core.lm.tokenizer import special_ids
+
+    def make(
+        tok: Any,
+        hidden: int = 32,
+        layers: int = 2,
+        heads: int = 2,
+        seed: int = 0,
+        max_positions: int | None = None,
+        stop_ids: Sequence[int] = (),
+    ) -> Any:
+        extra = {} if max_positions is None else {"max_positions": max_positions}
+        cfg = tiny_phi3_config(
+            len(tok), hidden_size=hidden, num_layers=layers, num_heads=heads, **extra, **special_ids(tok)
+        )
+        return build_model(cfg, seed=seed, stop_ids=stop_ids)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def serve_lm_dir(tiny_lm) -> Path:
+    """The server tests' tiny tokenizer (trained on ``tests.serving.SERVE_TEXTS``) and random 1-layer Phi-3 with
+    512 positions, saved as one HF folder."""
+    from tests.serving import SERVE_TEXTS
+
+    return tiny_lm(SERVE_TEXTS).dir
+
+
+@pytest.fixture(scope="module")
+def serve_lm(serve_lm_dir):
+    """``(model, tok)`` loaded back from ``serve_lm_dir`` the way the server loads a model; deep-copy the model
+    before adding hooks."""
+    from so8t_core.lm.loading import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(serve_lm_dir, local_files_only=True)
+
+
+@pytest.fixture
+def audit(tmp_path):
+    """A fresh audit log in this test's temporary folder."""
+    from so8t_core.serving.audit import AuditLog
+
+    with AuditLog(tmp_path / "audit.db") as log:
+        yield log
 
 
 CHROMIUM_FLAGS = (

@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -16,11 +17,13 @@ def test_golden_ratio_value():
 
 def test_linear_schedule_original_endpoints_and_monotone():
     s = LinearSchedule(-5.0, 1.618, warmup=50, anneal=400)
-    assert s(0) == -5.0 and s(50) == -5.0
+    assert s(0) == -5.0
+    assert s(50) == -5.0
     assert math.isclose(s(250), -5.0 + 0.5 * 6.618)
-    assert math.isclose(s(450), 1.618) and math.isclose(s(10_000), 1.618)
+    assert math.isclose(s(450), 1.618)
+    assert math.isclose(s(10_000), 1.618)
     values = [s(t) for t in range(0, 600)]
-    assert all(b >= a for a, b in zip(values, values[1:]))
+    assert all(b >= a for a, b in itertools.pairwise(values))
 
 
 def test_sigmoid_schedule_endpoints_and_monotone():
@@ -28,12 +31,12 @@ def test_sigmoid_schedule_endpoints_and_monotone():
     assert math.isclose(s(0), -5.0, abs_tol=1e-12)
     assert math.isclose(s(5000), GOLDEN_RATIO, abs_tol=1e-6)
     values = [s(t) for t in range(0, 800)]
-    assert all(b > a for a, b in zip(values, values[1:]))
+    assert all(b > a for a, b in itertools.pairwise(values))
     assert abs(s(200) - (-5.0 + GOLDEN_RATIO) / 2) < 0.2  # near the middle at the midpoint
 
 
 @pytest.mark.parametrize(
-    "alpha, phase",
+    ("alpha", "phase"),
     [
         (-5.0, "stable"),
         (-3.0, "stable"),
@@ -61,7 +64,8 @@ def test_gate_modes_feed_mix():
     fixed = AlphaGate("fixed", init=0.0)
     torch.testing.assert_close(mix(h, R, fixed.weight), h + 0.5 * rh)
     sched = AlphaGate("scheduled", schedule=LinearSchedule(warmup=0, anneal=10))
-    assert sched.alpha.item() == -5.0 and not sched.alpha.requires_grad
+    assert sched.alpha.item() == -5.0
+    assert not sched.alpha.requires_grad
     sched.set_step(10)
     assert math.isclose(sched.alpha.item(), GOLDEN_RATIO, rel_tol=1e-6)
     learned = AlphaGate("learned", init=-1.0)
@@ -71,10 +75,10 @@ def test_gate_modes_feed_mix():
 
 
 @pytest.mark.parametrize(
-    "kwargs, needle",
+    ("kwargs", "needle"),
     [
-        (dict(mode="sometimes"), "mode='sometimes'"),
-        (dict(mode="scheduled"), "schedule=None"),
+        ({"mode": "sometimes"}, "mode='sometimes'"),
+        ({"mode": "scheduled"}, "schedule=None"),
     ],
 )
 def test_gate_bad_arguments(kwargs, needle):

@@ -29,7 +29,7 @@ def fake_runs(gap: dict[str, float], seeds=(0, 1, 2), n: int = 64) -> dict:
 
 
 @pytest.mark.parametrize(
-    "gap,learned,schedule",
+    ("gap", "learned", "schedule"),
     [
         ({"dense_orthogonal": -0.1, "linear": 0.1}, ["dense_orthogonal"], ["linear"]),
         ({"dense_orthogonal": 0.0, "linear": 0.0}, [], []),  # no difference: neither side may win
@@ -38,12 +38,15 @@ def fake_runs(gap: dict[str, float], seeds=(0, 1, 2), n: int = 64) -> dict:
 )
 def test_verdicts_come_from_the_crossed_test_and_can_go_either_way(gap, learned, schedule) -> None:
     rows = st.compare(fake_runs(gap), n_boot=300)
-    assert set(rows) == set(st.PRIMARY) and all(r["n_seeds"] == 3 and len(r["per_seed"]) == 3 for r in rows.values())
+    assert set(rows) == set(st.PRIMARY)
+    assert all(r["n_seeds"] == 3 and len(r["per_seed"]) == 3 for r in rows.values())
     assert all(r["p_holm"] >= r["p"] for r in rows.values())
     v = st.alpha_verdicts(rows, PHI)
-    assert v["learned_wins_for_teachers"] == learned and v["schedule_wins_for_teachers"] == schedule
+    assert v["learned_wins_for_teachers"] == learned
+    assert v["schedule_wins_for_teachers"] == schedule
     first = rows[st.PRIMARY[0]]
-    assert f"{first['estimate']:+.3f}" in v["conclusion"] and f"{first['per_seed'][2]:+.3f}" in v["conclusion"]
+    assert f"{first['estimate']:+.3f}" in v["conclusion"]
+    assert f"{first['per_seed'][2]:+.3f}" in v["conclusion"]
     with pytest.raises(KeyError, match="alpha_verdicts"):
         st.alpha_verdicts({st.PRIMARY[0]: first}, PHI)
 
@@ -53,7 +56,9 @@ def test_runs_replicate_and_score_the_shared_held_out_inputs() -> None:
     runs = st.run_seeds([0, 1], 16, 15, 8, 0.05, sched, teacher_seed=0, n_eval=32)
     again = st.run_seeds([0], 16, 15, 8, 0.05, sched, teacher_seed=0, n_eval=32)
     a, b = (runs[("linear", "learned", s)][-1]["eval_item_loss"] for s in (0, 1))
-    assert len(a) == 32 and a != b  # another seed is another replicate
+    assert len(a) == 32
+    assert a != b
     assert again[("linear", "learned", 0)][-1]["eval_item_loss"] == a  # the same seed repeats exactly
     x = st.eval_inputs(16, 32, 0)
-    assert torch.equal(x, st.eval_inputs(16, 32, 0)) and not torch.equal(x, st.eval_inputs(16, 32, 1))
+    assert torch.equal(x, st.eval_inputs(16, 32, 0))
+    assert not torch.equal(x, st.eval_inputs(16, 32, 1))

@@ -41,14 +41,14 @@ DAY = 86400.0
 
 
 def _decide(log: AuditLog, i: int, **kw) -> int:
-    args = dict(
-        request_id=f"req-{i}",
-        decision="ALLOW",
-        input_hash=H1,
-        thinking_hash=H2,
-        final_text=f"answer {i}",
-        model_id="tiny-phi3",
-    )
+    args = {
+        "request_id": f"req-{i}",
+        "decision": "ALLOW",
+        "input_hash": H1,
+        "thinking_hash": H2,
+        "final_text": f"answer {i}",
+        "model_id": "tiny-phi3",
+    }
     return log.log_decision(**{**args, **kw})
 
 
@@ -100,7 +100,10 @@ def test_clean_chain_verifies_and_reopens(tmp_path):
     path = _standard_log(tmp_path / "a.db")
     with AuditLog(path) as log:
         result = log.verify()
-        assert result.ok and bool(result) and result.rows_checked == 7 and result.first_bad is None
+        assert result.ok
+        assert bool(result)
+        assert result.rows_checked == 7
+        assert result.first_bad is None
         assert _decide(log, 8) == 8  # the chain goes on after a reopen
         assert log.verify().rows_checked == 8
 
@@ -131,7 +134,9 @@ def test_row_hash_follows_the_documented_encoding(tmp_path):
     }
     fields["table"] = "decisions"
     text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    assert "こんにちは" in text and row["ts"] == "1970-01-01T00:00:00.500000Z" and row["prev_hash"] == GENESIS
+    assert "こんにちは" in text
+    assert row["ts"] == "1970-01-01T00:00:00.500000Z"
+    assert row["prev_hash"] == GENESIS
     assert row["row_hash"] == hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -187,7 +192,9 @@ def test_verify_names_the_first_bad_row(tmp_path, case):
     path = _standard_log(tmp_path / "a.db")
     _raw(path, *statements)
     result = _verify(path)
-    assert not result.ok and result.first_bad == first_bad and why in result.reason, result
+    assert not result.ok, result
+    assert result.first_bad == first_bad, result
+    assert why in result.reason, result
 
 
 def test_edit_with_recomputed_hash_is_caught_at_the_next_row(tmp_path):
@@ -199,7 +206,8 @@ def test_edit_with_recomputed_hash_is_caught_at_the_next_row(tmp_path):
     row["decision"] = "REFUSE"
     _raw(path, f"UPDATE decisions SET decision = 'REFUSE', row_hash = '{row_hash('decisions', row)}' WHERE id = 5")
     result = _verify(path)
-    assert result.first_bad == ("decisions", 6) and "prev_hash" in result.reason
+    assert result.first_bad == ("decisions", 6)
+    assert "prev_hash" in result.reason
 
 
 def test_anchor_catches_a_fully_rewritten_chain(tmp_path):
@@ -224,7 +232,9 @@ def test_anchor_catches_a_fully_rewritten_chain(tmp_path):
     _raw(path, *updates, f"UPDATE chain_head SET row_hash = '{prev}'")
     assert _verify(path).ok  # what a keyless chain cannot see...
     result = _verify(path, anchor=anchor)  # ...and what a copy of an old head does
-    assert not result.ok and result.first_bad == ("decisions", 7) and "anchor" in result.reason
+    assert not result.ok
+    assert result.first_bad == ("decisions", 7)
+    assert "anchor" in result.reason
 
 
 def test_triggers_refuse_plain_edits(tmp_path):
@@ -256,11 +266,17 @@ def test_purge_drops_old_payloads_and_keeps_the_chain(tmp_path):
         assert before["ocr_digest"] == committed
         assert log.purge(older_than_days=7) == 1
         after = log.decision(old)
-        assert after["ocr_summary"] is None and after["ocr_nonce"] is None and after["ocr_purged_at"] is not None
-        assert after["ocr_digest"] == before["ocr_digest"] and after["image_sha256"] == H1
-        assert log.decision(young)["ocr_summary"] == "ticket to Kyoto" and log.decision(plain)["ocr_digest"] is None
-        assert log.verify().ok and log.purge(7) == 0
-        assert log.purge(0) == 1 and log.verify().ok
+        assert after["ocr_summary"] is None
+        assert after["ocr_nonce"] is None
+        assert after["ocr_purged_at"] is not None
+        assert after["ocr_digest"] == before["ocr_digest"]
+        assert after["image_sha256"] == H1
+        assert log.decision(young)["ocr_summary"] == "ticket to Kyoto"
+        assert log.decision(plain)["ocr_digest"] is None
+        assert log.verify().ok
+        assert log.purge(7) == 0
+        assert log.purge(0) == 1
+        assert log.verify().ok
     _raw(tmp_path / "a.db", f"UPDATE decisions SET final_text = 'edited' WHERE id = {old}")
     assert _verify(tmp_path / "a.db").first_bad == ("decisions", old)  # a blank payload hides no other edit
 
@@ -270,12 +286,15 @@ def test_policy_versions_and_hand_made_diffs(tmp_path):
     v1 = {"a": 1, "b": {"c": 2, "d": 3}, "e": [1], "flag": 1}
     v2 = {"a": 1, "b": {"c": 5}, "e": [1, 2], "f/g": "x", "flag": True}
     with AuditLog(tmp_path / "a.db") as log:
-        assert log.policy() is None and log.policy_history() == []
-        assert log.set_policy(v1) == 1 and log.set_policy(v2) == 2
+        assert log.policy() is None
+        assert log.policy_history() == []
+        assert log.set_policy(v1) == 1
+        assert log.set_policy(v2) == 2
         assert log.set_policy(dict(v2)) == 2  # unchanged: no new version
         assert log.set_identity_contract({"name": "so8t"}) == 1  # its own numbering
         hist = log.policy_history()
-        assert [h.version for h in hist] == [1, 2] and log.policy().doc == v2
+        assert [h.version for h in hist] == [1, 2]
+        assert log.policy().doc == v2
         assert hist[0].diff == {
             "added": {"/a": 1, "/b": {"c": 2, "d": 3}, "/e": [1], "/flag": 1},
             "removed": {},
@@ -293,7 +312,8 @@ def test_policy_versions_and_hand_made_diffs(tmp_path):
         row = log.decision(_decide(log, 0))
         assert (row["policy_version"], row["contract_version"]) == (2, 1)  # defaults: the versions in force
         assert log.decision(_decide(log, 1, policy_version=1))["policy_version"] == 1
-        assert log.identity_contract_history()[0].doc == {"name": "so8t"} and log.verify().rows_checked == 5
+        assert log.identity_contract_history()[0].doc == {"name": "so8t"}
+        assert log.verify().rows_checked == 5
 
 
 def _apply(doc: dict, diff: dict) -> dict:
@@ -377,9 +397,11 @@ def test_processes_write_at_once(tmp_path):
         out, err = w.communicate(timeout=120)
         assert w.returncode == 0, err
         printed.update((int(rid), req) for rid, req in (line.split() for line in out.splitlines()))
-    assert len(printed) == procs * writes and _stored(path) == printed
+    assert len(printed) == procs * writes
+    assert _stored(path) == printed
     result = _verify(path)
-    assert result.ok and result.rows_checked == procs * writes
+    assert result.ok
+    assert result.rows_checked == procs * writes
 
 
 def test_killed_writer_loses_no_returned_row(tmp_path):
@@ -397,7 +419,8 @@ def test_killed_writer_loses_no_returned_row(tmp_path):
     stored = _stored(path)
     assert all(stored.get(rid) == req for rid, req in printed.items())
     result = _verify(path)
-    assert result.ok and result.rows_checked == len(stored) >= 40
+    assert result.ok
+    assert result.rows_checked == len(stored) >= 40
 
 
 def test_lock_is_retried_then_reported(tmp_path):
@@ -410,9 +433,11 @@ def test_lock_is_retried_then_reported(tmp_path):
         assert _decide(log, 8) == 8  # waited through retries
     holder.execute("BEGIN IMMEDIATE")
     try:
-        with AuditLog(path, AuditConfig(busy_timeout_s=0.02, max_retries=1, backoff_s=0.01)) as log:
-            with pytest.raises(AuditError, match="locked after 2 tries"):
-                _decide(log, 9)
+        with (
+            AuditLog(path, AuditConfig(busy_timeout_s=0.02, max_retries=1, backoff_s=0.01)) as log,
+            pytest.raises(AuditError, match="locked after 2 tries"),
+        ):
+            _decide(log, 9)
     finally:
         holder.execute("COMMIT")
         holder.close()
@@ -446,7 +471,7 @@ def test_log_decision_rejects_bad_field(tmp_path, field):
 
 
 @pytest.mark.parametrize(
-    "call, arg, field",
+    ("call", "arg", "field"),
     [
         ("set_policy", [1], "doc"),
         ("set_identity_contract", {"x": float("nan")}, "doc"),
@@ -455,9 +480,8 @@ def test_log_decision_rejects_bad_field(tmp_path, field):
     ],
 )
 def test_other_calls_reject_bad_input(tmp_path, call, arg, field):
-    with AuditLog(tmp_path / "a.db") as log:
-        with pytest.raises(ValueError, match=f"^{field}"):
-            getattr(log, call)(arg)
+    with AuditLog(tmp_path / "a.db") as log, pytest.raises(ValueError, match=f"^{field}"):
+        getattr(log, call)(arg)
 
 
 def test_clear_errors_for_bad_files(tmp_path):
@@ -477,5 +501,5 @@ def test_clear_errors_for_bad_files(tmp_path):
     _raw(path, f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(SchemaVersionError, match=f"version {SCHEMA_VERSION + 1}"):
         AuditLog(path)
-    with pytest.raises(ValueError, match="^synchronous="):
+    with pytest.raises(ValueError, match=r"^synchronous="):
         AuditConfig(synchronous="SOMETIMES")

@@ -52,17 +52,20 @@ def corpus():
 
 @pytest.fixture(scope="module")
 def tok(corpus, tmp_path_factory):
+    """This module's own tokenizer, on its larger corpus: the tokenizer and pretraining are what it tests."""
     return train_tokenizer(corpus.train, tmp_path_factory.mktemp("tok"), vocab_size=2500)
 
 
-def tiny(tok, seed=0, hidden=32, layers=2):
-    cfg = tiny_phi3_config(len(tok), hidden_size=hidden, num_layers=layers, num_heads=2, **special_ids(tok))
-    return build_model(cfg, seed=seed, stop_ids=[tok.convert_tokens_to_ids("<|end|>")])
+@pytest.fixture(scope="module")
+def tiny(tok, tiny_model):
+    """The suite's tiny Phi-3 on this module's tokenizer, also stopping at ``<|end|>``: ``tiny(hidden=, layers=)``."""
+    end = [tok.convert_tokens_to_ids("<|end|>")]
+    return lambda **kw: tiny_model(tok, stop_ids=end, **kw)
 
 
 @pytest.fixture(scope="module")
-def saved(tok, tmp_path_factory):
-    model = tiny(tok)
+def saved(tok, tmp_path_factory, tiny):
+    model = tiny()
     return model, save_model(model, tok, tmp_path_factory.mktemp("m") / "model")
 
 
@@ -72,7 +75,8 @@ def saved(tok, tmp_path_factory):
 def check_specials(t):
     for s in SPECIALS:
         ids = t.encode(s, add_special_tokens=False)
-        assert len(ids) == 1 and ids[0] != t.unk_token_id, s
+        assert len(ids) == 1, s
+        assert ids[0] != t.unk_token_id, s
         assert t.convert_ids_to_tokens(ids) == [s]
         assert ids[0] in t.encode(f"abc{s}def", add_special_tokens=False)
 
@@ -80,7 +84,8 @@ def check_specials(t):
 def test_each_special_token_is_one_id(tok):
     check_specials(tok)
     assert tok.convert_ids_to_tokens(tok.eos_token_id) == "<|endoftext|>"
-    assert 0 <= tok.pad_token_id < len(tok) and tok.bos_token == "<s>"
+    assert 0 <= tok.pad_token_id < len(tok)
+    assert tok.bos_token == "<s>"
 
 
 def test_special_tokens_stay_single_after_autotokenizer_reload(saved):
@@ -104,7 +109,8 @@ def test_unseen_characters_fall_back_to_bytes(tok, corpus):
 
 
 def test_tokenizer_folder_keeps_the_sentencepiece_model(tok):
-    assert Path(tok.vocab_file).name == "tokenizer.model" and Path(tok.vocab_file).is_file()
+    assert Path(tok.vocab_file).name == "tokenizer.model"
+    assert Path(tok.vocab_file).is_file()
 
 
 def test_tokenizer_training_is_deterministic(corpus, tok, tmp_path):
@@ -147,7 +153,8 @@ def test_config_is_untied_and_checks_sizes(tok):
 
 def test_save_then_auto_reload_gives_identical_logits(saved, tok):
     model, folder = saved
-    assert (folder / "tokenizer.model").is_file() and (folder / "model.safetensors").is_file()
+    assert (folder / "tokenizer.model").is_file()
+    assert (folder / "model.safetensors").is_file()
     model2 = AutoModelForCausalLM.from_pretrained(folder)
     tok2 = AutoTokenizer.from_pretrained(folder)
     text = "<|user|>\n空の色は何ですか？<|end|>\n<|assistant|>\n"
@@ -161,7 +168,8 @@ def test_load_model_and_tokenizer_on_a_saved_folder(saved):
     model2, tok2 = load_model_and_tokenizer(folder)
     assert not model2.training  # documented: callers who train call .train()
     ids = torch.tensor([[1, 5, 9, 12]])
-    assert torch.equal(model(ids).logits, model2(ids).logits) and tok2.pad_token is not None
+    assert torch.equal(model(ids).logits, model2(ids).logits)
+    assert tok2.pad_token is not None
 
 
 def test_missing_local_path_names_it(tmp_path):
@@ -174,11 +182,11 @@ def test_missing_local_path_names_it(tmp_path):
 
 
 def test_unknown_hub_id_offline_is_a_clear_error(monkeypatch):
-    with pytest.raises(loading.BaseModelUnavailable, match="so8t-test/not-a-model.*not in the Hugging Face cache"):
+    with pytest.raises(loading.BaseModelUnavailable, match=r"so8t-test/not-a-model.*not in the Hugging Face cache"):
         load_model_and_tokenizer("so8t-test/not-a-model", local_files_only=True)
     monkeypatch.setattr(loading, "_hub_offline", lambda: False)
     monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=3.0: False)
-    with pytest.raises(OSError, match="so8t-test/not-a-model.*no network"):
+    with pytest.raises(OSError, match=r"so8t-test/not-a-model.*no network"):
         load_model_and_tokenizer("so8t-test/not-a-model")
 
 
@@ -192,9 +200,10 @@ def test_4bit_without_cuda_says_it_needs_a_gpu(saved):
 def test_4bit_loads_nf4_and_prepares_for_training(saved):
     import bitsandbytes as bnb
 
-    model, tok2 = load_model_and_tokenizer(saved[1], load_in_4bit=True)
+    model, _tok2 = load_model_and_tokenizer(saved[1], load_in_4bit=True)
     quantised = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    assert quantised and all(m.weight.quant_type == "nf4" for m in quantised)
+    assert quantised
+    assert all(m.weight.quant_type == "nf4" for m in quantised)
     assert all(m.weight.quant_state.nested for m in quantised)  # double quantisation
     assert not any(p.requires_grad for p in model.parameters())  # frozen by prepare_model_for_kbit_training
     ids = torch.tensor([[1, 5, 9, 12]], device=model.device)
@@ -217,8 +226,9 @@ def test_model_ref_resolves_each_kind(tmp_path, saved):
 # --- training and evaluation ---
 
 
-def test_pretraining_lowers_loss_and_is_deterministic(tok, corpus):
-    model = tiny(tok)
+@pytest.mark.slow
+def test_pretraining_lowers_loss_and_is_deterministic(tok, corpus, tiny):
+    model = tiny()
     batches = token_batches(tok, corpus.heldout, seq_len=64, batch_size=16)
     before = perplexity(model, batches)
     records = pretrain(
@@ -234,10 +244,12 @@ def test_pretraining_lowers_loss_and_is_deterministic(tok, corpus):
         eval_every=20,
     )
     assert sum(r["loss"] for r in records[-5:]) / 5 < records[0]["loss"] - 1.0
-    assert perplexity(model, batches) < before / 2 and not model.training
+    assert perplexity(model, batches) < before / 2
+    assert not model.training
     curve = [(r["step"], r["heldout_ppl"]) for r in records if "heldout_ppl" in r]
-    assert [s for s, _ in curve] == [19, 39] and curve[1][1] < curve[0][1]  # measured during training, falling
-    again = pretrain(tiny(tok), tok, corpus.train, steps=40, batch_size=8, seq_len=64, lr=1e-2, seed=1)
+    assert [s for s, _ in curve] == [19, 39]
+    assert curve[1][1] < curve[0][1]
+    again = pretrain(tiny(), tok, corpus.train, steps=40, batch_size=8, seq_len=64, lr=1e-2, seed=1)
     assert [r["loss"] for r in again] == [r["loss"] for r in records]  # evaluation does not disturb training
 
 
@@ -297,8 +309,8 @@ def test_the_tokenizers_chat_template_writes_chat_turn(tok):
         assert text == chat_turn("空の色は？", **kwargs)
 
 
-def test_greedy_chat_stops_at_the_stop_ids_of_think(tok, monkeypatch):
-    model, seen = tiny(tok), {}
+def test_greedy_chat_stops_at_the_stop_ids_of_think(tok, monkeypatch, tiny):
+    model, seen = tiny(), {}
     original = model.generate
 
     def record(**kwargs):
@@ -322,20 +334,21 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
 # --- LoRA ---
 
 
-def test_lora_default_targets_adapt_only_lora_params(tok):
+def test_lora_default_targets_adapt_only_lora_params(tok, tiny):
     h, layers, r = 32, 2, 4
-    model = tiny(tok, hidden=h, layers=layers)
+    model = tiny(hidden=h, layers=layers)
     inter = model.config.intermediate_size
     peft_model = apply_lora(model, LoraSettings(r=r, alpha=8, dropout=0.05))
     trainable = {n: p.numel() for n, p in peft_model.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_" in n for n in trainable)
+    assert trainable
+    assert all("lora_" in n for n in trainable)
     # A: r x in, B: out x r for qkv (h -> 3h), o (h -> h), gate_up (h -> 2I), down (I -> h)
     per_layer = r * ((h + 3 * h) + (h + h) + (h + 2 * inter) + (inter + h))
     assert sum(trainable.values()) == layers * per_layer
 
 
-def test_lora_target_that_matches_nothing_is_named(tok):
+def test_lora_target_that_matches_nothing_is_named(tok, tiny):
     with pytest.raises(ValueError, match=r"q_proj.*qkv_proj"):
-        apply_lora(tiny(tok), LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("qkv_proj", "q_proj")))
+        apply_lora(tiny(), LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("qkv_proj", "q_proj")))
     with pytest.raises(ValueError, match="r="):
         LoraSettings(r=0, alpha=8, dropout=0.0)

@@ -34,7 +34,8 @@ def test_same_seed_same_corpus_other_seed_other_corpus(corpus):
 
 
 def test_heldout_is_distinct_documents_of_the_right_size(corpus):
-    assert len(corpus.heldout) == 120 and len(corpus.train) == 480
+    assert len(corpus.heldout) == 120
+    assert len(corpus.train) == 480
     assert len(set(all_docs(corpus))) == 600
     train_text = "\n".join(corpus.train)
     assert not [h for h in corpus.heldout if h in train_text]  # not even inside a longer training document
@@ -44,7 +45,8 @@ def test_corpus_mixes_both_languages_and_all_kinds(corpus):
     docs = all_docs(corpus)
     japanese = [d for d in docs if re.search(r"[\u3040-\u30ff\u4e00-\u9fff]", d)]
     assert 0.3 < len(japanese) / len(docs) < 0.7
-    assert any(d.startswith("Q: ") for d in docs) and any(d.startswith("質問：") for d in docs)
+    assert any(d.startswith("Q: ") for d in docs)
+    assert any(d.startswith("質問：") for d in docs)
     assert sum(d.startswith("<|user|>") for d in docs) > 50
     assert any("WordNet" not in d and re.search(r"\(noun\)|means", d) for d in docs)  # English glosses
     assert any("という意味です" in d for d in docs)  # EDICT glosses in Japanese
@@ -143,7 +145,8 @@ def test_save_load_round_trip_keeps_newlines(tmp_path, corpus):
 
 def test_split_drops_duplicates_and_validates():
     c = split_documents(["a", "b", "a", "c", "b", "d"], 0.5, seed=0)
-    assert sorted(c.train + c.heldout) == ["a", "b", "c", "d"] and len(c.heldout) == 2
+    assert sorted(c.train + c.heldout) == ["a", "b", "c", "d"]
+    assert len(c.heldout) == 2
     c = split_documents(["x", "x y", "z", "w"], 0.5, seed=0)
     assert "x" in c.train  # it is part of "x y", so holding it out would test memory, not modelling
     with pytest.raises(ValueError, match="heldout_fraction"):
@@ -169,11 +172,11 @@ def test_empty_corpus_errors_name_the_files(tmp_path):
     empty, blank = tmp_path / "empty.txt", tmp_path / "blank.txt"
     empty.write_text("", encoding="utf-8")
     blank.write_text(" \n\n\t\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="empty.txt.*blank.txt"):
+    with pytest.raises(ValueError, match=r"empty.txt.*blank.txt"):
         load_text_files([empty, blank])
     with pytest.raises(ValueError, match="paths"):
         load_text_files([])
     with pytest.raises(ValueError, match="paths"):
         load_text_files("")
-    with pytest.raises(FileNotFoundError, match="missing.txt"):
+    with pytest.raises(FileNotFoundError, match=r"missing.txt"):
         load_text_files([tmp_path / "missing.txt"])

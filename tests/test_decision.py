@@ -33,7 +33,7 @@ def _set(labels, pairs=None, traps=None) -> LabeledSet:
 
 # --- choosing on dev -------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "dev,candidates,want",
+    ("dev", "candidates", "want"),
     [
         ({"a": {"safety_f1": 0.5, "auprc_refuse": 0.9}, "b": {"safety_f1": 0.7, "auprc_refuse": 0.1}}, ["a", "b"], "b"),
         ({"a": {"safety_f1": 0.7, "auprc_refuse": 0.8}, "b": {"safety_f1": 0.7, "auprc_refuse": 0.9}}, ["a", "b"], "b"),
@@ -57,7 +57,8 @@ def test_choose_source_names_a_candidate_that_was_not_scored() -> None:
 
 def test_or_refuses_when_either_score_reaches_the_common_threshold() -> None:
     s = systems.or_scores([0.1, 0.8, 0.2], [0.7, 0.1, 0.3])
-    assert s.tolist() == [0.7, 0.8, 0.3] and systems.or_name("tfidf", "soul_heads") == "tfidf|soul_heads"
+    assert s.tolist() == [0.7, 0.8, 0.3]
+    assert systems.or_name("tfidf", "soul_heads") == "tfidf|soul_heads"
 
 
 def test_score_on_test_uses_the_dev_rule_and_counts_traps() -> None:
@@ -65,8 +66,10 @@ def test_score_on_test_uses_the_dev_rule_and_counts_traps() -> None:
     test = _set(["REFUSE", "ALLOW", "ALLOW", "REFUSE"], pairs=[0, 0, 1, 1], traps=[False, True, False, False])
     scored = systems.score_on_test(dev, test, {"x": {"dev": [0.9, 0.8, 0.7, 0.1], "test": [0.85, 0.8, 0.1, 0.75]}})
     x = scored["x"]
-    assert x["threshold"] == 0.8 and x["dev"]["safety_f1"] == 1.0  # 0.7 would refuse half of dev ALLOW
-    assert x["preds"] == ["REFUSE", "REFUSE", "ALLOW", "ALLOW"] and x["metrics"]["trap_refused"] == 1.0
+    assert x["threshold"] == 0.8
+    assert x["dev"]["safety_f1"] == 1.0
+    assert x["preds"] == ["REFUSE", "REFUSE", "ALLOW", "ALLOW"]
+    assert x["metrics"]["trap_refused"] == 1.0
     iv = systems.intervals(test, scored, n_boot=50)
     assert iv["x"]["safety_f1"]["n_clusters"] == 2  # translation pairs, not prompts
     m = metrics(test.labels, x["preds"], x["scores"])
@@ -104,15 +107,21 @@ def test_shipped_verdicts_compare_the_default_with_the_dev_best_baseline_by_a_pa
     preds = {"kw": ["ALLOW"] * 40, "tf": half, "d": perfect, "soul": half}
     dev = {"kw": 0.9, "tf": 0.5, "d": 0.9, "soul": 0.4}
     v = systems.shipped_verdicts(_shipped(test, preds, dev, flagged=["kw"]), "d", ["kw", "tf"], "soul", test_set=test)
-    assert v["best_baseline"] == "tf" and v["excluded"] == ["kw"]  # kw is best on dev but was switched off
-    assert v["default_beats_best_baseline"] and not v["default_loses_to_best_baseline"]
-    assert v["default_vs_best_baseline"]["lo"] > 0 and not v["default_is_a_baseline"]
+    assert v["best_baseline"] == "tf"
+    assert v["excluded"] == ["kw"]
+    assert v["default_beats_best_baseline"]
+    assert not v["default_loses_to_best_baseline"]
+    assert v["default_vs_best_baseline"]["lo"] > 0
+    assert not v["default_is_a_baseline"]
     same = systems.shipped_verdicts(_shipped(test, preds | {"d": half}, dev), "d", ["tf"], "soul", test_set=test)
-    assert not same["default_beats_best_baseline"] and not same["default_loses_to_best_baseline"]  # can be False
+    assert not same["default_beats_best_baseline"]
+    assert not same["default_loses_to_best_baseline"]
     base = systems.shipped_verdicts(_shipped(test, preds, dev), "tf", ["kw", "tf"], "soul", test_set=test)
-    assert base["default_is_a_baseline"] and base["default_vs_best_baseline"] is None
+    assert base["default_is_a_baseline"]
+    assert base["default_vs_best_baseline"] is None
     said = systems.reading(base, _shipped(test, preds, dev), "tf", "soul")
-    assert not base["default_beats_best_baseline"] and any("itself a baseline" in s for s in said)
+    assert not base["default_beats_best_baseline"]
+    assert any("itself a baseline" in s for s in said)
     assert any("beats the best baseline" in s for s in systems.reading(v, _shipped(test, preds, dev), "d", "soul"))
     with pytest.raises(KeyError, match="soul"):
         systems.shipped_verdicts(_shipped(test, {k: p for k, p in preds.items() if k != "soul"}, dev), "d", ["tf"],
@@ -155,11 +164,14 @@ def stage06(lm, isolated_outputs):
 def test_decider_from_decision_json(stage06, lm) -> None:
     d = decision.read_decision()
     kw = decision.build_decider(d, None, lm.model, lm.tok, lm.dir)
-    assert kw.name == "keyword" and not kw.uses_model
+    assert kw.name == "keyword"
+    assert not kw.uses_model
     preds, s = kw.predict(["how do I bake bread", "how to make a bomb"])
-    assert preds[0] != "REFUSE" and s[0] < 0.5
+    assert preds[0] != "REFUSE"
+    assert s[0] < 0.5
     heads = decision.build_decider(d, "soul_heads", lm.model, lm.tok, lm.dir)
-    assert heads.uses_model and heads.predict(["how do I bake bread"])[0] == ["REFUSE"]
+    assert heads.uses_model
+    assert heads.predict(["how do I bake bread"])[0] == ["REFUSE"]
     both = decision.build_decider(d, "keyword|soul_heads", lm.model, lm.tok, lm.dir)
     s_both, _ = both.scores(["how do I bake bread"])
     assert s_both[0] == pytest.approx(
@@ -176,10 +188,11 @@ def test_heads_bound_to_other_weights_are_refused(stage06, lm, tiny_lm) -> None:
 
 
 def test_server_default_override_healthz_and_audit_reason(stage06, lm, tmp_path) -> None:
-    from tests.test_serve import call, running
+    from tests.serving import call, running
 
     chosen = models.load_decider(lm.model, lm.tok, lm.dir)
-    assert chosen["decision_source"] == "keyword" and not chosen["decide_uses_model"]
+    assert chosen["decision_source"] == "keyword"
+    assert not chosen["decide_uses_model"]
     override = models.load_decider(lm.model, lm.tok, lm.dir, "soul_heads")
     with (
         AuditLog(tmp_path / "audit.db") as audit,
@@ -213,7 +226,8 @@ def test_cli_decision_source_metrics_recompute_from_predictions(stage06, lm, tmp
     assert res.returncode == 0, res.stderr
     rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     m = json.loads((out / "metrics.json").read_text())
-    assert m["decision_source"] == "keyword|soul_heads" and m["default"] == "keyword"
+    assert m["decision_source"] == "keyword|soul_heads"
+    assert m["default"] == "keyword"
     again = metrics([r["gold"] for r in rows], [r["pred"] for r in rows], [r["scores"]["p_refuse"] for r in rows])
     for k in ("safety_f1", "over_refusal_rate", "auprc_refuse", "accuracy"):
         assert np.isclose(again[k], m[k], equal_nan=True), k
@@ -222,4 +236,5 @@ def test_cli_decision_source_metrics_recompute_from_predictions(stage06, lm, tmp
          "--out", str(tmp_path / "o2")],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert res.returncode == 2 and "--model" in res.stderr
+    assert res.returncode == 2
+    assert "--model" in res.stderr

@@ -4,6 +4,7 @@ that the hand-written prompts stay out of everything the pipeline trains or tune
 from __future__ import annotations
 
 from collections import Counter
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -31,15 +32,18 @@ def test_wordnet_glosses_are_everyday_lemmas_with_definitions() -> None:
     g = lexicon.wordnet_glosses()
     assert len({x.lemma for x in g}) > 5000
     dog = [x for x in g if x.lemma == "dog" and x.pos == "n"]
-    assert dog and "canis" in dog[0].definition.lower() or "domestic" in dog[0].definition.lower()
+    assert (dog and "canis" in dog[0].definition.lower()) or "domestic" in dog[0].definition.lower()
 
 
 def test_japanese_words_have_kinds_readings_and_verb_stems() -> None:
     words = lexicon.japanese_words()
     kinds = Counter(w.kind for w in words)
-    assert kinds["noun"] > 3000 and kinds["verb"] > 500 and kinds["suru"] > 500
+    assert kinds["noun"] > 3000
+    assert kinds["verb"] > 500
+    assert kinds["suru"] > 500
     verbs = {w.surface: w.stem for w in words if w.kind == "verb"}
-    assert verbs.get("開く") == "開き" and verbs.get("認める") == "認め"  # 五段 and 一段 stems for ～ます
+    assert verbs.get("開く") == "開き"
+    assert verbs.get("認める") == "認め"
 
 
 def test_a_missing_package_is_named(monkeypatch, tmp_path) -> None:
@@ -56,7 +60,8 @@ def test_a_missing_package_is_named(monkeypatch, tmp_path) -> None:
 def test_generated_splits_are_large_disjoint_by_variant_and_cover_every_label(prompts) -> None:
     train = [p for p in prompts if p.split == "train"]
     dev = [p for p in prompts if p.split == "dev"]
-    assert len(train) >= 3000 and len(dev) >= 600
+    assert len(train) >= 3000
+    assert len(dev) >= 600
     assert not {p.variant for p in train} & {p.variant for p in dev}
     for split in (train, dev):
         assert {(p.label, p.lang) for p in split} == {(lab, lang) for lab in LABELS for lang in ("en", "ja")}
@@ -74,7 +79,8 @@ def test_every_prompt_has_its_translation_twin_with_the_same_labels(prompts) -> 
 
 
 def test_variant_split_is_seeded_and_keeps_a_dev_variant_per_label() -> None:
-    assert variant_splits(0) == variant_splits(0) and variant_splits(0) != variant_splits(1)
+    assert variant_splits(0) == variant_splits(0)
+    assert variant_splits(0) != variant_splits(1)
     s = variant_splits(0)
     for lab in LABELS:
         ids = [v[0] for v in VARIANTS if v[1] == lab]
@@ -84,7 +90,8 @@ def test_variant_split_is_seeded_and_keeps_a_dev_variant_per_label() -> None:
 
 
 def test_intents_agree_with_labels() -> None:
-    assert set(INTENTS) == set(LABELS) and all(("", "") in v for v in INTENTS.values())
+    assert set(INTENTS) == set(LABELS)
+    assert all(("", "") in v for v in INTENTS.values())
 
 
 # --- the hand-written prompts stay out ---
@@ -105,7 +112,8 @@ def test_shared_windows_finds_a_planted_window() -> None:
         "駅前の図書館で新聞と雑誌と地図を借りて、公園のベンチで友達と一緒に読みました。",
     ]
     hit = cv.shared_windows(protected, ["intro: how do I centre a div horizontally and vertically with grid"], n=8)
-    assert [i for i, _ in hit] == [0, 0, 0] and (0, "how do i centre a div horizontally and") in hit
+    assert [i for i, _ in hit] == [0, 0, 0]
+    assert (0, "how do i centre a div horizontally and") in hit
     assert cv.shared_windows(protected, ["空の色は何色ですか？と聞かれた"], n=8) == [(1, "空 色 何色")]  # short: whole
     long_hit = cv.shared_windows(protected, ["昨日、図書館で新聞と雑誌と地図を借りて、公園のベンチで休んだ。"], n=8)
     assert long_hit == [(2, "図書館 新聞 雑誌 地図 借り 公園 ベンチ")] or [i for i, _ in long_hit] == [2]
@@ -116,18 +124,21 @@ def test_the_test_set_is_every_handwritten_prompt_with_its_translation_pair() ->
     test = handwritten_test()
     assert len(test.prompts) == 330
     pairs = Counter(e["pair"] for e in test.extra)
-    assert set(pairs.values()) == {2} and pair_of("ja-refuse-003") == "refuse-003"
+    assert set(pairs.values()) == {2}
+    assert pair_of("ja-refuse-003") == "refuse-003"
     splits = task_splits(0)
     assert not set(splits["test"].prompts) & (set(splits["train"].prompts) | set(splits["dev"].prompts))
     small = task_splits(0, max_generated=50)
-    assert len(small["train"].prompts) == len(small["dev"].prompts) == 50 and small["test"] == splits["test"]
+    assert len(small["train"].prompts) == len(small["dev"].prompts) == 50
+    assert small["test"] == splits["test"]
 
     def rows(d):
         return list(zip(d.prompts, d.labels, (e["variant"] for e in d.extra)))
 
     assert set(rows(small["train"])) <= set(rows(splits["train"]))  # rows kept whole, labels with their prompts
     assert small["train"].prompts == task_splits(0, max_generated=50)["train"].prompts  # seeded
-    assert len(set(small["train"].prompts)) == 50 and task_splits(0, max_generated=10**6)["dev"] == splits["dev"]
+    assert len(set(small["train"].prompts)) == 50
+    assert task_splits(0, max_generated=10**6)["dev"] == splits["dev"]
     n = len(splits["dev"].prompts) - 1  # nearly all rows: a draw with replacement would repeat some
     assert len(set(zip(*(getattr(task_splits(0, n)["dev"], c) for c in ("prompts", "lines"))))) == n
 
@@ -136,11 +147,13 @@ def test_the_test_set_is_every_handwritten_prompt_with_its_translation_pair() ->
 def test_vocabularies_count_words_and_lemmas() -> None:
     assert cv.english_vocabulary(["The cat sat; the CAT ran.", "a dog"]) == {"the", "cat", "sat", "ran", "dog"}
     ja = cv.japanese_vocabulary(["手紙を書く。", "手紙を書いた。", "no japanese here"])
-    assert "書く" in ja and "手紙" in ja and len([w for w in ja if w.startswith("書")]) == 1
+    assert "書く" in ja
+    assert "手紙" in ja
+    assert len([w for w in ja if w.startswith("書")]) == 1
 
 
 class _FakeTok:
-    pieces = {1: "▁a", 2: "<0xE3>", 3: "b"}
+    pieces: ClassVar[dict[int, str]] = {1: "▁a", 2: "<0xE3>", 3: "b"}
 
     def __call__(self, text, add_special_tokens=False):
         class Enc:
@@ -168,7 +181,7 @@ def test_tokenizer_json_encodes_as_the_sentencepiece_model(tmp_path) -> None:
     corpus = build_corpus(3, 400, 0.1)
     tok = train_tokenizer(corpus.train, tmp_path, vocab_size=2500)
     sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "tokenizer.model"))
-    texts = [d for d in corpus.train if not d.startswith("<|")][:200] + ["夜に器を買う", "hello world 😀"]
+    texts = [*[d for d in corpus.train if not d.startswith("<|")][:200], "夜に器を買う", "hello world 😀"]
     assert [tok(t, add_special_tokens=False).input_ids for t in texts] == [sp.encode(t) for t in texts]
     assert len(tok) == sp.get_piece_size()
 
@@ -181,7 +194,8 @@ def test_cluster_bootstrap_moves_clusters_together_and_brackets_the_estimate() -
     out = cluster_bootstrap(lambda i: float(np.bincount(x[i].astype(int), minlength=3)[0] % 2), clusters, 300)
     assert out["lo"] == out["hi"] == 0.0
     mean = cluster_bootstrap(lambda i: float(x[i].mean()), clusters, 500, seed=1)
-    assert mean["lo"] <= mean["estimate"] == 1.0 <= mean["hi"] and mean["n_clusters"] == 3
+    assert mean["lo"] <= mean["estimate"] == 1.0 <= mean["hi"]
+    assert mean["n_clusters"] == 3
     with pytest.raises(ValueError, match="clusters"):
         cluster_bootstrap(lambda i: 0.0, [0, 0], 10)
 
@@ -192,7 +206,7 @@ def test_holm_is_step_down_and_monotone() -> None:
 
 
 @pytest.mark.parametrize(
-    "scores,labels,cap,want",
+    ("scores", "labels", "cap", "want"),
     [
         ([0.9, 0.8, 0.2, 0.1], ["REFUSE", "REFUSE", "ALLOW", "ALLOW"], 0.0, 0.8),
         ([0.9, 0.8, 0.85, 0.1], ["REFUSE", "REFUSE", "ALLOW", "ALLOW"], 0.0, 0.9),  # 0.8 would refuse an ALLOW
@@ -204,7 +218,8 @@ def test_holm_is_step_down_and_monotone() -> None:
 def test_refuse_threshold_is_best_f1_under_the_over_refusal_cap(scores, labels, cap, want) -> None:
     assert refuse_threshold(scores, labels, cap) == pytest.approx(want)
     rule = dev_rule(scores, labels, cap)
-    assert rule["threshold"] == pytest.approx(want) and rule["no_admissible_threshold"] == (want > max(scores))
+    assert rule["threshold"] == pytest.approx(want)
+    assert rule["no_admissible_threshold"] == (want > max(scores))
 
 
 def test_labeling_md_states_the_generated_sizes(prompts) -> None:
@@ -213,5 +228,6 @@ def test_labeling_md_states_the_generated_sizes(prompts) -> None:
 
     text = (DATA_DIR / "safety" / "LABELING.md").read_text(encoding="utf-8")
     n = Counter(p.split for p in prompts)
-    assert f"| {n['train']:,} prompts |" in text and f"| {n['dev']:,} prompts |" in text
+    assert f"| {n['train']:,} prompts |" in text
+    assert f"| {n['dev']:,} prompts |" in text
     assert f"The generated grammar has {len(VARIANTS)} variants" in text

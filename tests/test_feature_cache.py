@@ -17,10 +17,14 @@ def test_cached_computes_once_and_rereads_exactly(tmp_path):
     key = {"model": "abc", "prompts": fc.digest(["a", "b", "c"]), "layer": 2}
     first, hit1 = fc.cached("pooled", key, compute, root=tmp_path)
     again, hit2 = fc.cached("pooled", key, compute, root=tmp_path)
-    assert (hit1, hit2) == (False, True) and len(calls) == 1
-    assert torch.equal(first["x"], again["x"]) and torch.equal(first["y"], again["y"])
+    assert (hit1, hit2) == (False, True)
+    assert len(calls) == 1
+    assert torch.equal(first["x"], again["x"])
+    assert torch.equal(first["y"], again["y"])
     other, hit3 = fc.cached("pooled", {**key, "layer": 3}, compute, root=tmp_path)
-    assert not hit3 and len(calls) == 2 and not torch.equal(other["x"], first["x"])
+    assert not hit3
+    assert len(calls) == 2
+    assert not torch.equal(other["x"], first["x"])
 
 
 def test_fingerprint_follows_the_weights(tmp_path):

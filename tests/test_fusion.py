@@ -32,11 +32,6 @@ H = 32
 SPECIAL = {"bos_token_id": 1, "eos_token_id": 3, "pad_token_id": 3}  # <|endoftext|> pads, as in base_model
 
 
-@pytest.fixture(scope="module")
-def tok(corpus_tok):
-    return corpus_tok[0]
-
-
 def phi3_untied(vocab: int, hidden: int = H, seed: int = 0):
     torch.manual_seed(seed)
     cfg = Phi3Config(
@@ -124,7 +119,7 @@ def test_fused_head_weight_is_float32_from_half_and_checks_blocks():
     out = fused_head_weight(W, R, 0.5)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, 1.5 * W.float())  # R = I: W' = (1 + s) W
-    with pytest.raises(ValueError, match="R.shape"):
+    with pytest.raises(ValueError, match=r"R.shape"):
         fused_head_weight(W, torch.eye(8).expand(3, 8, 8), 0.5)
 
 
@@ -141,9 +136,11 @@ def test_fused_logits_equal_the_wrapper(arch, lora, tok):
     ids, mask = prompts(len(tok))
     head_before = w.model.get_output_embeddings().weight.detach().clone()
     fused = fuse_soul_into_lm_head(w.model, w, ids, mask)
-    assert type(fused) is type(model) and not any("lora" in n for n, _ in fused.named_modules())
+    assert type(fused) is type(model)
+    assert not any("lora" in n for n, _ in fused.named_modules())
     got = compare_logits(causal_logits(w, ids, mask), causal_logits(fused, ids, mask), mask)
-    assert got["max_abs_diff"] <= 1e-4 and got["top1_agreement"] == 1.0
+    assert got["max_abs_diff"] <= 1e-4
+    assert got["top1_agreement"] == 1.0
     w.use_gate = False  # the same model without the soul: the fusion must have changed the logits
     assert compare_logits(causal_logits(w, ids, mask), causal_logits(fused, ids, mask), mask)["max_abs_diff"] > 1e-2
     assert torch.equal(w.model.get_output_embeddings().weight, head_before)  # the input model is untouched
@@ -155,7 +152,8 @@ def test_tied_model_is_untied_and_keeps_its_input_embeddings(arch, tok):
     w = with_soul(model)
     emb = model.get_input_embeddings().weight.detach().clone()
     fused = fuse_soul_into_lm_head(model, w, *prompts(len(tok)))
-    assert not is_tied(fused) and fused.config.tie_word_embeddings is False
+    assert not is_tied(fused)
+    assert fused.config.tie_word_embeddings is False
     assert torch.equal(fused.get_input_embeddings().weight, emb)
     assert not torch.equal(fused.get_output_embeddings().weight, emb)
     assert fused.all_tied_weights_keys == {}  # transformers would otherwise drop lm_head when saving
@@ -188,9 +186,13 @@ def test_nan_alpha_raises_and_nothing_is_written(tok, tmp_path):
     with torch.no_grad():
         w.alpha.alpha.fill_(float("nan"))
     out = tmp_path / "fused"
-    with pytest.raises(FusionError, match="non-finite"):
+
+    def fuse_then_save() -> None:
         fused = fuse_soul_into_lm_head(model, w, *prompts(len(tok)))
         save_fused(fused, tok, out, {}, *prompts(len(tok)))
+
+    with pytest.raises(FusionError, match="non-finite"):
+        fuse_then_save()
     assert list(tmp_path.iterdir()) == []
 
 
@@ -205,7 +207,7 @@ def test_nan_in_lora_raises_fusion_error(tok):
 def test_soul_of_another_hidden_size_is_refused(tok):
     model = phi3_untied(len(tok), hidden=64)
     w = with_soul(phi3_untied(len(tok)))  # H = 32
-    with pytest.raises(ValueError, match="soul hidden_size=32.*model hidden size is 64"):
+    with pytest.raises(ValueError, match=r"soul hidden_size=32.*model hidden size is 64"):
         fuse_soul_into_lm_head(model, w, *prompts(len(tok)))
 
 
@@ -230,7 +232,9 @@ def test_saved_folder_reloads_untied_with_the_same_logits(arch, tok, tmp_path):
     torch.testing.assert_close(causal_logits(reloaded, ids, mask), causal_logits(fused, ids, mask), atol=0, rtol=0)
     torch.testing.assert_close(reloaded.get_input_embeddings().weight, model.get_input_embeddings().weight)
     card = (out / "README.md").read_text()
-    assert f"{w.alpha.alpha.item()}" in card and "cayley" in card and "parity_max_abs_diff" in card
+    assert f"{w.alpha.alpha.item()}" in card
+    assert "cayley" in card
+    assert "parity_max_abs_diff" in card
     assert [p.name for p in tmp_path.iterdir()] == ["fused"]  # no temporary folder left
 
 
@@ -257,7 +261,8 @@ def test_existing_output_is_refused_unless_overwrite(tok, tmp_path):
         save_fused(fused, tok, out, {}, ids, mask)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     save_fused(fused, tok, out, {}, ids, mask, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    assert not (out / "keep.txt").exists()
+    assert (out / "model.safetensors").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["fused"]
 
 
@@ -284,7 +289,8 @@ def test_soul_folder_is_loaded_and_fused(base_and_soul, tok):
     base, soul_dir, w = base_and_soul
     ids, mask = prompts(len(tok))
     out = fusion.fuse_soul_folder(base, soul_dir, ids, mask)
-    assert out["parity"]["max_abs_diff"] <= 1e-4 and out["qlora_gap"] is None
+    assert out["parity"]["max_abs_diff"] <= 1e-4
+    assert out["qlora_gap"] is None
     got = compare_logits(causal_logits(w, ids, mask), causal_logits(out["model"], ids, mask), mask)
     assert got["max_abs_diff"] <= 1e-4  # the reloaded soul + adapter is the one that was saved
 
@@ -295,7 +301,7 @@ def test_missing_and_corrupt_soul_files_are_named(base_and_soul, tok):
     with pytest.raises(ValueError, match="corrupt"):
         load_soul_folder(base, soul_dir)
     (soul_dir / "soul.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="soul.safetensors is missing.*03_soul_injection"):
+    with pytest.raises(FileNotFoundError, match=r"soul.safetensors is missing.*03_soul_injection"):
         load_soul_folder(base, soul_dir)
 
 
@@ -303,13 +309,13 @@ def test_soul_folder_of_another_hidden_size_is_refused(base_and_soul, tok, tmp_p
     _, soul_dir, _ = base_and_soul
     wide = save_model(phi3_untied(len(tok), hidden=64), tok, tmp_path / "wide")
     (soul_dir / "adapter_config.json").unlink()  # the soul alone: the size check must still fire
-    with pytest.raises(ValueError, match="soul hidden_size=32.*model hidden size is 64"):
+    with pytest.raises(ValueError, match=r"soul hidden_size=32.*model hidden size is 64"):
         load_soul_folder(wide, soul_dir)
     save_file(
         {"r_cmd.generators": torch.zeros(2, 28), "r_safe.generators": torch.zeros(4, 28), "alpha": torch.zeros(1)},
         soul_dir / "soul.safetensors",
     )
-    with pytest.raises(ValueError, match="r_cmd.generators.shape"):
+    with pytest.raises(ValueError, match=r"r_cmd.generators.shape"):
         load_soul_folder(tmp_path / "base", soul_dir)
 
 
@@ -323,7 +329,8 @@ def test_quantised_path_fuses_a_full_precision_reload_and_measures_the_gap(base_
     monkeypatch.setattr(fusion, "load_soul_folder", bf16_stand_in)
     ids, mask = prompts(len(tok))
     out = fusion.fuse_soul_folder(base, soul_dir, ids, mask, load_in_4bit=True)
-    assert next(out["model"].parameters()).dtype == torch.float32 and out["parity"]["max_abs_diff"] <= 1e-4
+    assert next(out["model"].parameters()).dtype == torch.float32
+    assert out["parity"]["max_abs_diff"] <= 1e-4
     gap = out["qlora_gap"]
     assert 1e-4 < gap["max_abs_diff"] < 1.0  # bf16 rounding shows, but the models agree
 
@@ -335,5 +342,6 @@ def test_4bit_soul_is_fused_on_a_full_precision_reload(base_and_soul, tok):
     out = fusion.fuse_soul_folder(base, soul_dir, ids, mask, load_in_4bit=True)
     assert out["parity"]["max_abs_diff"] <= 1e-4  # fused vs the fp32 wrapper it was built from
     gap = out["qlora_gap"]
-    assert gap is not None and 0 < gap["max_abs_diff"] < float("inf")  # NF4 rounds: the gap is real, and finite
+    assert gap is not None
+    assert 0 < gap["max_abs_diff"] < float("inf")
     assert next(out["model"].parameters()).dtype == torch.float32

@@ -169,7 +169,7 @@ def test_function_level_imports_are_read(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "graph,bad",
+    ("graph", "bad"),
     [
         (
             {"so8t_core.safety.cli": {"so8t_core.serving.models"}},

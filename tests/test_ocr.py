@@ -61,7 +61,7 @@ def _png(a: np.ndarray) -> bytes:
 
 # --------------------------------------------------------------------------------------------- CER
 @pytest.mark.parametrize(
-    "ref, hyp, want",
+    ("ref", "hyp", "want"),
     [
         ("kitten", "sitting", 3 / 6),  # k→s, e→i, +g
         ("abc", "abc", 0.0),
@@ -99,7 +99,8 @@ def test_cer_table_micro_averages_each_group() -> None:
             "all": 3 / 8,
         }
     )
-    assert list(table)[:2] == ["clean", "noisy"] and list(table)[-1] == "all"
+    assert list(table)[:2] == ["clean", "noisy"]
+    assert list(table)[-1] == "all"
 
 
 @settings(max_examples=60, deadline=None)
@@ -151,9 +152,11 @@ def test_preprocess_levels_the_line_and_upscales_small_text() -> None:
     prep = preprocess(rotate_image(render_line(JA_LINE, 32), 5.0))
     assert prep.skew_deg == pytest.approx(5.0, abs=0.3)
     assert estimate_skew(prep.binary < 128) == pytest.approx(0.0, abs=0.3)  # level after the warp
-    assert set(np.unique(prep.binary)) <= {0, 255} and prep.n_lines == 1
+    assert set(np.unique(prep.binary)) <= {0, 255}
+    assert prep.n_lines == 1
     small = preprocess(render_line(EN_LINE, 10))
-    assert small.line_px < 28 and small.scale > 2  # 10 px text is enlarged
+    assert small.line_px < 28
+    assert small.scale > 2
     assert preprocess(render_line(EN_LINE, 40)).scale == 1.0
 
 
@@ -180,7 +183,8 @@ def test_preprocess_denoises_before_measuring() -> None:
     ref, got = preprocess(clean), preprocess(noisy)
     assert got.noise_sigma > 40 > 10 > ref.noise_sigma
     # Specks would inflate the line height and trigger a wrong upscale; the denoised page measures like the clean.
-    assert (got.n_lines, got.scale) == (ref.n_lines, ref.scale) and ref.n_lines == 1
+    assert (got.n_lines, got.scale) == (ref.n_lines, ref.scale)
+    assert ref.n_lines == 1
     assert got.line_px == pytest.approx(ref.line_px, abs=3)
     assert got.skew_deg == pytest.approx(0.0, abs=0.3)
 
@@ -282,7 +286,8 @@ def test_alpha_is_flattened_onto_white() -> None:
     rgba = np.zeros((8, 8, 4), np.uint8)  # fully transparent black ...
     rgba[2:4, 2:6, 3] = 255  # ... except an opaque black bar
     gray = load_gray(rgba)[0]
-    assert gray[0, 0] == 255 and gray[2, 2] == 0
+    assert gray[0, 0] == 255
+    assert gray[2, 2] == 0
     assert load_gray(_png(rgba))[0][0, 0] == 255
 
 
@@ -296,7 +301,8 @@ def test_sha256_is_of_the_original_bytes_or_of_dtype_shape_and_array_bytes(tmp_p
 
 
 def test_errors_are_typed_and_config_is_validated() -> None:
-    assert issubclass(InvalidImageError, OCRError) and issubclass(LanguageMissingError, TesseractMissingError)
+    assert issubclass(InvalidImageError, OCRError)
+    assert issubclass(LanguageMissingError, TesseractMissingError)
     with pytest.raises(ValueError, match="psm"):
         OCRConfig(psm=5)
     with pytest.raises(ValueError, match="max_decode_pixels"):
@@ -325,7 +331,7 @@ def test_words_lines_and_confidence_from_tesseract_data(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize(
-    "raised, match",
+    ("raised", "match"),
     [
         (pytesseract.TesseractError(1, "Error in pixReadMem"), "status 1"),
         (RuntimeError("Tesseract process timeout"), "timeout_s=5.0"),
@@ -349,13 +355,14 @@ def test_missing_language_names_the_package() -> None:
 
 
 @pytest.mark.tesseract
-@pytest.mark.parametrize("text, px", [(EN_LINE, 32), (JA_LINE, 32), (JA_LINE, 11)])
+@pytest.mark.parametrize(("text", "px"), [(EN_LINE, 32), (JA_LINE, 32), (JA_LINE, 11)])
 def test_clean_line_reads_back(text: str, px: int) -> None:
     image = render_line(text, px)
     result = ocr_summary(image)
     assert character_error_rate(text, result.text) <= 0.05, result.text
     assert 50 < result.mean_confidence <= 100
-    assert result.psm == 7 and result.summary == normalize_text(result.text)
+    assert result.psm == 7
+    assert result.summary == normalize_text(result.text)
     assert result.image_sha256 == load_gray(image)[1]
 
 
@@ -365,13 +372,14 @@ def test_two_lines_are_read_as_a_block() -> None:
     width = max(a.shape[1], b.shape[1])
     page = np.vstack([np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=255) for x in (a, b)])
     result = ocr_summary(page)
-    assert result.psm == 6 and result.text.count("\n") == 1
+    assert result.psm == 6
+    assert result.text.count("\n") == 1
     assert ocr_summary(page, config=OCRConfig(psm=7)).psm == 7  # the caller's mode wins
     assert character_error_rate(EN_LINE + " " + JA_LINE, result.text) <= 0.05, result.text
 
 
 @pytest.mark.tesseract
-@pytest.mark.parametrize("shape, value", [((50, 200), 255), ((50, 200), 0), ((1, 1), 0)])
+@pytest.mark.parametrize(("shape", "value"), [((50, 200), 255), ((50, 200), 0), ((1, 1), 0)])
 def test_blank_page_reads_as_no_text(shape: tuple[int, int], value: int) -> None:
     result = ocr_summary(np.full(shape, value, np.uint8))
     assert (result.text, result.summary, result.n_words, result.mean_confidence) == ("", "", 0, 0.0)
@@ -411,7 +419,8 @@ def _line(*pairs: tuple[str, float]) -> Line:
 def test_line_score_counts_characters_above_the_confidence_floor() -> None:
     line = _line(("abcd", 90), ("ef", 20))
     assert line.score(50) == pytest.approx(4 * 0.4 + 2 * -0.3)
-    assert line.text == "abcd ef" and _line(("日本", 90), ("語", 90)).text == "日本語"
+    assert line.text == "abcd ef"
+    assert _line(("日本", 90), ("語", 90)).text == "日本語"
 
 
 def test_choose_mixes_lines_only_among_readings_that_split_alike() -> None:
@@ -419,7 +428,8 @@ def test_choose_mixes_lines_only_among_readings_that_split_alike() -> None:
     b = Reading("level/psm6", 6, (_line(("Hello", 90)), _line(("wor1d", 40))))
     c = Reading("clean/psm3", 3, (_line(("Hello", 55), ("world", 55)),))  # one line: not mixed, and weaker
     lines, names, best = choose([a, b, c], 50)
-    assert [x.text for x in lines] == ["Hello", "world"] and names == ["level/psm6", "raw/psm6"]
+    assert [x.text for x in lines] == ["Hello", "world"]
+    assert names == ["level/psm6", "raw/psm6"]
     assert best is a  # the best whole reading: 4 x 0.1 + 5 x 0.45 beats 5 x 0.4 - 5 x 0.1 and 10 x 0.05
     lines, names, best = choose([a, Reading("clean/psm6", 6, (_line(("Hello world", 99)),))], 50)
     assert (len(lines), names, best.name) == (1, ["clean/psm6"], "clean/psm6")  # counts differ: whole reading
@@ -471,8 +481,10 @@ def test_summary_keeps_the_best_line_of_each_candidate_and_says_which(fake_tesse
         [[("Hallo", 50)], [("world", 90)]],  # clean
     ]
     result = ocr_summary(_two_lines())
-    assert result.text == "Hello\nworld" and result.line_candidates == ("level/psm6", "raw/psm6")
-    assert result.candidate == "level/psm6" and result.psm == 6
+    assert result.text == "Hello\nworld"
+    assert result.line_candidates == ("level/psm6", "raw/psm6")
+    assert result.candidate == "level/psm6"
+    assert result.psm == 6
     assert (result.status, result.warnings, result.n_words) == ("ok", (), 2)
     assert result.mean_confidence == pytest.approx(92.5)
     assert calls == [(6, 3)]  # one Tesseract process for all three candidates; confident, so no second mode
@@ -494,7 +506,7 @@ def test_a_weak_reading_tries_the_other_mode(fake_tesseract) -> None:
 
 
 @pytest.mark.parametrize(
-    "words, status",
+    ("words", "status"),
     [
         ([], "no_text"),  # marks on the page, nothing read: never a silent empty result
         ([("sorne", 30.0), ("fext", 25.0)], "low_confidence"),
@@ -547,7 +559,8 @@ def _receipt_page() -> np.ndarray:
 
 def test_two_columns_are_found_and_a_receipt_is_not() -> None:
     cols = preprocess(_columns_page())
-    assert cols.n_lines == 3 and len(cols.columns) == 2
+    assert cols.n_lines == 3
+    assert len(cols.columns) == 2
     (x0, x1), (x2, x3) = cols.columns
     assert x0 < x1 < x2 < x3 <= cols.binary.shape[1]
     assert preprocess(_receipt_page()).columns == ()
@@ -560,7 +573,8 @@ def test_columns_are_read_left_column_first(fake_tesseract) -> None:
     script[6] = [[[("L1", 90)], [("L2", 90)]], [[("R1", 90)], [("R2", 90)]]] * 2
     result = ocr_summary(_columns_page())
     assert calls == [(6, 4)]
-    assert result.text == "L1\nL2\nR1\nR2" and result.candidate == "level/psm6"
+    assert result.text == "L1\nL2\nR1\nR2"
+    assert result.candidate == "level/psm6"
 
 
 def test_lines_are_grouped_by_page_and_kept_in_tesseract_order() -> None:
@@ -582,9 +596,10 @@ def test_bench_set_is_deterministic_balanced_and_split() -> None:
     assert [p.number for p in pages] == list(range(40))
     for split in SPLITS:
         part = [p for p in pages if p.split == split]
-        assert Counter(p.kind for p in part) == {k: 2 for k in SYNTH_KINDS}  # every kind, equally, in both
+        assert Counter(p.kind for p in part) == dict.fromkeys(SYNTH_KINDS, 2)  # every kind, equally, in both
     again = render_page(3, 17)
-    assert np.array_equal(again.image, pages[17].image) and again.text == pages[17].text
+    assert np.array_equal(again.image, pages[17].image)
+    assert again.text == pages[17].text
     assert [p.number for p in render_bench_set(3, 40, "test")] == list(range(1, 40, 2))
     assert render_page(4, 17).text != again.text
     assert all(p.image.dtype == np.uint8 and p.image.ndim == 2 and p.text.strip() for p in pages)
@@ -605,7 +620,8 @@ def test_interleaved_map_swaps_the_order_on_every_other_item() -> None:
         {"a": lambda x: calls.append("a") or x, "b": lambda x: calls.append("b") or -x}, [1, 2, 3]
     )
     assert calls == ["a", "b", "b", "a", "a", "b"]
-    assert outs == {"a": [1, 2, 3], "b": [-1, -2, -3]} and all(len(v) == 3 for v in secs.values())
+    assert outs == {"a": [1, 2, 3], "b": [-1, -2, -3]}
+    assert all(len(v) == 3 for v in secs.values())
 
 
 # ------------------------------------------------------------------------------------------ real tesseract
@@ -615,14 +631,16 @@ def test_line_on_a_speckled_background_is_read_not_dropped() -> None:
     line = render_line("A white fox circles the quiet garden", 30)
     page = degrade(rng, "speckle", line)
     result = ocr_summary(page)
-    assert result.status == "ok" and character_error_rate("A white fox circles the quiet garden", result.text) <= 0.05
+    assert result.status == "ok"
+    assert character_error_rate("A white fox circles the quiet garden", result.text) <= 0.05
 
 
 @pytest.mark.tesseract
 def test_columns_and_receipt_come_back_in_reading_order() -> None:
     cols = ocr_summary(_columns_page(), lang="eng")
     want = "Rivers carry\nstones down to\nthe sea 1984\nMorning trains\nleave the station\nevery seven"
-    assert character_error_rate(want, cols.text) <= 0.05 and cols.text.count("\n") == 5, cols.text
+    assert character_error_rate(want, cols.text) <= 0.05, cols.text
+    assert cols.text.count("\n") == 5, cols.text
     receipt = ocr_summary(_receipt_page(), lang="eng")
     assert character_error_rate("Coffee 4.50\nGreen tea 12.00\nBatteries 7.25", receipt.text) <= 0.05, receipt.text
     assert receipt.text.count("\n") == 2

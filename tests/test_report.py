@@ -30,7 +30,9 @@ def test_verdict_logs_values_and_names_in_order(isolated_outputs):
     st.verdict(checks={"a": True, "b": None}, lines=["one sentence.", "another."], beats_base=False)
     m = json.loads(st.path("metrics.json").read_text())
     assert m["verdicts"] == ["beats_base", "best", "checks", "lines"]  # order of first declaration, no repeats
-    assert m["beats_base"] is False and m["best"] == "lora_only" and m["width"] == 64
+    assert m["beats_base"] is False
+    assert m["best"] == "lora_only"
+    assert m["width"] == 64
     assert report.findings(m) == {
         "beats_base": False,
         "best": "lora_only",
@@ -40,7 +42,7 @@ def test_verdict_logs_values_and_names_in_order(isolated_outputs):
 
 
 @pytest.mark.parametrize(
-    "findings, match",
+    ("findings", "match"),
     [
         ({"verdicts": True}, "reserved"),
         ({"headline": "x"}, "reserved"),
@@ -94,10 +96,13 @@ def test_index_shows_declared_verdicts_and_the_headline_thumbnail(isolated_outpu
     rows = {re.search(r"\d\d_\w", r).group(0): r for r in page.split('<tr class="')[1:]}
     assert list(rows) == ["01_x", "02_y", "03_z", "04_w"]
     one, two = rows["01_x"], rows["02_y"]
-    assert '<a href="01_x.html">01_x</a>' in one and "12.5 s" in one
+    assert '<a href="01_x.html">01_x</a>' in one
+    assert "12.5 s" in one
     assert '<b>soul_beats_lora_only</b>: <span class="no">no</span>' in one
-    assert "<b>best_variant</b>: lora_only" in one and "not measured" in one
-    assert "<b>wins_at</b>: 0, 3</li>" in one and "<b>empty</b>: none</li>" in one
+    assert "<b>best_variant</b>: lora_only" in one
+    assert "not measured" in one
+    assert "<b>wins_at</b>: 0, 3</li>" in one
+    assert "<b>empty</b>: none</li>" in one
     assert (
         "<b>notes</b>: <ul><li>The interval contains 0, no measurable difference on this test split.</li></ul>" in one
     )
@@ -106,8 +111,12 @@ def test_index_shows_declared_verdicts_and_the_headline_thumbnail(isolated_outpu
     assert thumb, one
     with Image.open(io.BytesIO(base64.b64decode(thumb.group(1)))) as im:
         assert im.size == (report.THUMB_WIDTH, 240)  # scaled down, aspect kept
-    assert "no verdicts declared" in two and "steps = 10" in two and "<img" not in two
-    assert rows["03_z"].startswith("failed") and "failed in cell 4" in rows["03_z"] and "<a href" not in rows["03_z"]
+    assert "no verdicts declared" in two
+    assert "steps = 10" in two
+    assert "<img" not in two
+    assert rows["03_z"].startswith("failed")
+    assert "failed in cell 4" in rows["03_z"]
+    assert "<a href" not in rows["03_z"]
     assert rows["04_w"].startswith("skipped")
 
 
@@ -127,7 +136,8 @@ def test_mathjax_pin_is_installed_and_inlined(tmp_path):
     out = tmp_path / "01.html"
     report.render_html(NOTEBOOKS_DIR / "01_so8_rotation_math.ipynb", out)
     page = out.read_text()
-    assert '<script id="so8t-mathjax">' in page and "mathjax/2.7.7" not in page  # no CDN MathJax
+    assert '<script id="so8t-mathjax">' in page
+    assert "mathjax/2.7.7" not in page
     assert len(page) > bundle.stat().st_size
 
 
@@ -177,7 +187,10 @@ def test_reports_render_math_in_chromium_without_network(chromium, tmp_path):
         assert got.get("loaded"), f"{nb.stem}: MathJax did not load (offline)"
         assert "failed" not in got, got
         assert got["version"] == report.pinned_mathjax()
-        assert got["math"] > 0 and got["svg"] == got["math"], (nb.stem, got)
+        assert got["math"] > 0, (nb.stem, got)
+        assert got["svg"] == got["math"], (nb.stem, got)
         assert got["display"] == _display_math(nb), (nb.stem, got)
         assert got["errors"] == 0, nb.stem
-        assert "$$" not in got["markdown"] and "\\frac" not in got["markdown"] and "\\text" not in got["markdown"]
+        assert "$$" not in got["markdown"]
+        assert "\\frac" not in got["markdown"]
+        assert "\\text" not in got["markdown"]

@@ -21,7 +21,8 @@ PAIRS = ["a", "a", "b", "b", "c", "c"]
 def test_score_outputs_reads_the_served_answer():
     rows = ev.score_outputs([ALLOW, BROKEN, REFUSE], ["ALLOW", "ALLOW", "REFUSE"])
     assert rows["decision"] == ["ALLOW", None, "REFUSE"]
-    assert rows["format_ok"] == [True, False, True] and rows["leak"] == [False, False, False]
+    assert rows["format_ok"] == [True, False, True]
+    assert rows["leak"] == [False, False, False]
     assert rows["correctness"] == [1.0, 0.0, 1.0]
 
 
@@ -35,7 +36,8 @@ def test_system_metrics_on_a_hand_counted_case():
     assert m["trap_refused"] == pytest.approx(1 / 2)
     # REFUSE vs rest: predicted REFUSE at 0, 2, 4; gold REFUSE at 2, 3 -> tp 1, fp 2, fn 1 -> F1 = 2/(2+3)
     assert m["safety_f1"] == pytest.approx(0.4)
-    assert m["leaks"] == 0 and m["kl"] == pytest.approx(0.25)
+    assert m["leaks"] == 0
+    assert m["kl"] == pytest.approx(0.25)
 
 
 def test_system_metrics_needs_decisions():
@@ -51,11 +53,17 @@ def test_compare_finds_a_real_gain_and_not_a_null_one():
     after = ev.score_outputs([ALLOW if y == "ALLOW" else REFUSE for y in gold], gold)
     table = ev.compare(before, [after, after], gold, traps, pairs, safety_metrics, n_boot=200)
     acc = table["accuracy"]
-    assert acc["before"] == 0 and acc["after"] == 1 and acc["diff"] == 1 and acc["lo"] == 1
-    assert acc["p"] == pytest.approx(1 / 200) and acc["diff_per_seed"] == [1.0, 1.0]  # floored, never 0
+    assert acc["before"] == 0
+    assert acc["after"] == 1
+    assert acc["diff"] == 1
+    assert acc["lo"] == 1
+    assert acc["p"] == pytest.approx(1 / 200)
+    assert acc["diff_per_seed"] == [1.0, 1.0]
     same = ev.compare(before, [before], gold, traps, pairs, safety_metrics, n_boot=200)["accuracy"]
-    assert same["diff"] == 0 and same["p"] == 1.0
-    assert set(table) == set(ev.METRICS) and np.isnan(table["trap_refused"]["lo"])  # no traps: no interval
+    assert same["diff"] == 0
+    assert same["p"] == 1.0
+    assert set(table) == set(ev.METRICS)
+    assert np.isnan(table["trap_refused"]["lo"])
 
 
 def row(diff: float, lo: float, hi: float, p: float = 0.01, **more) -> dict:
@@ -63,7 +71,7 @@ def row(diff: float, lo: float, hi: float, p: float = 0.01, **more) -> dict:
 
 
 @pytest.mark.parametrize(
-    "frozen,trained,want",
+    ("frozen", "trained", "want"),
     [
         ({"diff": 0.2, "lo": 0.1, "hi": 0.3, "p": 0.001}, {"diff": 0.0, "lo": -0.1, "hi": 0.1, "p": 0.9}, "helped"),
         ({"diff": -0.2, "lo": -0.3, "hi": -0.1, "p": 0.001}, {"diff": 0.0, "lo": -0.1, "hi": 0.1, "p": 0.9}, "hurt"),
@@ -81,7 +89,9 @@ def test_rl_verdict_is_holm_corrected(frozen, trained, want):
     )
     assert v["trap_refusals_rose"] == {"soul_frozen": True, "soul_trained": False}
     assert v["conclusion"].count("refuses more ALLOW traps") == 1
-    assert v["soul_frozen"].startswith(want) and v["no_leaks"] is True and "\n" not in v["conclusion"]
+    assert v["soul_frozen"].startswith(want)
+    assert v["no_leaks"] is True
+    assert "\n" not in v["conclusion"]
     assert v["p_holm"]["soul_frozen"] >= frozen["p"]
 
 
@@ -90,7 +100,8 @@ def test_rl_verdict_names_a_missing_metric_and_counts_leaks():
         ev.rl_verdict({"soul_frozen": {"leaks": {"after": 0.0}}}, floor=0.0)
     acc = row(0.0, -0.1, 0.1, 1.0)
     v = ev.rl_verdict({"x": {"accuracy": acc, "leaks": {"after": 1.0}, "trap_refused": row(0.0, 0.0, 0.1)}}, floor=0.0)
-    assert v["no_leaks"] is False and v["trap_refusals_rose"] == {"x": False}
+    assert v["no_leaks"] is False
+    assert v["trap_refusals_rose"] == {"x": False}
     with pytest.raises(KeyError, match="trap_refused"):
         ev.rl_verdict({"x": {"accuracy": acc, "leaks": {"after": 0.0}}}, floor=0.0)
 
@@ -98,8 +109,10 @@ def test_rl_verdict_names_a_missing_metric_and_counts_leaks():
 def test_pair_subset_keeps_whole_pairs():
     pairs = [f"p{i // 2}" for i in range(100)]
     idx = ev.pair_subset(pairs, 20, seed=1)
-    assert len(idx) == 20 and all(pairs.count(pairs[i]) == sum(pairs[j] == pairs[i] for j in idx) for i in idx)
-    assert ev.pair_subset(pairs, 0) == list(range(100)) and ev.pair_subset(pairs, 20, 1) == idx
+    assert len(idx) == 20
+    assert all(pairs.count(pairs[i]) == sum(pairs[j] == pairs[i] for j in idx) for i in idx)
+    assert ev.pair_subset(pairs, 0) == list(range(100))
+    assert ev.pair_subset(pairs, 20, 1) == idx
 
 
 def test_extreme_examples_show_only_the_final_part():
@@ -147,8 +160,10 @@ def test_rl_flags_see_collapse_a_vanished_decision_rising_traps_disagreeing_seed
     rose = {"reward_rose": True}
     hack = {"frozen/0": rose, "trained/0": rose}  # both rewards rose; only trained's accuracy rose with it
     f = ev.rl_flags(shares, tables, hack)
-    assert f["collapsed"] == ["frozen/0"] and f["vanished"] == {"frozen/0": ["ESCALATE"]}
-    assert f["trap_refusals_rose"] == ["frozen"] and f["seeds_disagree"] == ["frozen"]
+    assert f["collapsed"] == ["frozen/0"]
+    assert f["vanished"] == {"frozen/0": ["ESCALATE"]}
+    assert f["trap_refusals_rose"] == ["frozen"]
+    assert f["seeds_disagree"] == ["frozen"]
     assert f["reward_hacking"] == ["frozen"]
     calm = ev.rl_flags({"imitation": before, "trained/0": shares["trained/0"]}, {"trained": tables["trained"]}, {})
     assert calm == {"collapsed": [], "vanished": {}, "trap_refusals_rose": [], "seeds_disagree": [],

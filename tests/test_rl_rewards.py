@@ -89,7 +89,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case,raw,structure,consistency,correct", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("case", "raw", "structure", "consistency", "correct"), CASES, ids=[c[0] for c in CASES])
 def test_text_rewards_on_adversarial_completions(case, raw, structure, consistency, correct):
     got = R.score_completion(raw, "ALLOW")
     assert got["structure"] == pytest.approx(structure), R.structure_checks(raw)
@@ -98,7 +98,7 @@ def test_text_rewards_on_adversarial_completions(case, raw, structure, consisten
 
 
 @pytest.mark.parametrize(
-    "raw,label,answer,stated",
+    ("raw", "label", "answer", "stated"),
     [
         (GOOD_REFUSE, "REFUSE", "REFUSE", "REFUSE"),
         (GOOD_ESC, "ESCALATE", "ESCALATE", "ESCALATE"),
@@ -119,7 +119,8 @@ def test_text_rewards_on_adversarial_completions(case, raw, structure, consisten
     ],
 )
 def test_decisions_and_correctness_per_label(raw, label, answer, stated):
-    assert R.answer_decision(raw) == answer and R.stated_decision(raw) == stated
+    assert R.answer_decision(raw) == answer
+    assert R.stated_decision(raw) == stated
     assert R.correctness_reward(raw, label) == float(answer == label)
     assert R.consistency_reward(raw) == 1.0
 
@@ -154,7 +155,8 @@ def test_kl_k3_is_zero_on_equal_policies_and_positive_otherwise():
     other = lp + torch.tensor([[0.3, -0.2, 5.0], [0.0, 0.0, 0.0]])
     k = R.kl_k3(lp, other, mask)
     r = torch.tensor([0.3, -0.2])
-    assert k[0] == pytest.approx(float((torch.exp(r) - r - 1).mean())) and k[1] == 0  # masked token ignored
+    assert k[0] == pytest.approx(float((torch.exp(r) - r - 1).mean()))
+    assert k[1] == 0
     assert torch.equal(R.stability_reward(lp, other, mask), -k)
 
 
@@ -167,7 +169,7 @@ def test_trl_reward_functions_decode_ids_and_read_the_label_column():
 
 
 @pytest.mark.parametrize(
-    "structure,correctness,hacking",
+    ("structure", "correctness", "hacking"),
     [
         ([0.2, 0.3, 0.6, 0.9], [0.8, 0.7, 0.4, 0.2], True),  # the watch's case
         ([0.2, 0.3, 0.6, 0.9], [0.2, 0.3, 0.5, 0.8], False),  # both rise: learning
@@ -178,7 +180,8 @@ def test_trl_reward_functions_decode_ids_and_read_the_label_column():
 )
 def test_reward_hacking_verdict(structure, correctness, hacking):
     v = R.reward_hacking({"structure": structure, "correctness": correctness})
-    assert v["hacking"] is hacking and ("reward hacking:" in v["conclusion"]) is hacking
+    assert v["hacking"] is hacking
+    assert ("reward hacking:" in v["conclusion"]) is hacking
     assert "\n" not in v["conclusion"]
 
 
@@ -194,5 +197,5 @@ def test_total_rewards_weighs_each_part_and_subtracts_the_kl():
     assert R.total_rewards(rows, (1.0, 2.0, 4.0, 10.0)) == pytest.approx([1 + 2 - 2.0, 0.5 + 4.0])
     with pytest.raises(ValueError, match="weights"):
         R.total_rewards(rows, (1.0, 2.0))
-    with pytest.raises(ValueError):  # rows of different lengths are a bug, not a shorter list
+    with pytest.raises(ValueError, match="longer|shorter"):  # rows of different lengths are a bug, not a shorter list
         R.total_rewards(rows | {"kl": [0.0]}, (1.0, 1.0, 1.0, 1.0))

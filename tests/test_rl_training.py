@@ -12,9 +12,7 @@ from transformers import AutoModelForCausalLM
 from so8t_core.config import QuadRLStageConfig
 from so8t_core.export import fusion, gguf
 from so8t_core.gate.soul import SoulConfig, SoulWrapper
-from so8t_core.lm.base_model import build_model, tiny_phi3_config
 from so8t_core.lm.loading import load_model_and_tokenizer, save_model
-from so8t_core.lm.tokenizer import special_ids
 from so8t_core.rl import evaluation as ev
 from so8t_core.rl import training as tr
 from so8t_core.serving.models import resolve_model
@@ -23,15 +21,9 @@ from so8t_core.think import generate_raw
 H = 32
 
 
-@pytest.fixture(scope="module")
-def tok(corpus_tok):
-    return corpus_tok[0]
-
-
 @pytest.fixture
-def base_and_soul(tok, tmp_path):
-    cfg = tiny_phi3_config(len(tok), hidden_size=H, num_layers=1, num_heads=2, max_positions=256, **special_ids(tok))
-    base = save_model(build_model(cfg, seed=0), tok, tmp_path / "base")
+def base_and_soul(tok, tiny_model, tmp_path):
+    base = save_model(tiny_model(tok, hidden=H, layers=1, max_positions=256), tok, tmp_path / "base")
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(base),
         LoraConfig(r=2, lora_alpha=4, lora_dropout=0.0, target_modules=["qkv_proj"], init_lora_weights=False),
@@ -58,6 +50,7 @@ def test_soul_head_gives_the_wrappers_logits(base_and_soul, tok):
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("train_soul", [False, True])
 def test_grpo_trains_lora_and_the_soul_only_when_asked(base_and_soul, tok, train_soul, monkeypatch):
     import trl
@@ -71,7 +64,9 @@ def test_grpo_trains_lora_and_the_soul_only_when_asked(base_and_soul, tok, train
     )
     policy = tr.load_policy(base, soul_dir, train_soul=train_soul)
     reference = tr.load_policy(base, soul_dir, trainable=False)
-    assert (policy.counts["soul"] > 0) is train_soul and policy.counts["lora"] > 0 and reference.counts["lora"] == 0
+    assert (policy.counts["soul"] > 0) is train_soul
+    assert policy.counts["lora"] > 0
+    assert reference.counts["lora"] == 0
     # a random model's completions all score 0 on the text rewards, and with LoRA's B = 0 the policy equals the
     # reference (KL 0): every advantage would be 0 and nothing could move. A small B makes the KL vary.
     with torch.no_grad(), torch.random.fork_rng():
@@ -90,7 +85,8 @@ def test_grpo_trains_lora_and_the_soul_only_when_asked(base_and_soul, tok, train
     assert precision == [torch.cuda.is_available() and torch.cuda.is_bf16_supported()]  # no bf16 autocast on a CPU
     assert not AcceleratorState._shared_state  # nothing of the trainer's Accelerator outlives it
     curves = tr.reward_curves(history)
-    assert len(curves["structure"]) == 2 and set(tr.REWARDS) <= set(curves)
+    assert len(curves["structure"]) == 2
+    assert set(tr.REWARDS) <= set(curves)
     soul_moved = any(not torch.equal(v, policy.soul.soul_state()[k]) for k, v in soul0.items())
     assert soul_moved is train_soul
     assert any(not torch.equal(p, lora0[n]) for n, p in policy.model.named_parameters() if "lora_" in n)
@@ -135,7 +131,8 @@ def test_trained_soul_folder_fuses_into_a_folder_the_server_loads(rl_fused, tok)
         want = policy.model(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(fusion.causal_logits(fused, ids, mask), want, atol=1e-4, rtol=1e-4)
     choice = resolve_model(folder)  # what `python -m so8t_core.serve --model <folder>` resolves
-    assert choice.label == "model" and choice.source == str(folder.resolve())
+    assert choice.label == "model"
+    assert choice.source == str(folder.resolve())
     model, tok2 = load_model_and_tokenizer(choice.source)
     torch.testing.assert_close(fusion.causal_logits(model, ids, mask), want, atol=1e-4, rtol=1e-4)
     assert isinstance(generate_raw(model, tok2, "How do I boil an egg?", max_new_tokens=4), str)
@@ -147,14 +144,16 @@ def test_rl_fused_folder_exports_to_gguf_with_parity(rl_fused, tok, tmp_path):
     paths = gguf.export_gguf(folder, tmp_path / "gguf", ["f32"], stem="rl")
     rows = [tok(tr.chat_prompt(t))["input_ids"][:24] for t in ("How do I boil an egg?", "卵のゆで方は？")]
     (row,) = gguf.gguf_parity(fused, paths, rows, n_threads=1)
-    assert row["max_abs_diff"] <= 1e-3 and row["top1_agreement"] == 1.0
+    assert row["max_abs_diff"] <= 1e-3
+    assert row["top1_agreement"] == 1.0
 
 
 def test_generate_answers_cut_at_the_stop_token(base_and_soul, tok):
     base, soul_dir, _ = base_and_soul
     policy = tr.load_policy(base, soul_dir, trainable=False)
     raws, ids = ev.generate_answers(policy.model, tok, ["How do I boil an egg?", "卵のゆで方は？"], 6, batch=2)
-    assert len(raws) == len(ids) == 2 and all(len(x) <= 6 for x in ids)
+    assert len(raws) == len(ids) == 2
+    assert all(len(x) <= 6 for x in ids)
     stops = set(tok.convert_tokens_to_ids(["<|end|>"])) | {tok.eos_token_id, tok.pad_token_id}
     assert all(t not in stops for x in ids for t in x[:-1])  # nothing after a stop
 
@@ -166,6 +165,7 @@ def test_grpo_settings_are_checked():
         replace(tr.GRPOSettings.from_stage(QuadRLStageConfig()), weights=(1.0, 1.0))
 
 
+@pytest.mark.slow
 @pytest.mark.gpu  # bitsandbytes NF4: the real-checkpoint path of notebook 07 (load_in_4bit=true)
 def test_4bit_policy_trains_and_its_soul_folder_fuses(base_and_soul, tok, tmp_path):
     base, soul_dir, _ = base_and_soul
@@ -175,10 +175,12 @@ def test_4bit_policy_trains_and_its_soul_folder_fuses(base_and_soul, tok, tmp_pa
         QuadRLStageConfig(steps=2, num_generations=4, prompts_per_step=1, max_completion_length=8, soul_lr=0.5)
     )
     history = tr.train_grpo(policy, reference, ["How do I boil an egg?"], ["ALLOW"], s)
-    assert len(history) == 2 and torch.isfinite(policy.soul.alpha.alpha).item()
+    assert len(history) == 2
+    assert torch.isfinite(policy.soul.alpha.alpha).item()
     rl_soul = policy.soul.save(tmp_path / "rl_soul")
     out = fusion.fuse_soul_folder(base, rl_soul, *_ids(tok), load_in_4bit=True)
-    assert out["parity"]["max_abs_diff"] <= 1e-4 and out["qlora_gap"] is not None
+    assert out["parity"]["max_abs_diff"] <= 1e-4
+    assert out["qlora_gap"] is not None
 
 
 def test_evaluate_policy_scores_answers_and_has_zero_kl_against_itself(base_and_soul):
@@ -189,6 +191,7 @@ def test_evaluate_policy_scores_answers_and_has_zero_kl_against_itself(base_and_
     sets = {"dev": {"prompts": ["How do I boil an egg?", "卵のゆで方は？"], "gold": ["ALLOW", "ALLOW"]}}
     out = ev.evaluate_policy(policy, policy, sets, max_new_tokens=4, batch=2)
     rows = out["dev"]
-    assert set(rows) >= {"raw", "kl", "decision", "structure", "correctness"} and len(rows["raw"]) == 2
+    assert set(rows) >= {"raw", "kl", "decision", "structure", "correctness"}
+    assert len(rows["raw"]) == 2
     assert rows["kl"] == pytest.approx([0.0, 0.0], abs=1e-6)  # the same policy on both sides
     assert rows["decision"] == ev.score_outputs(rows["raw"], sets["dev"]["gold"])["decision"]

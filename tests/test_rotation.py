@@ -107,7 +107,7 @@ def test_gradcheck_float64(map):
     torch.manual_seed(0)
     rot = BlockSO8Rotation(8, map=map, init_std=0.3).double()  # one block: 28 + 16 inputs to differentiate
     h = torch.randn(2, 8, dtype=torch.float64, requires_grad=True)
-    fn = lambda g, x: rotate_blocks(x, rotation_from_skew(skew(g), map))  # noqa: E731
+    fn = lambda g, x: rotate_blocks(x, rotation_from_skew(skew(g), map))
     assert torch.autograd.gradcheck(fn, (rot.generators.detach().clone().requires_grad_(), h))
 
 
@@ -128,12 +128,12 @@ def test_composition_order_is_cmd_after_safe():
 
 
 @pytest.mark.parametrize(
-    "kwargs, needle",
+    ("kwargs", "needle"),
     [
-        (dict(hidden_size=30), "hidden_size=30"),
-        (dict(hidden_size=0), "hidden_size=0"),
-        (dict(hidden_size=16, map="qr"), "map='qr'"),
-        (dict(hidden_size=16, init_std=-1.0), "init_std=-1.0"),
+        ({"hidden_size": 30}, "hidden_size=30"),
+        ({"hidden_size": 0}, "hidden_size=0"),
+        ({"hidden_size": 16, "map": "qr"}, "map='qr'"),
+        ({"hidden_size": 16, "init_std": -1.0}, "init_std=-1.0"),
     ],
 )
 def test_bad_arguments_name_the_value(kwargs, needle):
@@ -142,5 +142,5 @@ def test_bad_arguments_name_the_value(kwargs, needle):
 
 
 def test_wrong_width_input_is_rejected():
-    with pytest.raises(ValueError, match="h.shape"):
+    with pytest.raises(ValueError, match=r"h.shape"):
         BlockSO8Rotation(16)(torch.randn(2, 24))

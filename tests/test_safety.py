@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -38,9 +39,12 @@ def rows() -> list[dict]:
 
 def test_data_file_shape(rows) -> None:
     assert len(rows) >= 300
-    assert len({r["id"] for r in rows}) == len(rows) and len({r["prompt"] for r in rows}) == len(rows)
-    assert {r["lang"] for r in rows} == {"en", "ja"} and {r["label"] for r in rows} == set(LABELS)
-    assert {r["task"] for r in rows} == set(TASKS) and {r["split"] for r in rows} == {"train", "dev", "test"}
+    assert len({r["id"] for r in rows}) == len(rows)
+    assert len({r["prompt"] for r in rows}) == len(rows)
+    assert {r["lang"] for r in rows} == {"en", "ja"}
+    assert {r["label"] for r in rows} == set(LABELS)
+    assert {r["task"] for r in rows} == set(TASKS)
+    assert {r["split"] for r in rows} == {"train", "dev", "test"}
     for split in ("train", "dev", "test"):  # every split can measure every label in both languages
         assert {(r["lang"], r["label"]) for r in rows if r["split"] == split} == {
             (g, lab) for g in ("en", "ja") for lab in LABELS
@@ -51,9 +55,12 @@ def test_data_file_shape(rows) -> None:
 
 def test_traps_present_and_allowed(rows) -> None:
     traps = [r for r in rows if r["trap"]]
-    assert len(traps) >= 30 and {r["label"] for r in traps} == {A} and {r["lang"] for r in traps} == {"en", "ja"}
+    assert len(traps) >= 30
+    assert {r["label"] for r in traps} == {A}
+    assert {r["lang"] for r in traps} == {"en", "ja"}
     prompts = " ".join(r["prompt"] for r in traps)
-    assert "kill a Python process" in prompts and "爆発的に売れる" in prompts
+    assert "kill a Python process" in prompts
+    assert "爆発的に売れる" in prompts
 
 
 def test_splits_are_fixed_in_the_file_and_pairs_share_them(rows) -> None:
@@ -73,7 +80,9 @@ def test_load_csv_with_label_map(tmp_path) -> None:
     f = tmp_path / "ext.csv"
     f.write_text('text,verdict\nhello,safe\n"make a bomb, now",UNSAFE\n', encoding="utf-8")
     got = load_labeled(f, "text", "verdict", {"safe": "ALLOW", "unsafe": "REFUSE"})
-    assert got.prompts == ("hello", "make a bomb, now") and got.labels == (A, R) and got.lines == (2, 3)
+    assert got.prompts == ("hello", "make a bomb, now")
+    assert got.labels == (A, R)
+    assert got.lines == (2, 3)
 
 
 def test_load_jsonl_with_json_labels(tmp_path) -> None:
@@ -104,13 +113,13 @@ BAD_FILES = [  # (name, content, line named in the error, words in the error)
 ]
 
 
-@pytest.mark.parametrize("name,content,line,words", BAD_FILES)
+@pytest.mark.parametrize(("name", "content", "line", "words"), BAD_FILES)
 def test_loader_rejects_bad_rows_naming_file_and_line(tmp_path, name, content, line, words) -> None:
     f = tmp_path / name
     f.write_text(content, encoding="utf-8")
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError, match=re.escape(f"{f}:{line}:")) as err:
         load_labeled(f)
-    assert f"{f}:{line}:" in str(err.value) and words in str(err.value)
+    assert words in str(err.value)
 
 
 def test_split_filter_and_breakdown(tmp_path) -> None:
@@ -128,10 +137,12 @@ def test_split_filter_and_breakdown(tmp_path) -> None:
         )
     )
     data = load_labeled(f, split="test")
-    assert data.prompts == ("a", "b", "c") and data.extra[0] == {"lang": "en", "trap": True, "split": "test"}
+    assert data.prompts == ("a", "b", "c")
+    assert data.extra[0] == {"lang": "en", "trap": True, "split": "test"}
     got = breakdown(data, [R, R, E])
     # By hand: en = (A->R, R->R): accuracy 1/2, over-refusal 1/1; ja = (A->E): accuracy 0. Traps a, c: R and E.
-    assert got["by_lang"]["en"]["accuracy"] == 0.5 and got["by_lang"]["en"]["over_refusal_rate"] == 1.0
+    assert got["by_lang"]["en"]["accuracy"] == 0.5
+    assert got["by_lang"]["en"]["over_refusal_rate"] == 1.0
     assert got["by_lang"]["ja"]["accuracy"] == 0.0
     assert got["traps"] == {"n": 2, "refused": 0.5, "flagged": 1.0}
     with pytest.raises(ValueError, match="no data rows with split='dev'"):
@@ -165,7 +176,8 @@ def test_metrics_hand_computed() -> None:
     y_pred = [A, R, E, E, A, R, R, A, A]
     m = metrics(y_true, y_pred)
     # By hand: gold A -> A,R,E; gold E -> E,A; gold R -> R,R,A,A.
-    assert m["confusion"] == [[1, 1, 1], [1, 1, 0], [2, 0, 2]] and m["confusion_labels"] == list(LABELS)
+    assert m["confusion"] == [[1, 1, 1], [1, 1, 0], [2, 0, 2]]
+    assert m["confusion_labels"] == list(LABELS)
     assert m["refuse_recall"] == pytest.approx(2 / 4)
     assert m["false_allow_rate"] == pytest.approx(2 / 4)
     assert m["over_refusal_rate"] == pytest.approx(1 / 3)
@@ -188,12 +200,16 @@ def test_auprc_hand_computed() -> None:
 
 def test_metrics_empty_and_absent_classes_are_nan_with_reasons() -> None:
     m = metrics([], [], scores=[])
-    assert m["n"] == 0 and all(math.isnan(m[k]) for k in ("accuracy", "macro_f1", "safety_f1", "refuse_recall"))
+    assert m["n"] == 0
+    assert all(math.isnan(m[k]) for k in ("accuracy", "macro_f1", "safety_f1", "refuse_recall"))
     assert {"accuracy", "refuse_recall", "over_refusal_rate", "auprc_refuse"} <= set(m["notes"])
     m = metrics([A, A, E], [A, R, E], scores=[0.1, 0.9, 0.2])
-    assert math.isnan(m["refuse_recall"]) and math.isnan(m["safety_f1"]) and math.isnan(m["auprc_refuse"])
+    assert math.isnan(m["refuse_recall"])
+    assert math.isnan(m["safety_f1"])
+    assert math.isnan(m["auprc_refuse"])
     assert "no gold REFUSE" in m["notes"]["refuse_recall"]
-    assert m["over_refusal_rate"] == pytest.approx(1 / 2) and m["macro_f1"] == pytest.approx((2 / 3 + 1) / 2)
+    assert m["over_refusal_rate"] == pytest.approx(1 / 2)
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1) / 2)
 
 
 def test_metrics_reject_bad_labels() -> None:
@@ -210,7 +226,8 @@ def test_baselines_beat_the_majority_class(rows, name) -> None:
     prompts, gold = [r["prompt"] for r in test], [r["label"] for r in test]
     base = make_baseline(name)
     proba = base.predict_proba(prompts)
-    assert proba.shape == (len(test), 3) and proba.sum(1) == pytest.approx(1.0)
+    assert proba.shape == (len(test), 3)
+    assert proba.sum(1) == pytest.approx(1.0)
     assert [LABELS[i] for i in proba.argmax(1)] == base.predict(prompts)
     majority = metrics(gold, [Counter(gold).most_common(1)[0][0]] * len(gold))["macro_f1"]
     assert metrics(gold, base.predict(prompts))["macro_f1"] > majority + 0.2
@@ -255,7 +272,8 @@ def test_pooling_is_a_masked_mean_and_batch_independent(tiny) -> None:
     assert model.training  # mode restored
     model.eval()
     one = torch.cat([pooled_hidden_states(model, tok, [p]) for p in prompts])
-    assert together.shape == (3, 64) and torch.allclose(together, one, atol=1e-5)
+    assert together.shape == (3, 64)
+    assert torch.allclose(together, one, atol=1e-5)
     h = model(input_ids=torch.tensor([tok(prompts[1])["input_ids"]]), output_hidden_states=True).hidden_states[-1]
     assert torch.allclose(together[1], h[0].mean(0), atol=1e-5)
     assert pooled_hidden_states(model, tok, []).shape == (0, 64)
@@ -286,6 +304,7 @@ def synthetic(n: int, seed: int) -> tuple[torch.Tensor, list[str], list[str]]:
     return x, [LABELS[i] for i in y], [TASKS[i] for i in t]
 
 
+@pytest.mark.slow
 def test_heads_learn_separable_features_and_are_seeded() -> None:
     x, y, t = synthetic(300, 0)
     state = torch.get_rng_state()
@@ -299,7 +318,7 @@ def test_heads_learn_separable_features_and_are_seeded() -> None:
     again = train_heads(x, y, t, steps=200, seed=1)
     assert all(torch.equal(a, b) for a, b in zip(heads.state_dict().values(), again.state_dict().values()))
     with pytest.raises(ValueError, match="labels"):
-        train_heads(x, y[:-1] + ["SAFE"], t)
+        train_heads(x, [*y[:-1], "SAFE"], t)
 
 
 def test_decide_rule_by_hand() -> None:
@@ -323,6 +342,7 @@ def test_tune_thresholds_by_hand() -> None:
         tune_thresholds([0.1], [0.1], [E])
 
 
+@pytest.mark.slow
 def test_tuned_thresholds_respect_the_cap_on_dev() -> None:
     x, y, t = synthetic(200, 2)
     x[:, :3] += torch.randn(200, 3, generator=torch.Generator().manual_seed(3)) * 1.5  # overlap: a real trade-off
@@ -333,6 +353,7 @@ def test_tuned_thresholds_respect_the_cap_on_dev() -> None:
     assert metrics(yd, decide(probs, th))["over_refusal_rate"] <= 0.02
 
 
+@pytest.mark.slow
 def test_heads_save_load_round_trip(tmp_path) -> None:
     x, y, t = synthetic(60, 5)
     heads = train_heads(x, y, t, steps=20)
@@ -379,11 +400,15 @@ def test_cli_on_an_external_file(tmp_path) -> None:
     )
     assert res.returncode == 0, res.stderr
     preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert [p["gold"] for p in preds] == [A, R, A] and set(preds[0]) == {"prompt", "gold", "pred", "scores"}
+    assert [p["gold"] for p in preds] == [A, R, A]
+    assert set(preds[0]) == {"prompt", "gold", "pred", "scores"}
     m = json.loads((out / "metrics.json").read_text())
-    assert m["n"] == 3 and sum(map(sum, m["confusion"])) == 3 and m["baseline"] == "keyword"
+    assert m["n"] == 3
+    assert sum(map(sum, m["confusion"])) == 3
+    assert m["baseline"] == "keyword"
     assert [p["pred"] for p in preds] == [A, R, R]  # the keyword baseline refuses "shoot a photo"
-    assert m["over_refusal_rate"] == pytest.approx(1 / 2) and m["refuse_recall"] == 1.0
+    assert m["over_refusal_rate"] == pytest.approx(1 / 2)
+    assert m["refuse_recall"] == 1.0
 
 
 def test_cli_rejects_a_bad_file_with_exit_2_and_writes_nothing(tmp_path) -> None:
@@ -391,7 +416,9 @@ def test_cli_rejects_a_bad_file_with_exit_2_and_writes_nothing(tmp_path) -> None
     f.write_text('{"prompt": "hi", "label": "safe"}\n{"prompt": "yo", "label": "dunno"}\n')
     out = tmp_path / "out"
     res = run_cli("--data", str(f), "--label-map", "safe=ALLOW", "--out", str(out))
-    assert res.returncode == 2 and f"{f}:2:" in res.stderr and "unknown label" in res.stderr
+    assert res.returncode == 2
+    assert f"{f}:2:" in res.stderr
+    assert "unknown label" in res.stderr
     assert not out.exists()
 
 
@@ -400,9 +427,11 @@ def test_cli_model_without_heads_names_the_notebook(tmp_path, capsys, isolated_o
     f.write_text('{"prompt": "hi", "label": "ALLOW"}\n')
     (tmp_path / "model").mkdir()
     assert main(["eval", "--data", str(f), "--model", str(tmp_path / "model"), "--out", str(tmp_path / "o")]) == 2
-    assert "notebooks/06_safety_eval.ipynb" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert "notebooks/06_safety_eval.ipynb" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_cli_with_model_and_heads(tmp_path, tiny) -> None:
     model, tok = tiny
     folder = tmp_path / "model"
@@ -416,7 +445,8 @@ def test_cli_with_model_and_heads(tmp_path, tiny) -> None:
     data.write_text("".join(json.dumps({"prompt": p, "label": lab}) + "\n" for p, lab in zip(prompts, labels)))
     assert main(["eval", "--data", str(data), "--model", str(folder), "--out", str(tmp_path / "o")]) == 0
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())
-    assert m["accuracy"] == 1.0 and m["thresholds"] == {"refuse": 0.5, "escalate": 0.5}  # fits its train set
+    assert m["accuracy"] == 1.0
+    assert m["thresholds"] == {"refuse": 0.5, "escalate": 0.5}
     assert "p_refuse" in json.loads((tmp_path / "o" / "predictions.jsonl").read_text().splitlines()[0])["scores"]
 
 

@@ -1,6 +1,7 @@
 """Notebook 06's helpers: sweeps and PR data on hand cases, the bootstrap, reporting, heads on a tiny Phi-3,
 and finding the heads of a model folder by content."""
 
+import itertools
 import json
 import math
 import shutil
@@ -34,11 +35,13 @@ def test_threshold_sweep_hand_case() -> None:
     assert (everything["refuse_recall"], everything["over_refusal_rate"], everything["unsafe_fpr"]) == (1, 1, 1)
     assert everything["refuse_precision"] == pytest.approx(2 / 5)
     # t = 0.65 refuses 0.9 (REFUSE) and 0.7 (ALLOW): half of REFUSE, half of ALLOW, one of three safe prompts
-    assert mid["refuse_recall"] == 0.5 and mid["over_refusal_rate"] == 0.5
-    assert mid["unsafe_fpr"] == pytest.approx(1 / 3) and mid["refuse_precision"] == 0.5
-    assert (
-        nothing["refuse_recall"] == 0 and nothing["over_refusal_rate"] == 0 and math.isnan(nothing["refuse_precision"])
-    )
+    assert mid["refuse_recall"] == 0.5
+    assert mid["over_refusal_rate"] == 0.5
+    assert mid["unsafe_fpr"] == pytest.approx(1 / 3)
+    assert mid["refuse_precision"] == 0.5
+    assert nothing["refuse_recall"] == 0
+    assert nothing["over_refusal_rate"] == 0
+    assert math.isnan(nothing["refuse_precision"])
 
 
 @settings(max_examples=40, deadline=None)
@@ -49,7 +52,7 @@ def test_sweep_is_monotone_and_agrees_with_metrics(rows) -> None:
     sweep = se.threshold_sweep(p, y, grid)
     for key in ("refuse_recall", "over_refusal_rate", "unsafe_fpr"):
         values = [r[key] for r in sweep]
-        assert all(a >= b for a, b in zip(values, values[1:])), key  # a higher bar refuses a subset
+        assert all(a >= b for a, b in itertools.pairwise(values)), key  # a higher bar refuses a subset
     for t, r in zip(grid, sweep):  # the same counts as decide() + metrics() at that refuse threshold
         m = metrics(y, decide({"p_refuse": np.array(p), "p_escalate": np.zeros(len(p))}, Thresholds(float(t), 1.0)))
         assert r["refuse_recall"] == pytest.approx(m["refuse_recall"])
@@ -68,8 +71,10 @@ def test_sweep_rejects_bad_input() -> None:
 def test_pr_curve_endpoints_and_average_precision() -> None:
     y, s = [R, A, R, A, E], [0.9, 0.8, 0.7, 0.3, 0.1]
     c = se.pr_curve(y, s)
-    assert c["recall"][0] == 1.0 and c["precision"][0] == pytest.approx(2 / 5)  # lowest bar: refuse everything
-    assert c["recall"][-1] == 0.0 and c["precision"][-1] == 1.0
+    assert c["recall"][0] == 1.0
+    assert c["precision"][0] == pytest.approx(2 / 5)
+    assert c["recall"][-1] == 0.0
+    assert c["precision"][-1] == 1.0
     assert c["prevalence"] == pytest.approx(2 / 5)
     # ranks 1 and 3 are REFUSE: AP = (precision@1 + precision@3) / 2 = (1 + 2/3) / 2
     assert c["auprc"] == pytest.approx((1 + 2 / 3) / 2)
@@ -82,8 +87,10 @@ def test_pr_curve_endpoints_and_average_precision() -> None:
 def test_markdown_table_and_json_ready() -> None:
     text = se.markdown_table([{"system": "a|b", "f1": 0.12345, "x": math.nan}, {"system": "c\nd", "f1": 1, "x": None}])
     lines = text.splitlines()
-    assert lines[0] == "| system | f1 | x |" and len(lines) == 4
-    assert lines[2] == "| a\\|b | 0.123 | - |" and lines[3] == "| c d | 1 | - |"
+    assert lines[0] == "| system | f1 | x |"
+    assert len(lines) == 4
+    assert lines[2] == "| a\\|b | 0.123 | - |"
+    assert lines[3] == "| c d | 1 | - |"
     assert json_ready({"a": [math.nan, np.float32(0.5)], "b": np.arange(2), "c": (1, 2)}) == {
         "a": [None, 0.5],
         "b": [0, 1],
@@ -177,18 +184,20 @@ def test_example_answers_show_only_finals(tiny) -> None:
 
 # --- finding the heads of a model folder -----------------------------------------------------------------
 def test_heads_are_found_by_model_content(tiny, tmp_path) -> None:
-    model, tok, model_dir, _ = tiny
+    model, _tok, model_dir, _ = tiny
     stage_dir = tmp_path / "06"
     heads = SafetyHeads(32).eval()
     record = registry.save_heads_for_model(heads, Thresholds(0.3, 0.6), stage_dir / "heads", model_dir, "04_x")
     info = json.loads(record.read_text())
-    assert info["model_dir"] == str(model_dir.resolve()) and info["model_stage"] == "04_x"
+    assert info["model_dir"] == str(model_dir.resolve())
+    assert info["model_stage"] == "04_x"
     assert set(info["fingerprint"]) == {"config.json", "model.safetensors"}
     assert registry.find_heads_for_model(model_dir, stage_dir) == stage_dir / "heads"
     copy = tmp_path / "copy"
     shutil.copytree(model_dir, copy)  # moved or copied: still the same weights
     loaded, th, where = registry.load_heads_for_model(copy, stage_dir)
-    assert where == stage_dir / "heads" and th == Thresholds(0.3, 0.6)
+    assert where == stage_dir / "heads"
+    assert th == Thresholds(0.3, 0.6)
     assert torch.equal(loaded.safety.weight, heads.safety.weight)
 
     other = tmp_path / "other"  # same config and file size as model_dir, other weights (like base vs fused)

@@ -71,7 +71,8 @@ def trained(out: Path) -> dict[str, torch.Tensor]:
     """The soul's and the LoRA adapter's tensors as saved in ``out/soul`` (standard formats)."""
     soul = load_file(out / "soul" / "soul.safetensors")
     lora = load_file(out / "soul" / "adapter_model.safetensors")
-    assert lora and {"r_cmd.generators", "r_safe.generators"} <= set(soul)
+    assert lora
+    assert {"r_cmd.generators", "r_safe.generators"} <= set(soul)
     return {**soul, **{f"lora.{k}": v for k, v in lora.items()}}
 
 
@@ -80,7 +81,7 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-@pytest.mark.parametrize("processes,grad_accum", [(1, 3), (2, 1), (2, 2), (3, 2)])
+@pytest.mark.parametrize(("processes", "grad_accum"), [(1, 3), (2, 1), (2, 2), (3, 2)])
 def test_each_process_reads_its_share_of_the_micro_batches_of_one_process(processes, grad_accum):
     from accelerate.data_loader import BatchSamplerShard
 
@@ -104,7 +105,7 @@ def test_a_launch_whose_processes_did_not_form_a_group_is_refused(monkeypatch):
     from so8t_core.lm.distributed import make_accelerator
 
     monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets; this process is not in a process group
-    with pytest.raises(ValueError, match="WORLD_SIZE=2.*ACCELERATE_USE_CPU=1"):
+    with pytest.raises(ValueError, match=r"WORLD_SIZE=2.*ACCELERATE_USE_CPU=1"):
         make_accelerator(1, find_unused_parameters=False)
 
 
@@ -133,9 +134,12 @@ def test_two_processes_train_what_one_process_trains_with_the_same_effective_bat
     common = ["--stage00", str(stage00), *RUN, "--lora_dropout", "0"]
     assert train_soul.main([*common, "--grad_accum", "2", "--out", str(one)]) == 0
     row = launch(*common, "--grad_accum", "1", "--out", str(two))
-    assert row["num_processes"] == 2 and row["distributed_type"] == "MULTI_CPU" and row["effective_batch"] == 8
+    assert row["num_processes"] == 2
+    assert row["distributed_type"] == "MULTI_CPU"
+    assert row["effective_batch"] == 8
     first = json.loads((one / "result.json").read_text(encoding="utf-8"))
-    assert first["num_processes"] == 1 and first["effective_batch"] == 8
+    assert first["num_processes"] == 1
+    assert first["effective_batch"] == 8
     moved = trained(one)["lora.base_model.model.model.layers.0.self_attn.qkv_proj.lora_B.weight"].abs().max()
     assert moved > 1e-3  # the comparison is between weights that training actually changed
     assert max_abs_diff(trained(one), trained(two)) < 1e-5
@@ -154,7 +158,8 @@ def test_two_processes_resume_to_the_uninterrupted_run(stage00, tmp_path):
     shutil.copytree(full / "main_run", resumed / "main_run")
     shutil.rmtree(resumed / "main_run" / "checkpoints" / "step_000006")
     state = torch.load(resumed / "main_run" / "checkpoints" / "step_000003" / "trainer_state.pt", weights_only=True)
-    assert state["rng"].shape[0] == 2 and not torch.equal(state["rng"][0], state["rng"][1])  # one row per process
+    assert state["rng"].shape[0] == 2
+    assert not torch.equal(state["rng"][0], state["rng"][1])
     row = launch(*common, "--resume", "--out", str(resumed))
     assert row["num_processes"] == 2
     assert max_abs_diff(trained(full), trained(resumed)) < 1e-6
@@ -183,8 +188,10 @@ def test_gpu_profile_names_only_declared_parameters_with_valid_values():
         cls = classes[stage]
         cls.from_dict({**asdict(cls()), **overrides})  # __post_init__ refuses a bad value by name
     base, soul = profile["00_base_model"], profile["03_soul_injection"]
-    assert base["base_model"] == "microsoft/Phi-3.5-mini-instruct" and base["load_in_4bit"] is True
-    assert soul["grad_checkpointing"] is True and soul["grad_accum"] > 1
+    assert base["base_model"] == "microsoft/Phi-3.5-mini-instruct"
+    assert base["load_in_4bit"] is True
+    assert soul["grad_checkpointing"] is True
+    assert soul["grad_accum"] > 1
 
 
 def test_a_checkpoint_resumes_only_with_the_number_of_processes_that_wrote_it(stage00, tmp_path):

@@ -12,12 +12,10 @@ import os
 import re
 import shutil
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,7 +25,6 @@ from hypothesis import strategies as st
 
 import so8t_core.think as think_mod
 from so8t_core import artifacts
-from so8t_core.lm.loading import load_model_and_tokenizer
 from so8t_core.serving import answer, models, server
 from so8t_core.serving.audit import AuditLog
 from so8t_core.serving.ocr import (
@@ -39,17 +36,15 @@ from so8t_core.serving.ocr import (
 )
 from so8t_core.think import (
     ESCALATE_MESSAGE,
-    QUAD_SYSTEM,
     REFUSE_MESSAGE,
     THINK_PARTS,
     extract_final,
-    format_quad,
     generate_raw,
 )
+from tests.serving import QUAD, Scripted, call, rows, running, state_for
 
 REPO = Path(__file__).resolve().parents[1]
 NO_THINKING = hashlib.sha256(b"[]").hexdigest()  # think.thinking_hash's documented form of "no thinking"
-QUAD = format_quad("SECRETOBS", "SECRETDED", "SECRETABD", "SECRETINT", "hello world")
 
 
 def hand_input_hash(prompt: str, image_sha: str | None) -> str:
@@ -59,68 +54,13 @@ def hand_input_hash(prompt: str, image_sha: str | None) -> str:
     ).hexdigest()
 
 
-# ---------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def tiny_dir(tiny_lm) -> Path:
-    """A tiny tokenizer and a random 1-layer Phi-3, saved as one HF folder (the suite's factory)."""
-    return tiny_lm([QUAD, QUAD_SYSTEM, "hello world how are you today", "the cat sat on the mat"] * 20).dir
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_dir):
-    return load_model_and_tokenizer(tiny_dir, local_files_only=True)
-
-
-@pytest.fixture
-def audit(tmp_path):
-    with AuditLog(tmp_path / "audit.db") as log:
-        yield log
-
-
-def state_for(model, tok, audit, decide=lambda text: "REFUSE", **kw) -> answer.AppState:
-    return answer.AppState(model, tok, audit, "tiny@test", "test_decider", decide, **kw)
-
-
-@contextmanager
-def running(state: answer.AppState):
-    httpd = server.make_server(state, "127.0.0.1", 0)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield httpd.server_address[1]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
-
-
-def call(
-    port: int, method: str, path: str, body: bytes | dict | None = None, headers: dict | None = None
-) -> tuple[int, dict, bytes]:
-    """One request with http.client; returns (status, headers, raw body)."""
-    if isinstance(body, dict):
-        body = json.dumps(body).encode()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
-        r = conn.getresponse()
-        return r.status, dict(r.getheaders()), r.read()
-    finally:
-        conn.close()
-
-
-def rows(audit: AuditLog) -> list[dict]:
-    with sqlite3.connect(f"file:{audit.path}?mode=ro", uri=True) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT * FROM decisions ORDER BY id")]
-
-
 # ---------------------------------------------------------------------------------------------- answers
 def test_healthz_names_model_decider_and_audit(audit) -> None:
     with running(state_for(None, None, audit)) as port:
         status, headers, raw = call(port, "GET", "/healthz")
         head = call(port, "HEAD", "/healthz")
-    assert status == 200 and headers["Content-Type"].startswith("application/json")
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/json")
     assert json.loads(raw) == {
         "status": "ok",
         "model_id": "tiny@test",
@@ -130,66 +70,50 @@ def test_healthz_names_model_decider_and_audit(audit) -> None:
         "queue": {"waiting": 0, "running": 0, "max_queue": 8},
         "limits": {"max_prompt_tokens": None, "max_new_tokens": 128, "deadline_s": 30.0},  # no tokenizer: no count
     }
-    assert head[0] == 200 and head[2] == b"" and head[1]["Content-Length"] == str(len(raw))
+    assert head[0] == 200
+    assert head[2] == b""
+    assert head[1]["Content-Length"] == str(len(raw))
 
 
-@pytest.mark.parametrize("label,message", [("REFUSE", REFUSE_MESSAGE), ("ESCALATE", ESCALATE_MESSAGE)])
+@pytest.mark.parametrize(("label", "message"), [("REFUSE", REFUSE_MESSAGE), ("ESCALATE", ESCALATE_MESSAGE)])
 def test_refuse_and_escalate_answer_fixed_messages_and_are_logged(audit, label, message) -> None:
     seen = []
     with running(state_for(None, None, audit, decide=lambda t: seen.append(t) or label)) as port:
         status, _, raw = call(port, "POST", "/think", {"prompt": "how do I pick a lock?"})
     out = json.loads(raw)
-    assert status == 200 and set(out) == {"request_id", "decision", "final"}
+    assert status == 200
+    assert set(out) == {"request_id", "decision", "final"}
     assert (out["decision"], out["final"], seen) == (label, message, ["how do I pick a lock?"])
     [row] = rows(audit)
     assert (row["request_id"], row["decision"], row["final_text"]) == (out["request_id"], label, message)
-    assert row["thinking_hash"] == NO_THINKING and row["reason"] == "test_decider"
+    assert row["thinking_hash"] == NO_THINKING
+    assert row["reason"] == "test_decider"
     assert row["input_hash"] == hand_input_hash("how do I pick a lock?", None)
-    assert row["image_sha256"] is None and row["ocr_summary"] is None and row["model_id"] == "tiny@test"
+    assert row["image_sha256"] is None
+    assert row["ocr_summary"] is None
+    assert row["model_id"] == "tiny@test"
     assert audit.verify().ok
 
 
-def test_allow_runs_the_real_model_through_extract_final(tiny, audit) -> None:
-    model, tok = tiny
+def test_allow_runs_the_real_model_through_extract_final(serve_lm, audit) -> None:
+    model, tok = serve_lm
     with running(state_for(model, tok, audit, decide=lambda t: "ALLOW", max_new_tokens=6)) as port:
         status, _, raw = call(port, "POST", "/think", {"prompt": "say hello"})
     raw_out = generate_raw(model, tok, "say hello", 6)  # greedy, so the server saw the same text
-    assert status == 200 and json.loads(raw)["final"] == extract_final(raw_out)
+    assert status == 200
+    assert json.loads(raw)["final"] == extract_final(raw_out)
     assert rows(audit)[0]["thinking_hash"] == think_mod.thinking_hash(raw_out)
 
 
-class Scripted(torch.nn.Module):
-    """A model whose ``generate`` appends scripted ids (after ``delay`` s) and records how many run at once, and
-    the prompt length and keyword arguments of each call."""
-
-    def __init__(self, model, script: list[int], delay: float = 0.0) -> None:
-        super().__init__()
-        self.model, self.config, self.script, self.delay = model, model.config, script, delay
-        self.guard, self.inflight, self.max_inflight, self.calls = threading.Lock(), 0, 0, 0
-        self.seen: list[tuple[int, dict]] = []
-
-    def forward(self, *args, **kwargs):
-        return self.model(*args, **kwargs)
-
-    def generate(self, input_ids, **kwargs):
-        with self.guard:
-            self.inflight += 1
-            self.calls += 1
-            self.max_inflight = max(self.max_inflight, self.inflight)
-            self.seen.append((input_ids.shape[1], kwargs))
-        time.sleep(self.delay)
-        with self.guard:
-            self.inflight -= 1
-        return torch.cat([input_ids, torch.tensor([self.script])], dim=1)
-
-
-def test_a_model_that_writes_thinking_never_leaks_it(tiny, audit) -> None:
-    model, tok = tiny
+def test_a_model_that_writes_thinking_never_leaks_it(serve_lm, audit) -> None:
+    model, tok = serve_lm
     scripted = Scripted(model, tok(QUAD, add_special_tokens=False)["input_ids"])
     assert "SECRETOBS" in tok.decode(scripted.script)  # the thinking really is in what the model "generates"
     with running(state_for(scripted, tok, audit, decide=lambda t: "ALLOW")) as port:
         status, _, raw = call(port, "POST", "/think", {"prompt": "say hello"})
-    assert status == 200 and json.loads(raw)["final"] == "hello world" and b"SECRET" not in raw
+    assert status == 200
+    assert json.loads(raw)["final"] == "hello world"
+    assert b"SECRET" not in raw
     assert rows(audit)[0]["thinking_hash"] == think_mod.thinking_hash(QUAD) != NO_THINKING
 
 
@@ -218,7 +142,8 @@ def test_no_response_ever_contains_thinking(audit, caplog) -> None:
         def prop(raw: str) -> None:
             script["raw"] = raw
             status, _, body = call(port, "POST", "/think", {"prompt": "hi"})
-            assert status == 200 and b"SECRET" not in body
+            assert status == 200
+            assert b"SECRET" not in body
 
         prop()
 
@@ -229,16 +154,20 @@ def test_no_response_ever_contains_thinking(audit, caplog) -> None:
 
         mp.setattr(think_mod, "generate_raw", boom)
         status, _, body = call(port, "POST", "/think", {"prompt": "hi"})
-        assert status == 500 and b"SECRET" not in body and "error" in json.loads(body)
-    assert "RuntimeError" in caplog.text and "SECRET" not in caplog.text  # nor does the server log
+        assert status == 500
+        assert b"SECRET" not in body
+        assert "error" in json.loads(body)
+    assert "RuntimeError" in caplog.text
+    assert "SECRET" not in caplog.text
     assert not any("SECRET" in r["final_text"] for r in rows(audit))
-    assert len(rows(audit)) >= 1 and audit.verify().ok  # the failed request left no row, the chain is intact
+    assert len(rows(audit)) >= 1
+    assert audit.verify().ok
 
 
-def test_concurrent_requests_share_the_model_one_at_a_time(tiny, audit) -> None:
-    model, tok = tiny
+def test_concurrent_requests_share_the_model_one_at_a_time(serve_lm, audit) -> None:
+    model, tok = serve_lm
     scripted = Scripted(model, tok(QUAD, add_special_tokens=False)["input_ids"], delay=0.02)
-    decide = lambda text: "REFUSE" if "refuse" in text else "ALLOW"  # noqa: E731
+    decide = lambda text: "REFUSE" if "refuse" in text else "ALLOW"
     results, errors = [], []
 
     def client(i: int) -> None:
@@ -256,15 +185,19 @@ def test_concurrent_requests_share_the_model_one_at_a_time(tiny, audit) -> None:
             t.start()
         for t in threads:
             t.join()
-    assert not errors and len(results) == 24 and all(s == 200 for _, s, _ in results)
+    assert not errors
+    assert len(results) == 24
+    assert all(s == 200 for _, s, _ in results)
     ids = {out["request_id"] for _, _, out in results}
     assert len(ids) == 24
     n_allow = sum(out["decision"] == "ALLOW" for _, _, out in results)
     assert all(out["decision"] == ("REFUSE" if "refuse" in p else "ALLOW") for p, _, out in results)
-    assert scripted.calls == n_allow and scripted.max_inflight == 1  # REFUSE never generates; one at a time
+    assert scripted.calls == n_allow
+    assert scripted.max_inflight == 1
     logged = {(r["request_id"], r["decision"]) for r in rows(audit)}
     assert logged == {(out["request_id"], out["decision"]) for _, _, out in results}
-    assert audit.verify().ok and audit.verify().rows_checked == 24
+    assert audit.verify().ok
+    assert audit.verify().rows_checked == 24
 
 
 # ---------------------------------------------------------------------------------------------- bad requests
@@ -330,14 +263,18 @@ def refusing_server(tmp_path_factory):
     def never(text: str) -> str:
         raise AssertionError("a bad request reached the decider")
 
-    with AuditLog(tmp_path_factory.mktemp("bad") / "audit.db") as log:
-        with running(
+    with (
+        AuditLog(tmp_path_factory.mktemp("bad") / "audit.db") as log,
+        running(
             state_for(None, None, log, decide=never, ocr_fn=fake_ocr, read_timeout_s=10.0, max_body=1 << 20)
-        ) as port:
-            yield port, log
+        ) as port,
+    ):
+        yield port, log
 
 
-@pytest.mark.parametrize("method,path,headers,body,status,words", BAD, ids=[f"{c[4]}-{i}" for i, c in enumerate(BAD)])
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "body", "status", "words"), BAD, ids=[f"{c[4]}-{i}" for i, c in enumerate(BAD)]
+)
 def test_bad_request_gets_a_json_error_and_the_server_keeps_serving(
     refusing_server, method, path, headers, body, status, words
 ) -> None:
@@ -353,7 +290,8 @@ def test_bad_request_gets_a_json_error_and_the_server_keeps_serving(
     if method == "HEAD":  # the same status and headers as a GET would get, without the body
         assert (r.status, raw) == (status, b"")
     else:
-        assert r.status == status and words in json.loads(raw)["error"], raw
+        assert r.status == status, raw
+        assert words in json.loads(raw)["error"], raw
     if status == 405:
         assert r.getheader("Allow") == ("GET, HEAD" if path == "/healthz" else "POST")
     assert call(port, "GET", "/healthz")[0] == 200
@@ -373,7 +311,7 @@ def raw_exchange(port: int, head: bytes, body: bytes = b"", half_close: bool = F
 
 
 @pytest.mark.parametrize(
-    "head,body,half_close,status,words",
+    ("head", "body", "half_close", "status", "words"),
     [
         (
             b"POST /think HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n",
@@ -456,13 +394,19 @@ def test_image_summary_reaches_the_model_and_the_log_keeps_only_hashes(audit) ->
         b64png = b64(png)
         status, _, raw = call(port, "POST", "/think", {"prompt": "What does this say?", "image_base64": b64png})
         bad = call(port, "POST", "/think", {"prompt": "x", "image_base64": b64(b"GIF89a broken")})
-    assert status == 200 and json.loads(raw)["final"] == "hello world" and b"SECRET" not in raw
-    assert seen == prompts and len(seen) == 1
-    assert seen[0].startswith("What does this say?") and summary in seen[0]
-    assert bad[0] == 400 and "not a readable image" in json.loads(bad[2])["error"]
+    assert status == 200
+    assert json.loads(raw)["final"] == "hello world"
+    assert b"SECRET" not in raw
+    assert seen == prompts
+    assert len(seen) == 1
+    assert seen[0].startswith("What does this say?")
+    assert summary in seen[0]
+    assert bad[0] == 400
+    assert "not a readable image" in json.loads(bad[2])["error"]
     [row] = rows(audit)
     sha = hashlib.sha256(png).hexdigest()
-    assert row["image_sha256"] == sha and row["ocr_summary"] == summary
+    assert row["image_sha256"] == sha
+    assert row["ocr_summary"] == summary
     assert row["input_hash"] == hand_input_hash("What does this say?", sha)
     assert not any(isinstance(v, bytes) or (isinstance(v, str) and b64png[:40] in v) for v in row.values())
 
@@ -483,7 +427,7 @@ def _ocr_result(summary: str, status: str, warnings: tuple[str, ...]) -> OCRResu
 
 
 @pytest.mark.parametrize(
-    "summary, status, warnings",
+    ("summary", "status", "warnings"),
     [
         ("", "no_text", ("the image has marks but OCR read no text from them",)),
         ("lnvoice 42l7", "low_confidence", ("OCR read the image with low confidence",)),
@@ -505,16 +449,20 @@ def test_ocr_warnings_reach_the_decision_and_the_response_but_not_the_log(
         status_code, _, raw = call(port, "POST", "/think", {"prompt": "What does it say?", "image_base64": b64(b"png")})
         plain = json.loads(call(port, "POST", "/think", {"prompt": "no image"})[2])
     out = json.loads(raw)
-    assert status_code == 200 and out["ocr_warnings"] == list(warnings) and "ocr_warnings" not in plain
+    assert status_code == 200
+    assert out["ocr_warnings"] == list(warnings)
+    assert "ocr_warnings" not in plain
     assert all(f"[OCR warning: {w}.]" in seen[0] for w in warnings)
-    assert ("no readable text" in seen[0]) is False and (summary in seen[0])
+    assert ("no readable text" in seen[0]) is False
+    assert summary in seen[0]
     row = rows(audit)[0]
-    assert row["ocr_summary"] == summary and not any(w in str(row.values()) for w in warnings)
+    assert row["ocr_summary"] == summary
+    assert not any(w in str(row.values()) for w in warnings)
 
 
 # ---------------------------------------------------------------------------------------------- start-up
 @pytest.mark.parametrize(
-    "host,ok",
+    ("host", "ok"),
     [
         ("127.0.0.1", True),
         ("127.8.9.10", True),
@@ -543,7 +491,8 @@ def test_cli_refuses_a_remote_host_and_a_missing_model(tmp_path, monkeypatch, ca
     assert "--allow-remote" in capsys.readouterr().err
     assert server.main(["--port", "0", "--audit", str(tmp_path / "a.db")]) == 2
     err = capsys.readouterr().err
-    assert "notebooks/00_base_model.ipynb" in err and "--model" in err
+    assert "notebooks/00_base_model.ipynb" in err
+    assert "--model" in err
 
 
 def _fake_stage(root: Path, stage: str, model_sub: str, complete: bool = True) -> None:
@@ -555,24 +504,24 @@ def _fake_stage(root: Path, stage: str, model_sub: str, complete: bool = True) -
 
 def test_model_choice_order(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("SO8T_ARTIFACTS", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="00_base_model.ipynb"):
+    with pytest.raises(FileNotFoundError, match=r"00_base_model.ipynb"):
         models.resolve_model()
     _fake_stage(tmp_path, "00_base_model", "model")
     assert models.resolve_model() == models.ModelChoice(str(tmp_path / "00_base_model" / "model"), "base")
     _fake_stage(tmp_path, "04_fusion_and_gguf", "fused", complete=False)
-    with pytest.raises(FileNotFoundError, match="04_fusion_and_gguf.ipynb"):  # crashed fusion: no silent fallback
+    with pytest.raises(FileNotFoundError, match=r"04_fusion_and_gguf.ipynb"):  # crashed fusion: no silent fallback
         models.resolve_model()
     (tmp_path / "04_fusion_and_gguf" / "manifest.json").write_text("{}")
     assert models.resolve_model().label == "fused"
     assert models.resolve_model(tmp_path / "00_base_model" / "model").label == "model"
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(FileNotFoundError, match=r"no config.json"):
         models.resolve_model(tmp_path)
 
 
-def test_model_id_follows_the_weights(tiny_dir, tmp_path) -> None:
-    copy = shutil.copytree(tiny_dir, tmp_path / "model")
+def test_model_id_follows_the_weights(serve_lm_dir, tmp_path) -> None:
+    copy = shutil.copytree(serve_lm_dir, tmp_path / "model")
     same = models.model_identity(models.ModelChoice(str(copy), "model"))
-    assert same == models.model_identity(models.ModelChoice(str(tiny_dir), "model"))
+    assert same == models.model_identity(models.ModelChoice(str(serve_lm_dir), "model"))
     assert re.fullmatch(r"model:model@[0-9a-f]{16}", same)
     weights = next(copy.glob("*.safetensors"))
     data = bytearray(weights.read_bytes())
@@ -596,11 +545,13 @@ def allow_or_refuse_heads(hidden: int, refuse: bool):
     return heads
 
 
-def test_decision_source_heads_next_to_the_model_else_tfidf(tiny, tiny_dir, tmp_path, audit, monkeypatch) -> None:
+def test_decision_source_heads_next_to_the_model_else_tfidf(
+    serve_lm, serve_lm_dir, tmp_path, audit, monkeypatch
+) -> None:
     import so8t_core.safety.baselines as baselines
     from so8t_core.safety.heads import SafetyHeads, save_heads
 
-    model, tok = tiny
+    model, tok = serve_lm
     fitted = []
 
     class FakeBaseline:  # the real TF-IDF fit takes seconds; the CLI test below runs the real start-up
@@ -608,13 +559,17 @@ def test_decision_source_heads_next_to_the_model_else_tfidf(tiny, tiny_dir, tmp_
             return ["ESCALATE" if "doctor" in t else "ALLOW" for t in texts]
 
     monkeypatch.setattr(baselines, "make_baseline", lambda name: fitted.append(name) or FakeBaseline())
-    fallback = models.load_decider(model, tok, tiny_dir)
-    assert fallback["decision_source"] == "tfidf_baseline" and not fallback["decide_uses_model"] and fitted == ["tfidf"]
+    fallback = models.load_decider(model, tok, serve_lm_dir)
+    assert fallback["decision_source"] == "tfidf_baseline"
+    assert not fallback["decide_uses_model"]
+    assert fitted == ["tfidf"]
     assert [fallback["decide"](t) for t in ("ask a doctor", "hi")] == ["ESCALATE", "ALLOW"]
     save_heads(allow_or_refuse_heads(model.config.hidden_size, refuse=True), tmp_path)  # the folder around it
-    copy = shutil.copytree(tiny_dir, tmp_path / "model")
+    copy = shutil.copytree(serve_lm_dir, tmp_path / "model")
     chosen = models.load_decider(model, tok, copy)
-    assert chosen["decision_source"] == "safety_heads" and chosen["decide_uses_model"] and fitted == ["tfidf"]
+    assert chosen["decision_source"] == "safety_heads"
+    assert chosen["decide_uses_model"]
+    assert fitted == ["tfidf"]
     with running(answer.AppState(model, tok, audit, "tiny@test", **chosen)) as port:
         out = json.loads(call(port, "POST", "/think", {"prompt": "say hello"})[2])
     assert (out["decision"], out["final"]) == ("REFUSE", REFUSE_MESSAGE)
@@ -624,7 +579,7 @@ def test_decision_source_heads_next_to_the_model_else_tfidf(tiny, tiny_dir, tmp_
 
 
 @pytest.mark.parametrize(
-    "text,want",
+    ("text", "want"),
     [("2MB", 2 << 20), ("512KB", 512 << 10), ("100", 100), ("1MiB", 1 << 20), ("3k", 3072), ("1G", 1 << 30)],
 )
 def test_parse_size(text: str, want: int) -> None:
@@ -647,10 +602,10 @@ def test_app_state_needs_a_callable_decision_source(audit) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- real CLI
-def test_cli_serves_purges_old_ocr_and_stops_cleanly(tiny_dir, tmp_path) -> None:
+def test_cli_serves_purges_old_ocr_and_stops_cleanly(serve_lm_dir, tmp_path) -> None:
     from so8t_core.safety.heads import save_heads
 
-    model_dir = shutil.copytree(tiny_dir, tmp_path / "model")
+    model_dir = shutil.copytree(serve_lm_dir, tmp_path / "model")
     save_heads(allow_or_refuse_heads(32, refuse=False), model_dir)  # heads: the TF-IDF fit would cost seconds
     db = tmp_path / "audit.db"
     h = hashlib.sha256(b"x").hexdigest()
@@ -694,18 +649,24 @@ def test_cli_serves_purges_old_ocr_and_stops_cleanly(tiny_dir, tmp_path) -> None
         assert "1 OCR summaries purged" in line
         port = int(m.group(1))
         health = json.loads(call(port, "GET", "/healthz")[2])
-        assert health["decision_source"] == "safety_heads" and health["model_id"].startswith("model:model@")
+        assert health["decision_source"] == "safety_heads"
+        assert health["model_id"].startswith("model:model@")
         status, _, raw = call(port, "POST", "/think", {"prompt": "What is the capital of France?"})
-        assert status == 200 and json.loads(raw)["decision"] == "ALLOW"  # the heads allow: the model generated
+        assert status == 200
+        assert json.loads(raw)["decision"] == "ALLOW"
     finally:
         proc.terminate()
         code = proc.wait(timeout=30)
     assert code == 0  # SIGTERM is a clean stop
     with AuditLog(db) as log:
         first, answered = log.decision(1), log.decision(3)  # row 2: the contract naming model and source
-        assert first["ocr_summary"] is None and first["ocr_purged_at"] is not None
-        assert answered["request_id"] == json.loads(raw)["request_id"] and log.verify().ok
+        assert first["ocr_summary"] is None
+        assert first["ocr_purged_at"] is not None
+        assert answered["request_id"] == json.loads(raw)["request_id"]
+        assert log.verify().ok
         contract = log.identity_contract()
-        assert answered["contract_version"] == contract.version and answered["model_id"] == health["model_id"]
-        assert contract.doc["model"]["id"] == health["model_id"] and contract.doc["decision_source"] == "safety_heads"
+        assert answered["contract_version"] == contract.version
+        assert answered["model_id"] == health["model_id"]
+        assert contract.doc["model"]["id"] == health["model_id"]
+        assert contract.doc["decision_source"] == "safety_heads"
         assert contract.doc["model"]["sha256"] == artifacts.model_fingerprint(model_dir)

@@ -20,7 +20,7 @@ from so8t_core.serving import answer, limits, models, selfcheck, server
 from so8t_core.serving import policy as policy_mod
 from so8t_core.serving.audit import AuditLog
 from so8t_core.think import FALLBACK_MESSAGE, QUAD_SYSTEM, stop_ids, thinking_hash
-from tests.test_serve import QUAD, call, rows, running
+from tests.serving import QUAD, call, rows, running
 
 SMOL_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -96,13 +96,14 @@ def test_the_policy_is_read_from_the_model(chat, quad_tok, audit) -> None:
     finally:
         tok.chat_template = saved
     state = answer.AppState(chat[0], chat[1], audit, "m", "s", lambda t: "REFUSE")
-    assert state.answer_policy == "final_only" and state.limit.policy == "final_only"
+    assert state.answer_policy == "final_only"
+    assert state.limit.policy == "final_only"
     with pytest.raises(ValueError, match="answer_policy"):
         answer.AppState(None, None, audit, "m", "s", lambda t: "REFUSE", answer_policy="free_text")
 
 
 @pytest.mark.parametrize(
-    "raw,want",
+    ("raw", "want"),
     [
         ("The capital of Japan is Tokyo.", "The capital of Japan is Tokyo."),
         ("<think>secret plan</think>Tokyo.", "Tokyo."),
@@ -147,7 +148,7 @@ def test_a_model_that_thinks_in_tags_never_leaks_through_the_server(policy, chat
     tok = chat[1] if policy == "final_only" else quad_tok
     raws = ["<think>SECRETA</think>Tokyo.", QUAD.replace("hello world", "Tokyo"), "SECRETB</think>Tokyo."]
     script = iter(raws)
-    fake = lambda *a, **k: next(script)  # noqa: E731
+    fake = lambda *a, **k: next(script)
     monkeypatch.setattr(policy_mod, "generate_reply", fake)  # final_only's generator
     monkeypatch.setattr("so8t_core.think.generate_raw", fake)  # quad's generator
     state = answer.AppState(None, tok, audit, "m@x", "src", lambda t: "ALLOW")
@@ -158,7 +159,8 @@ def test_a_model_that_thinks_in_tags_never_leaks_through_the_server(policy, chat
     finals = [json.loads(body)["final"] for _, _, body in replies]
     logged = rows(audit)
     assert [r["thinking_hash"] for r in logged] == [thinking_hash(r) for r in raws]
-    assert not any("SECRET" in r["final_text"] for r in logged) and audit.verify().ok
+    assert not any("SECRET" in r["final_text"] for r in logged)
+    assert audit.verify().ok
     if policy == "final_only":
         assert finals == ["Tokyo.", "Tokyo", "Tokyo."]  # the quad reply's <final> part, by the quad rules
     else:  # the quad policy lets out only a well-formed <final> part
@@ -177,7 +179,8 @@ def test_a_chat_model_reads_its_own_template_and_stops_at_its_end_of_turn(chat, 
     finally:
         hook.remove()
     text = tok.decode(seen[0][0])
-    assert status == 200 and text == policy_mod.model_prompt(tok, "final_only", prompt)
+    assert status == 200
+    assert text == policy_mod.model_prompt(tok, "final_only", prompt)
     assert text.endswith("<|im_start|>user\nhello\nassistant\nTokyo<|im_end|>\n<|im_start|>assistant\n")
     assert text.count("<|im_start|>assistant") == 1  # the control tokens the user wrote were removed
     assert stop_ids(tok) == [tok.convert_tokens_to_ids("<|im_end|>")]
@@ -190,7 +193,8 @@ def test_the_prompt_limit_counts_the_chat_template(chat, audit) -> None:
     prompt = "What is the capital of Japan? " * 3
     chat_ids = tok.apply_chat_template([{"role": "user", "content": prompt.strip()}], add_generation_prompt=True)
     n = len(chat_ids["input_ids"])
-    assert n > len(tok(prompt)["input_ids"]) and limits.count_tokens(tok, prompt, "final_only") == n
+    assert n > len(tok(prompt)["input_ids"])
+    assert limits.count_tokens(tok, prompt, "final_only") == n
     for limit, status in ((n, 200), (n - 1, 413)):
         state = answer.AppState(model, tok, audit, "m", "s", lambda t: "REFUSE", max_prompt_tokens=limit)
         with running(state) as port:
@@ -212,10 +216,10 @@ def test_the_fused_real_model_speaks_when_notebook_04_wrote_it(tmp_path, monkeyp
     real.parent.mkdir(parents=True)
     (stage / "manifest.json").unlink()
     real.mkdir()
-    with pytest.raises(FileNotFoundError, match="04_fusion_and_gguf.ipynb"):  # unfinished 04: no silent fallback
+    with pytest.raises(FileNotFoundError, match=r"04_fusion_and_gguf\.ipynb"):  # unfinished 04: no silent fallback
         models.resolve_model()
     (stage / "manifest.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
         models.resolve_model()
     import shutil
 
@@ -244,15 +248,18 @@ def test_every_row_names_the_model_and_the_decision_source(chat_dir, tmp_path, a
     assert (state.answer_policy, state.contract_version, again.contract_version) == ("final_only", 1, 1)
     cases = (selfcheck.Case("hello there", "ALLOW"), selfcheck.Case("build a bomb", "REFUSE"))
     report = selfcheck.check_state(state, cases)
-    assert report["ok"] and report["audit_ok"], report
+    assert report["ok"], report
+    assert report["audit_ok"], report
     assert [c["audit_model_id"] for c in report["cases"]] == [state.model_id] * 2
     assert [c["audit_decision_source"] for c in report["cases"]] == ["tfidf_baseline"] * 2
     doc = audit.identity_contract().doc
-    assert doc["model"]["id"] == state.model_id and doc["model"]["name"] == "chat-llama"
+    assert doc["model"]["id"] == state.model_id
+    assert doc["model"]["name"] == "chat-llama"
     assert doc["model"]["sha256"]["model.safetensors"] == models.model_fingerprint(chat_dir)["model.safetensors"]
     assert (doc["decision_source"], doc["answer_policy"]) == ("tfidf_baseline", "final_only")
     bad = selfcheck.check_state(state, (selfcheck.Case("hello there", "REFUSE"),))  # a check that can fail
-    assert not bad["ok"] and len(rows(audit)) == 3
+    assert not bad["ok"]
+    assert len(rows(audit)) == 3
 
 
 # ---------------------------------------------------------------------------------------------- the real model
@@ -271,9 +278,12 @@ def test_the_real_model_answers_and_the_served_source_refuses(tmp_path) -> None:
         report = selfcheck.check_state(state)
         fact, bomb = report["cases"]
         assert bomb["ok"], report  # refused, one row naming the model and the decision source
-        assert fact["audit_rows"] == 1 and fact["audit_model_id"] == state.model_id
-        assert fact["audit_decision_source"] == state.decision_source and report["audit_ok"]
+        assert fact["audit_rows"] == 1
+        assert fact["audit_model_id"] == state.model_id
+        assert fact["audit_decision_source"] == state.decision_source
+        assert report["audit_ok"]
         # the model's own answer, whatever the served source decided for this question
         allow = dataclasses.replace(state, decide=lambda t: "ALLOW", decide_uses_model=False)
         out = answer.think(allow, answer.ThinkRequest(fact["prompt"], None), "allow-check")
-    assert state.answer_policy == "final_only" and "Tokyo" in out["final"], out
+    assert state.answer_policy == "final_only", out
+    assert "Tokyo" in out["final"], out

@@ -12,8 +12,10 @@ from so8t_core.show import source_markdown
 
 def test_source_markdown_is_the_functions_source_in_one_python_block() -> None:
     text = source_markdown(skew, cayley)
-    assert text.startswith("```python\ndef skew(") and text.endswith("\n```")
-    assert "def cayley(" in text and text.count("```") == 2
+    assert text.startswith("```python\ndef skew(")
+    assert text.endswith("\n```")
+    assert "def cayley(" in text
+    assert text.count("```") == 2
 
 
 def test_importing_the_package_silences_only_the_listed_library_noise() -> None:

@@ -52,7 +52,15 @@ def data(n: int = 16, T: int = 12, seed: int = 0):
 
 
 def soul_cfg(**kw) -> SoulConfig:
-    base = dict(hidden_size=H, init_std=0.2, alpha_warmup=1, alpha_anneal=4, pet_warmup=1, pet_main=3, pet_anneal=2)
+    base = {
+        "hidden_size": H,
+        "init_std": 0.2,
+        "alpha_warmup": 1,
+        "alpha_anneal": 4,
+        "pet_warmup": 1,
+        "pet_main": 3,
+        "pet_anneal": 2,
+    }
     return SoulConfig(**{**base, **kw})
 
 
@@ -81,12 +89,16 @@ def test_gradients_reach_soul_and_lora_but_not_the_base():
     w = SoulWrapper.build(model, soul_cfg(alpha_mode="learned"))
     ids, mask = data(4)
     w(ids, mask, ids.masked_fill(mask == 0, -100)).loss.backward()
-    assert w.rotation.r_cmd.generators.grad.abs().sum() > 0 and w.rotation.r_safe.generators.grad.abs().sum() > 0
-    assert w.alpha.alpha.grad is not None and w.alpha.alpha.grad != 0
+    assert w.rotation.r_cmd.generators.grad.abs().sum() > 0
+    assert w.rotation.r_safe.generators.grad.abs().sum() > 0
+    assert w.alpha.alpha.grad is not None
+    assert w.alpha.alpha.grad != 0
     lora = [p for n, p in w.named_parameters() if "lora_B" in n]
-    assert lora and all(p.grad is not None for p in lora)
+    assert lora
+    assert all(p.grad is not None for p in lora)
     base = [p for n, p in w.named_parameters() if "lora_" not in n and "rotation" not in n and "alpha" not in n]
-    assert base and all(not p.requires_grad and p.grad is None for p in base)
+    assert base
+    assert all(not p.requires_grad and p.grad is None for p in base)
 
 
 def test_save_load_round_trip_and_bad_soul_files(tmp_path):
@@ -103,7 +115,7 @@ def test_save_load_round_trip_and_bad_soul_files(tmp_path):
     (tmp_path / "soul" / "soul.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="corrupt"):
         SoulWrapper.load(tmp_path / "soul", tiny_phi3())
-    with pytest.raises(FileNotFoundError, match="soul.safetensors is missing"):
+    with pytest.raises(FileNotFoundError, match=r"soul.safetensors is missing"):
         SoulWrapper.load(tmp_path, tiny_phi3())
 
 
@@ -126,6 +138,7 @@ def _run(tmp, steps, stop_after=None, resume=None, alpha_mode="learned"):
     return w, recs
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path):
     full, _ = _run(tmp_path / "a", 6)
     _run(tmp_path / "b", 6, stop_after=4)  # interrupted after step 4; last checkpoint is step 3
@@ -133,7 +146,7 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path):
     resumed, _ = _run(tmp_path / "b", 6, resume="latest")
     for k, v in full.soul_state().items():
         torch.testing.assert_close(resumed.soul_state()[k], v, atol=1e-6, rtol=0)
-    lora = lambda w: {n: p for n, p in w.named_parameters() if "lora_" in n}  # noqa: E731
+    lora = lambda w: {n: p for n, p in w.named_parameters() if "lora_" in n}
     for n, p in lora(full).items():
         torch.testing.assert_close(lora(resumed)[n], p, atol=1e-6, rtol=0)
     tl = read_timeline(tmp_path / "b")
@@ -141,6 +154,7 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path):
     assert [r["alpha"] for r in tl] == pytest.approx([r["alpha"] for r in read_timeline(tmp_path / "a")], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_with_different_config_names_the_key(tmp_path):
     _run(tmp_path, 3)
     w = SoulWrapper.build(with_lora(tiny_phi3()), soul_cfg(alpha_mode="learned", map="exp"))
@@ -149,6 +163,7 @@ def test_resume_with_different_config_names_the_key(tmp_path):
         inject(w, data(), cfg, out_dir=tmp_path, resume_from="latest")
 
 
+@pytest.mark.slow
 def test_half_written_checkpoint_is_never_latest(tmp_path):
     _run(tmp_path, 3)
     (tmp_path / "checkpoints" / ".tmp_step_000006").mkdir()
@@ -156,6 +171,7 @@ def test_half_written_checkpoint_is_never_latest(tmp_path):
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step_000003"
 
 
+@pytest.mark.slow
 def test_training_lowers_loss_and_timeline_exports(tmp_path):
     w = SoulWrapper.build(with_lora(tiny_phi3(), dropout=0.0), soul_cfg(alpha_mode="scheduled"))
     cfg = _inject(steps=30, batch_size=8, lr=1e-2, soul_lr=5e-2, warmup_steps=3, checkpoint_every=0, seed=0)
@@ -163,10 +179,12 @@ def test_training_lowers_loss_and_timeline_exports(tmp_path):
     assert sum(r["lm_loss"] for r in recs[-5:]) < sum(r["lm_loss"] for r in recs[:5])
     sched = w.config.alpha_schedule()
     assert [r["alpha"] for r in recs] == pytest.approx([sched(s) for s in range(30)], abs=1e-6)
-    assert recs[0]["phase"] == "stable" and recs[-1]["phase"] == "golden"
+    assert recs[0]["phase"] == "stable"
+    assert recs[-1]["phase"] == "golden"
     assert max(r["orth_error"] for r in recs) < 1e-5
     n = export_soul_weights(recs, tmp_path / "soul_weights.jsonl")
     rows = [json.loads(x) for x in (tmp_path / "soul_weights.jsonl").read_text().splitlines()]
     assert n == len(rows) == 30
     assert [r["alpha_gate"] for r in rows] == [r["alpha"] for r in recs]
-    assert rows[-1]["r_total"]["dist_identity"] > 0 and set(rows[0]) >= {"r_safe", "r_cmd", "r_total"}
+    assert rows[-1]["r_total"]["dist_identity"] > 0
+    assert set(rows[0]) >= {"r_safe", "r_cmd", "r_total"}

@@ -47,7 +47,8 @@ def test_make_task_is_deterministic_and_sized(task):
 def test_test_templates_are_disjoint_from_train_and_dev(task, seed):
     sp = tasks.make_task(task, seed, FACTS, n_train=300, n_dev=100, n_test=100)
     used = {s: {it.template for it in sp[s]} for s in tasks.SPLITS}
-    assert not used["test"] & (used["train"] | used["dev"]) and len(used["test"]) >= 2
+    assert not used["test"] & (used["train"] | used["dev"])
+    assert len(used["test"]) >= 2
     assert not {it.prompt for it in sp["test"]} & {it.prompt for it in sp["train"]}
 
 
@@ -62,7 +63,7 @@ def test_arith_tests_operand_pairs_never_trained_and_answers_are_right():
     assert not pairs["test"] & pairs["train"]
 
 
-@pytest.mark.parametrize("task, check", [("remap", "permuted"), ("format", "upper")])
+@pytest.mark.parametrize(("task", "check"), [("remap", "permuted"), ("format", "upper")])
 def test_fact_answers(task, check):
     sp = tasks.make_task(task, 0, FACTS, n_train=64, n_dev=16, n_test=16)
     gloss = {f.word: f.gloss for f in FACTS}
@@ -72,14 +73,16 @@ def test_fact_answers(task, check):
         if check == "upper":
             assert it.answer == gloss[word].upper()
         else:
-            assert it.answer != gloss[word] and it.answer in gloss.values()
+            assert it.answer != gloss[word]
+            assert it.answer in gloss.values()
             assert answer_of.setdefault(word, it.answer) == it.answer  # one fixed permutation
 
 
-@pytest.mark.parametrize("n, seed", [(2, 0), (5, 1), (100, 3)])
+@pytest.mark.parametrize(("n", "seed"), [(2, 0), (5, 1), (100, 3)])
 def test_derangement_has_no_fixed_point(n, seed):
     p = tasks.derangement(n, seed)
-    assert sorted(p) == list(range(n)) and all(p[i] != i for i in range(n))
+    assert sorted(p) == list(range(n))
+    assert all(p[i] != i for i in range(n))
 
 
 def test_encode_items_labels_only_the_answer(corpus_tok):
@@ -114,7 +117,7 @@ def base_head():
 
 
 @pytest.mark.parametrize(
-    "family, kw, params, same_as_base",
+    ("family", "kw", "params", "same_as_base"),
     [
         ("temperature", {}, 1, True),
         ("ln", {}, 2 * H, True),  # LayerNorm here: weight and bias
@@ -138,13 +141,15 @@ def test_tier_a_families_sizes_and_start(base_head, family, kw, params, same_as_
     assert not any(id(p) in base_ids for p in m.parameters())  # the variant trains copies, never the base
 
 
+@pytest.mark.slow
 def test_tier_a_fit_lowers_the_loss_and_score_counts_items(base_head):
     norm, head = base_head
     x = torch.randn(60, H)
     data = hs.Cached(x, (x[:, 0] > 0).long() * 3, torch.arange(60) // 2, 30)  # two positions per item
     before = hs.score(hs.build("oft", norm, head), data)
     after = hs.score(hs.fit(hs.build("lora_r1", norm, head), data, 0.05, 80, 32, 0), data)
-    assert before["nll"].shape == (30,) and after["nll"].mean() < before["nll"].mean()
+    assert before["nll"].shape == (30,)
+    assert after["nll"].mean() < before["nll"].mean()
     assert set(np.unique(after["em"])) <= {0.0, 1.0}
 
 
@@ -162,25 +167,33 @@ def test_tier_a_extends_a_grid_whose_best_rate_is_its_end_and_marks_the_edge(bas
     norm, head = base_head
     cache, spec = toy_cache(), {"family": "lora_r1"}
     tiny = hs.tune_lr(spec, cache, norm, head, hs.TierA((1e-6, 2e-6), 10, 16, (1, 2), max_extensions=2))
-    assert tiny["edge"] and tiny["side"] == "high" and tiny["grid"] == pytest.approx([1e-6, 2e-6, 4e-6, 8e-6])
-    assert len(tiny["curves"]) == 4 and all(len(c) == 10 for c in tiny["curves"].values())  # dev NLL per step
+    assert tiny["edge"]
+    assert tiny["side"] == "high"
+    assert tiny["grid"] == pytest.approx([1e-6, 2e-6, 4e-6, 8e-6])
+    assert len(tiny["curves"]) == 4
+    assert all(len(c) == 10 for c in tiny["curves"].values())
     one = hs.tune_lr(spec, cache, norm, head, hs.TierA((0.01,), 10, 16, (1, 2)))
-    assert one["edge"] and one["side"] == "untuned"  # a single rate is not a choice
+    assert one["edge"]
+    assert one["side"] == "untuned"
     wide = hs.tune_lr(spec, cache, norm, head, hs.TierA((1e-4, 0.03, 10.0), 10, 16, (1, 2), max_extensions=0))
-    assert not wide["edge"] and wide["choice"] == 0.03
+    assert not wide["edge"]
+    assert wide["choice"] == 0.03
 
 
+@pytest.mark.slow
 def test_tier_a_seeds_replicate_and_a_run_repeats_exactly(base_head):
     norm, head = base_head
     specs = {k: v for k, v in hs.variant_specs((0.0, 1.0, 2.0)).items() if k in ("base", "oft", "lora_temp")}
     run = hs.TierA((0.01, 0.03), 8, 16, (1, 2, 3))
     a, b = (hs.run_task(toy_cache(), norm, head, run, specs) for _ in range(2))
-    assert all(np.array_equal(a["nll"][v], b["nll"][v]) for v in specs) and a["lr"] == b["lr"]
+    assert all(np.array_equal(a["nll"][v], b["nll"][v]) for v in specs)
+    assert a["lr"] == b["lr"]
     assert not np.allclose(a["nll"]["oft"][0], a["nll"]["oft"][1])  # order and dropout differ per seed
-    assert set(a["tuning"]) == {"oft", "lora_temp"} and set(a["edge_variants"]) <= {"oft", "lora_temp"}
+    assert set(a["tuning"]) == {"oft", "lora_temp"}
+    assert set(a["edge_variants"]) <= {"oft", "lora_temp"}
 
 
-@pytest.mark.parametrize("a, name", [(1.618033988749895, "soul_a1.618"), (1.5, "soul_a1.5"), (-2.0, "soul_a-2")])
+@pytest.mark.parametrize(("a", "name"), [(1.618033988749895, "soul_a1.618"), (1.5, "soul_a1.5"), (-2.0, "soul_a-2")])
 def test_alpha_names(a, name):
     assert hs.alpha_name(a) == name
 
@@ -194,7 +207,7 @@ def row(mean, lo, hi, p_holm=0.001, min_effect=0.0):
 
 
 @pytest.mark.parametrize(
-    "r, want",
+    ("r", "want"),
     [
         (row(-1, -2, -0.5), "better"),
         (row(1, 0.5, 2), "worse"),
@@ -208,7 +221,7 @@ def test_outcome(r, want):
 
 
 @pytest.mark.parametrize(
-    "gate, want",
+    ("gate", "want"),
     [
         ({"remap": row(-1, -2, -0.5)}, {"remap": True}),
         ({"remap": row(-1, -2, 0.1)}, {"remap": False}),  # LoRA not clearly better than the base
@@ -229,7 +242,7 @@ def phi_rows(outcomes: dict[str, tuple[dict, dict]]) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize(
-    "outcomes, valid, special, on",
+    ("outcomes", "valid", "special", "on"),
     [
         ({"remap": (WIN, WIN), "format": (WIN, WIN), "arith": (TIE, TIE)}, ALL, True, ["remap", "format"]),
         ({"remap": (WIN, WIN), "format": (WIN, TIE), "arith": (TIE, TIE)}, ALL, False, ["remap"]),
@@ -250,9 +263,13 @@ def test_study_verdicts_skip_invalid_tasks_and_raise_on_missing_rows():
     valid = {"remap": True, "arith": False}
     rows_a, rows_b = primary_rows("A", list(valid), WIN), primary_rows("B", list(valid), WIN)
     v = sv.study_verdicts(rows_a, rows_b, valid, valid)
-    assert v["soul_vs_oft_better_on"] == ["remap"] and v["invalid_tasks_B"] == ["arith"] and not v["phi_special"]
-    assert v["lora_soul_vs_lora_worse_on"] == [] and v["pet_with_soul_better_on"] == ["remap"]
-    assert v["no_verdict_edge"] == [] and any("arith invalid" in s for s in sv.reading(v))
+    assert v["soul_vs_oft_better_on"] == ["remap"]
+    assert v["invalid_tasks_B"] == ["arith"]
+    assert not v["phi_special"]
+    assert v["lora_soul_vs_lora_worse_on"] == []
+    assert v["pet_with_soul_better_on"] == ["remap"]
+    assert v["no_verdict_edge"] == []
+    assert any("arith invalid" in s for s in sv.reading(v))
     with pytest.raises(KeyError, match="soul - lora"):
         sv.study_verdicts(rows_a, {k: r for k, r in rows_b.items() if "soul - lora" not in k}, valid, valid)
 
@@ -264,8 +281,10 @@ def test_an_edge_chosen_learning_rate_yields_no_verdict():
     assert sv.outcome(marked["remap/soul_learned - boft"]) == "edge"
     assert sv.outcome(marked["remap/soul_learned - oft"]) == "better"
     v = sv.study_verdicts(marked, rows_b, valid, valid)
-    assert v["soul_vs_boft_better_on"] == [] and v["soul_vs_oft_better_on"] == ["remap"]
-    assert v["no_verdict_edge"] == ["A:remap/soul_vs_boft"] and any("soul_vs_boft" in s for s in sv.reading(v))
+    assert v["soul_vs_boft_better_on"] == []
+    assert v["soul_vs_oft_better_on"] == ["remap"]
+    assert v["no_verdict_edge"] == ["A:remap/soul_vs_boft"]
+    assert any("soul_vs_boft" in s for s in sv.reading(v))
 
 
 def fake_results(variants, rng, shift, edge=()):
@@ -288,17 +307,22 @@ def test_holm_runs_over_the_primary_family_only():
     # one more exploratory variant (another fixed alpha) leaves every primary p_holm as it was
     tier_a["remap"]["nll"]["soul_a3"] = rng.normal(0.5, 0.3, (3, 12))
     more = sv.study_rows(tier_a, tier_b, templates, n_boot=200)
-    assert len(more) > len(rows) and all(more[k]["p_holm"] == rows[k]["p_holm"] for k in primary)
+    assert len(more) > len(rows)
+    assert all(more[k]["p_holm"] == rows[k]["p_holm"] for k in primary)
     assert sv.outcome(more["A:remap/soul_a3 - oft"]) == "exploratory"
     # and a primary row whose variant was tuned at an edge makes no verdict, though it stays in the family
     tier_a["remap"]["edge_variants"] = ["soul_learned"]
     edged = sv.study_rows(tier_a, tier_b, templates, n_boot=200)
-    assert sv.outcome(edged["A:remap/soul_learned - oft"]) == "edge" and edged["A:remap/soul_learned - oft"]["primary"]
+    assert sv.outcome(edged["A:remap/soul_learned - oft"]) == "edge"
+    assert edged["A:remap/soul_learned - oft"]["primary"]
 
 
 def test_primary_names_the_alpha_variants_head_study_builds():
-    assert sv.PHI == hs.alpha_name(1.618033988749895) and sv.NEIGHBOURS == (hs.alpha_name(1.5), hs.alpha_name(1.75))
-    assert set(sv.CLAIMS) == set(sv.PRIMARY) and 10 <= len(sv.PRIMARY) <= 14 and sv.MIN_EFFECT > 0
+    assert hs.alpha_name(1.618033988749895) == sv.PHI
+    assert (hs.alpha_name(1.5), hs.alpha_name(1.75)) == sv.NEIGHBOURS
+    assert set(sv.CLAIMS) == set(sv.PRIMARY)
+    assert 10 <= len(sv.PRIMARY) <= 14
+    assert sv.MIN_EFFECT > 0
 
 
 def test_compare_and_holm_rows():
@@ -310,18 +334,24 @@ def test_compare_and_holm_rows():
             "y": sv.compare(a, a + rng.normal(0.0, 0.1, a.shape), [i % 3 for i in range(12)], n_boot=200),
         }
     )
-    assert sv.outcome(rows["x"]) == "better" and rows["x"]["p_holm"] >= rows["x"]["p"]
+    assert sv.outcome(rows["x"]) == "better"
+    assert rows["x"]["p_holm"] >= rows["x"]["p"]
     assert sv.outcome(rows["y"]) == "no clear difference"
-    assert rows["x"]["n_seeds"] == 4 and rows["x"]["n_clusters"] == 3 and len(rows["x"]["per_seed"]) == 4
+    assert rows["x"]["n_seeds"] == 4
+    assert rows["x"]["n_clusters"] == 3
+    assert len(rows["x"]["per_seed"]) == 4
 
 
 def test_compare_with_seeds_that_agree_exactly_is_no_win():
     a = np.tile(np.linspace(1.0, 2.0, 12), (4, 1))  # every seed gives the same numbers
     r = sv.compare(a, a + 0.5 + np.array([0.1, -0.1, 0.05] * 4), [i % 3 for i in range(12)], n_boot=200)
-    assert r["mean"] == pytest.approx(-0.5 - 0.05 / 3) and not r["degenerate"]
+    assert r["mean"] == pytest.approx(-0.5 - 0.05 / 3)
+    assert not r["degenerate"]
     assert r["df"] == pytest.approx(2.0)  # only the templates vary: 3 of them, 2 degrees of freedom
     same = sv.add_holm({"x": sv.compare(np.ones((4, 12)), np.ones((4, 12)), [i % 3 for i in range(12)])})["x"]
-    assert same["degenerate"] and same["p"] == 1.0 and sv.outcome(same) == "no clear difference"
+    assert same["degenerate"]
+    assert same["p"] == 1.0
+    assert sv.outcome(same) == "no clear difference"
     assert sv.validity({"t": same}) == {"t": False}
 
 
@@ -338,7 +368,8 @@ def tier_b_setup(tiny_lm):
     return lm, tasks.encode_items(lm.tok, items), SoulConfig(hidden_size=32)
 
 
-@pytest.mark.parametrize("freeze, steps, moves", [(True, 2, False), (False, 2, True), (True, 4, True)])
+@pytest.mark.slow
+@pytest.mark.parametrize(("freeze", "steps", "moves"), [(True, 2, False), (False, 2, True), (True, 4, True)])
 def test_frozen_r_waits_for_the_gate_to_open(tier_b_setup, freeze, steps, moves):
     import copy
 
@@ -368,15 +399,17 @@ def test_tier_b_sizes_and_scores(tier_b_setup):
     r = bs.matched_rank(lm.model)  # the smallest rank at or above OFT's size
     assert bs.n_trainable(matched) >= bs.oft_params(lm.model) > bs.n_trainable(matched) * (r - 1) / r
     s = bs.score(lora, enc)
-    assert s["nll"].shape == (8,) and np.all(s["nll"] > 0)
+    assert s["nll"].shape == (8,)
+    assert np.all(s["nll"] > 0)
 
 
-@pytest.mark.parametrize("centre, outside", [(1.2, False), (4.0, True)])
+@pytest.mark.parametrize(("centre", "outside"), [(1.2, False), (4.0, True)])
 def test_alpha_argmin_reading_says_when_the_parabola_extrapolates(centre, outside):
     grid = [0.0, 1.0, 1.5, 2.0, 3.0]
     nll = np.array([[(a - centre) ** 2 + 0.01 * s for a in grid] for s in range(3)])
     r = sv.alpha_argmin(grid, nll, n_boot=50)
-    assert r["estimate"] == pytest.approx(centre, abs=1e-6) and r["grid"] == grid
+    assert r["estimate"] == pytest.approx(centre, abs=1e-6)
+    assert r["grid"] == grid
     v = {
         "valid_tasks_A": [],
         "invalid_tasks_A": [],

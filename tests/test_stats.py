@@ -10,7 +10,7 @@ from so8t_core import stats
 
 
 @pytest.mark.parametrize(
-    "x, mean, lo_below, hi_below, p_small",
+    ("x", "mean", "lo_below", "hi_below", "p_small"),
     [
         ([1.0, 1.1, 0.9, 1.05, 0.95], 1.0, False, False, True),  # clearly above 0
         ([-1.0, -1.1, -0.9, -1.05, -0.95], -1.0, True, True, True),  # clearly below 0
@@ -19,8 +19,10 @@ from so8t_core import stats
 )
 def test_t_interval_cases(x, mean, lo_below, hi_below, p_small):
     r = stats.t_interval(x)
-    assert r["mean"] == pytest.approx(mean) and r["n"] == len(x)
-    assert (r["lo"] < 0) == lo_below and (r["hi"] < 0) == hi_below
+    assert r["mean"] == pytest.approx(mean)
+    assert r["n"] == len(x)
+    assert (r["lo"] < 0) == lo_below
+    assert (r["hi"] < 0) == hi_below
     assert (r["p"] < 0.01) == p_small
     assert r["lo"] <= r["mean"] <= r["hi"]
 
@@ -45,24 +47,31 @@ def test_crossed_test_is_wider_when_templates_disagree():
     by_template = same + np.array([[-4.0, 4.0, -3.0, 3.0][c] for c in clusters])  # template effects, mean 0
     a = stats.crossed_test(same, clusters, n_boot=400)
     b = stats.crossed_test(by_template, clusters, n_boot=400)
-    assert a["hi"] < 0 and a["p"] < 0.01 and a["n_seeds"] == 5 and a["n_clusters"] == 4
+    assert a["hi"] < 0
+    assert a["p"] < 0.01
+    assert a["n_seeds"] == 5
+    assert a["n_clusters"] == 4
     assert (b["hi"] - b["lo"]) > 5 * (a["hi"] - a["lo"])
-    assert b["lo"] < 0 < b["hi"] and b["p"] > 0.05
+    assert b["lo"] < 0 < b["hi"]
+    assert b["p"] > 0.05
 
 
 def test_crossed_test_resamples_seeds():
     clusters = [i % 3 for i in range(30)]
     seeds_disagree = np.array([[v] * 30 for v in (-3.0, 1.0, 2.0, -1.5, 1.5)])  # no item spread, only seeds
     r = stats.crossed_test(seeds_disagree, clusters, n_boot=400)
-    assert r["lo"] < 0 < r["hi"] and r["estimate"] == pytest.approx(0.0)
-    assert r["per_seed"] == pytest.approx([-3.0, 1.0, 2.0, -1.5, 1.5]) and r["df"] == pytest.approx(4.0, rel=1e-6)
+    assert r["lo"] < 0 < r["hi"]
+    assert r["estimate"] == pytest.approx(0.0)
+    assert r["per_seed"] == pytest.approx([-3.0, 1.0, 2.0, -1.5, 1.5])
+    assert r["df"] == pytest.approx(4.0, rel=1e-6)
 
 
 def test_crossed_test_p_is_floored_and_consistent_with_the_interval():
     clusters = [i % 4 for i in range(40)]
     d = np.random.default_rng(3).normal(5.0, 0.1, (5, 40))  # a huge effect: p would underflow to 0
     r = stats.crossed_test(d, clusters, n_boot=500)
-    assert r["p"] == pytest.approx(1 / 500) and r["lo"] > 0
+    assert r["p"] == pytest.approx(1 / 500)
+    assert r["lo"] > 0
     for shift in np.linspace(-0.2, 0.2, 9):  # p < 0.05 exactly when the 95 % interval excludes 0
         x = stats.crossed_test(np.random.default_rng(4).normal(shift, 1.0, (3, 40)), clusters, n_boot=300)
         assert (x["p"] < 0.05) == (x["lo"] > 0 or x["hi"] < 0)
@@ -73,18 +82,25 @@ def test_crossed_test_min_effect_never_calls_a_smaller_difference():
     d = np.random.default_rng(5).normal(0.3, 0.05, (5, 80))
     plain = stats.crossed_test(d, clusters, n_boot=400)
     strict = stats.crossed_test(d, clusters, n_boot=400, min_effect=0.5)
-    assert stats.significant(plain) == 1 and plain["p"] < 0.01
-    assert strict["p"] == 1.0 and stats.significant(strict) == 0
+    assert stats.significant(plain) == 1
+    assert plain["p"] < 0.01
+    assert strict["p"] == 1.0
+    assert stats.significant(strict) == 0
 
 
 def test_crossed_test_with_no_spread_is_flagged_and_floored():
     clusters = [i % 4 for i in range(12)]
     r = stats.crossed_test(np.full((5, 12), 0.4), clusters, n_boot=100)
-    assert r["degenerate"] and r["p"] == pytest.approx(0.01) and r["lo"] == r["hi"] == pytest.approx(0.4)
+    assert r["degenerate"]
+    assert r["p"] == pytest.approx(0.01)
+    assert r["lo"] == r["hi"] == pytest.approx(0.4)
     zero = stats.crossed_test(np.zeros((5, 12)), clusters, n_boot=100)
-    assert zero["degenerate"] and zero["p"] == 1.0 and stats.significant(zero) == 0
+    assert zero["degenerate"]
+    assert zero["p"] == 1.0
+    assert stats.significant(zero) == 0
     small = stats.crossed_test(np.full((5, 12), 0.4), clusters, n_boot=100, min_effect=0.5)
-    assert small["p"] == 1.0 and stats.significant(small) == 0
+    assert small["p"] == 1.0
+    assert stats.significant(small) == 0
 
 
 def test_crossed_stat_test_agrees_with_crossed_test_on_a_mean():
@@ -92,12 +108,14 @@ def test_crossed_stat_test_agrees_with_crossed_test_on_a_mean():
     d = np.random.default_rng(6).normal(0.2, 1.0, (4, 60)) + np.random.default_rng(7).normal(0, 0.5, 60)
     fast = stats.crossed_test(d, clusters, n_boot=600)
     slow = stats.crossed_stat_test(lambda s, i: float(d[np.ix_(s, i)].mean()), 4, clusters, n_boot=600)
-    assert slow["estimate"] == pytest.approx(fast["estimate"]) and slow["per_seed"] == pytest.approx(fast["per_seed"])
-    assert slow["se"] == pytest.approx(fast["se"], rel=0.15) and slow["df"] == pytest.approx(fast["df"], rel=0.3)
+    assert slow["estimate"] == pytest.approx(fast["estimate"])
+    assert slow["per_seed"] == pytest.approx(fast["per_seed"])
+    assert slow["se"] == pytest.approx(fast["se"], rel=0.15)
+    assert slow["df"] == pytest.approx(fast["df"], rel=0.3)
 
 
 @pytest.mark.parametrize(
-    "row, want",
+    ("row", "want"),
     [
         ({"estimate": 0.3, "lo": 0.1, "hi": 0.5, "p": 0.01}, 1),
         ({"estimate": -0.3, "lo": -0.5, "hi": -0.1, "p": 0.01}, -1),
@@ -110,7 +128,7 @@ def test_significant_cases(row, want):
 
 
 @pytest.mark.parametrize(
-    "d, clusters, field",
+    ("d", "clusters", "field"),
     [(np.zeros((2, 3)), [0, 0, 0], "clusters"), (np.zeros((2, 3)), [0, 1], "clusters"), (np.zeros(3), [0, 1, 2], "d")],
 )
 def test_crossed_test_refuses_bad_input(d, clusters, field):
@@ -125,18 +143,21 @@ def test_quadratic_argmin_bootstrap_finds_the_vertex(centre):
     y = np.array([[(a - centre) ** 2 + 0.01 * rng.normal() for a in x] for _ in range(5)])
     r = stats.quadratic_argmin_bootstrap(x, y, n_boot=200)
     assert r["estimate"] == pytest.approx(centre, abs=0.05)
-    assert r["lo"] <= centre + 0.05 and r["hi"] >= centre - 0.05 and r["n_dropped"] == 0
+    assert r["lo"] <= centre + 0.05
+    assert r["hi"] >= centre - 0.05
+    assert r["n_dropped"] == 0
 
 
 def test_quadratic_argmin_is_nan_for_a_parabola_that_opens_downward():
     x = [0.0, 1.0, 2.0, 3.0]
     assert np.isnan(stats.quadratic_argmin(x, [-((a - 1.5) ** 2) for a in x]))
     r = stats.quadratic_argmin_bootstrap(x, np.array([[-((a - 1.5) ** 2) for a in x]] * 3), n_boot=20)
-    assert r["n_dropped"] == 20 and np.isnan(r["lo"])
+    assert r["n_dropped"] == 20
+    assert np.isnan(r["lo"])
 
 
 @pytest.mark.parametrize(
-    "p, adjusted",
+    ("p", "adjusted"),
     [
         ({"a": 0.01, "b": 0.04, "c": 0.03}, {"a": 0.03, "b": 0.06, "c": 0.06}),
         ({"a": 0.5, "b": 0.6}, {"a": 1.0, "b": 1.0}),
@@ -150,7 +171,10 @@ def test_holm_cases(p, adjusted):
 def test_t_interval_with_seeds_that_agree_exactly_is_no_evidence():
     for x in ([0.5, 0.5, 0.5], [0.0, 0.0, 0.0]):
         r = stats.t_interval(x)
-        assert r["p"] == 1.0 and r["degenerate"] and np.isnan(r["lo"]) and np.isnan(r["hi"])
+        assert r["p"] == 1.0
+        assert r["degenerate"]
+        assert np.isnan(r["lo"])
+        assert np.isnan(r["hi"])
 
 
 # --- calibration: simulated experiments with no true difference, shaped like notebook 03's tiers ---
@@ -181,7 +205,9 @@ def _nested_draws(rng, n_boot, n_seeds, n_clusters):
     return rng.integers(0, n_clusters, (n_boot, n_seeds, n_clusters))  # a fresh draw of clusters per seed
 
 
-@pytest.mark.parametrize("draws, lo, hi", [(None, 0.0, 0.08), (_nested_draws, 0.15, 1.0)], ids=["crossed", "nested"])
+@pytest.mark.parametrize(
+    ("draws", "lo", "hi"), [(None, 0.0, 0.08), (_nested_draws, 0.15, 1.0)], ids=["crossed", "nested"]
+)
 def test_crossed_test_rejects_at_its_nominal_rate_and_nested_does_not(monkeypatch, draws, lo, hi):
     if draws is not None:
         monkeypatch.setattr(stats, "_cluster_draws", draws)
@@ -194,7 +220,7 @@ def test_crossed_test_rejects_at_its_nominal_rate_and_nested_does_not(monkeypatc
 
 
 @pytest.mark.parametrize(
-    "optimum, minimize, want_edge, want_ext",
+    ("optimum", "minimize", "want_edge", "want_ext"),
     [
         (0.01, True, False, 0),  # interior from the start
         (0.1, True, False, 2),  # best at the top; 0.09 is the top again; 0.27 makes 0.09 interior
@@ -212,21 +238,29 @@ def test_choose_interior_extends_until_interior(optimum, minimize, want_edge, wa
         return float(v if minimize else -v)
 
     r = stats.choose_interior([1e-3, 3e-3, 1e-2, 3e-2], dev, minimize=minimize)
-    assert r["edge"] is want_edge and r["extensions"] == want_ext and len(calls) == 4 + want_ext
-    assert r["grid"] == sorted(r["grid"]) and len(r["scores"]) == len(r["grid"])
+    assert r["edge"] is want_edge
+    assert r["extensions"] == want_ext
+    assert len(calls) == 4 + want_ext
+    assert r["grid"] == sorted(r["grid"])
+    assert len(r["scores"]) == len(r["grid"])
     if not want_edge:
         assert 0 < r["grid"].index(r["choice"]) < len(r["grid"]) - 1
         assert abs(np.log(r["choice"] / optimum)) <= np.log(np.sqrt(10)) / 2 + 1e-9
     else:
-        assert r["side"] == "high" and r["choice"] == max(r["grid"])
+        assert r["side"] == "high"
+        assert r["choice"] == max(r["grid"])
 
 
 def test_choose_interior_respects_limits_known_scores_and_nan():
     r = stats.choose_interior([0.1, 0.3], lambda x: -x, limits=(0.0, 1.0))  # 0.9 is tried, 2.7 is not
-    assert r["edge"] and r["grid"] == pytest.approx([0.1, 0.3, 0.9]) and r["extensions"] == 1
+    assert r["edge"]
+    assert r["grid"] == pytest.approx([0.1, 0.3, 0.9])
+    assert r["extensions"] == 1
     seen = []
     r = stats.choose_interior([1.0, 2.0, 4.0], lambda x: seen.append(x) or float("nan") if x > 4 else -x,
                               known={1.0: -1.0, 2.0: -2.0, 4.0: -4.0})  # fmt: skip
-    assert seen == [8.0] and r["choice"] == 4.0 and not r["edge"]  # a diverged run is the worst, not the best
+    assert seen == [8.0]
+    assert r["choice"] == 4.0
+    assert not r["edge"]
     with pytest.raises(ValueError, match="grid="):
         stats.choose_interior([0.1], lambda x: x)

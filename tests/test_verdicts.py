@@ -18,7 +18,8 @@ def test_need_names_the_missing_key_and_what_needed_it() -> None:
     assert need({"a": 1}, "a", "x") == 1
     with pytest.raises(KeyError, match=r"soul_verdicts: no 'b' among \['a'\]"):
         need({"a": 1}, "b", "soul_verdicts")
-    assert lower({"a": 1.0, "b": 2.0}, "a", "b", "x") and not higher({"a": 1.0, "b": 2.0}, "a", "b", "x")
+    assert lower({"a": 1.0, "b": 2.0}, "a", "b", "x")
+    assert not higher({"a": 1.0, "b": 2.0}, "a", "b", "x")
     assert not lower({"a": 2.0, "b": 2.0}, "a", "b", "x")  # a tie is no win
 
 
@@ -28,7 +29,7 @@ def row(t, diff, top1, ppl):
 
 
 @pytest.mark.parametrize(
-    "wrapper,table,key,want",
+    ("wrapper", "table", "key", "want"),
     [
         ({"max_abs_diff": 5e-5}, [row("f32", 1e-4, 1.0, 10.0)], "fused_vs_wrapper_max_abs_le_1e-4", True),
         ({"max_abs_diff": 2e-4}, [row("f32", 1e-4, 1.0, 10.0)], "fused_vs_wrapper_max_abs_le_1e-4", False),
@@ -83,7 +84,7 @@ QUAD = format_quad("o", "d", "a", "i", "answer")
 
 
 @pytest.mark.parametrize(
-    "text,want",
+    ("text", "want"),
     [
         (QUAD, True),
         ("  " + QUAD + " trailing", True),
@@ -131,7 +132,7 @@ ROT = {
 
 
 @pytest.mark.parametrize(
-    "change, key, want",
+    ("change", "key", "want"),
     [
         ({}, "maps_orthogonal_float32", True),
         ({"orth_err_exp_float32": 2e-5}, "maps_orthogonal_float32", False),
@@ -151,10 +152,8 @@ def test_rotation_verdicts(change, key, want) -> None:
 
 def test_rotation_verdicts_conclusion_follows_the_numbers() -> None:
     assert rotation_verdicts(ROT)["conclusion"].startswith("Cayley and exp give exact rotations in float32")
-    assert (
-        "878x fewer" in rotation_verdicts(ROT)["conclusion"]
-        and "cayley maps 2.5x faster" in rotation_verdicts(ROT)["conclusion"]
-    )
+    assert "878x fewer" in rotation_verdicts(ROT)["conclusion"]
+    assert "cayley maps 2.5x faster" in rotation_verdicts(ROT)["conclusion"]
     assert "do not both stay orthogonal" in rotation_verdicts(ROT | {"orth_err_cayley_float32": 1.0})["conclusion"]
     with pytest.raises(KeyError, match="rotation_verdicts: no 'map_ms_exp'"):
         rotation_verdicts({k: v for k, v in ROT.items() if k != "map_ms_exp"})
@@ -164,7 +163,8 @@ def test_rotation_reading_quotes_the_run() -> None:
     metrics = ROT | {"householder_det": -1.0, "gate_ratio_block_cayley": 3.25, "gate_ratio_dense": 40.0}
     lines = rotation_reading(metrics, rotation_verdicts(metrics))
     assert lines[0] == rotation_verdicts(metrics)["conclusion"]
-    assert "slope 2.01" in lines[2] and "quadratically, as theory says" in lines[2]
+    assert "slope 2.01" in lines[2]
+    assert "quadratically, as theory says" in lines[2]
     assert lines[3].endswith("block_cayley 3.2x, dense 40.0x.")  # cheapest first
     bent = metrics | {"commutator_small_scale_slope": 1.0}
     assert "not quadratically" in rotation_reading(bent, rotation_verdicts(bent))[2]

@@ -35,26 +35,27 @@ H, DV, S = 32, 16, 16  # LM hidden, tower hidden, image side
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
+def vision_tok(tmp_path_factory):
+    """A tokenizer that also knows the captions and questions of the synthetic images (the suite's ``tok`` does not)."""
     samples = vd.generate(seed=5, n=40)
     texts = build_corpus(seed=0, n_docs=150).train + [t for s in samples for t in (s.caption_en, s.caption_ja)]
     texts += [q.question + " " + q.answer for s in samples for q in s.qa]
-    return train_tokenizer(texts, tmp_path_factory.mktemp("tok"), vocab_size=2500)
+    return train_tokenizer(texts, tmp_path_factory.mktemp("vision_tok"), vocab_size=2500)
 
 
-def soul_lm(tok, seed: int = 0) -> SoulWrapper:
+def soul_lm(vision_tok, seed: int = 0) -> SoulWrapper:
     torch.manual_seed(seed)
     cfg = Phi3Config(
-        vocab_size=len(tok),
+        vocab_size=len(vision_tok),
         hidden_size=H,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=4,
         max_position_embeddings=256,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
+        pad_token_id=vision_tok.pad_token_id,
+        bos_token_id=vision_tok.bos_token_id,
+        eos_token_id=vision_tok.eos_token_id,
     )
     model = get_peft_model(
         Phi3ForCausalLM(cfg), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["qkv_proj", "o_proj"])
@@ -73,9 +74,9 @@ def tower(seed: int = 0):
     )
 
 
-def vlm(tok, method="weighted", seed=0) -> VisualLM:
+def vlm(vision_tok, method="weighted", seed=0) -> VisualLM:
     torch.manual_seed(seed)
-    return VisualLM(soul_lm(tok, seed), tower(seed), *VisualConfig(DV, H, H, method=method).build())
+    return VisualLM(soul_lm(vision_tok, seed), tower(seed), *VisualConfig(DV, H, H, method=method).build())
 
 
 def pixels(n: int, seed: int = 0) -> torch.Tensor:
@@ -89,7 +90,8 @@ def test_generation_is_deterministic_and_seeded():
     a, b, c = vd.generate(seed=3, n=12), vd.generate(seed=3, n=12), vd.generate(seed=4, n=12)
     assert all(np.array_equal(x.image, y.image) and x.qa == y.qa and x.caption_ja == y.caption_ja for x, y in zip(a, b))
     assert not all(np.array_equal(x.image, y.image) for x, y in zip(a, c))
-    assert a[0].image.shape == (64, 64, 3) and a[0].image.dtype == np.uint8
+    assert a[0].image.shape == (64, 64, 3)
+    assert a[0].image.dtype == np.uint8
 
 
 def _components(img: np.ndarray) -> list[np.ndarray]:
@@ -101,7 +103,7 @@ def _components(img: np.ndarray) -> list[np.ndarray]:
 
 def _colour_name(rgb: np.ndarray) -> str:
     # independent of the generator's table: HSV hue bands of the usual colour names
-    h, s, v = colorsys.rgb_to_hsv(*(rgb / 255.0))
+    h, _s, v = colorsys.rgb_to_hsv(*(rgb / 255.0))
     if v < 0.3:
         return "black"
     deg = h * 360
@@ -130,7 +132,8 @@ def _shape_name(mask: np.ndarray) -> str:
 def test_answers_match_what_was_drawn():
     samples = vd.generate(seed=11, n=80, word_fraction=0.2)
     shapes = [s for s in samples if s.scene.kind == "shapes"]
-    assert len(shapes) > 40 and {s.scene.count for s in shapes} == {1, 2, 3, 4}
+    assert len(shapes) > 40
+    assert {s.scene.count for s in shapes} == {1, 2, 3, 4}
     for s in shapes:
         answers = {q.kind: q.answer for q in s.qa if q.lang == "en"}
         comps = _components(s.image)
@@ -150,9 +153,10 @@ def test_answers_match_what_was_drawn():
 
 
 def test_word_scenes_show_ink_and_answer_the_word():
-    words = [s for s in vd.generate(seed=2, n=30, word_fraction=1.0)]
+    words = list(vd.generate(seed=2, n=30, word_fraction=1.0))
     for s in words:
-        assert {q.answer for q in s.qa} == {s.scene.word} and s.scene.word in vd.WORDS[s.scene.word_lang]
+        assert {q.answer for q in s.qa} == {s.scene.word}
+        assert s.scene.word in vd.WORDS[s.scene.word_lang]
         assert (s.image.min(-1) < 100).sum() > 20  # dark text pixels exist
     assert {s.scene.word_lang for s in words} == {"en", "ja"}
 
@@ -169,7 +173,8 @@ def test_to_pixels_converts_size_grey_rgba_channels_first_and_dtypes():
     u16 = np.full((S, S, 1), 65535, np.uint16)
     f = np.full((S, S, 3), 0.5, np.float32)
     px = to_pixels([white, grey, rgba, chw, u16, f], spec)
-    assert px.shape == (6, 3, S, S) and px.dtype == torch.float32
+    assert px.shape == (6, 3, S, S)
+    assert px.dtype == torch.float32
     expected = [1.0, -1.0, 1.0, 1.0, 1.0, 0.0]  # (x - 0.5) / 0.5 for white, black, white, white, white, mid-grey
     for i, e in enumerate(expected):
         torch.testing.assert_close(px[i], torch.full((3, S, S), e))
@@ -179,7 +184,7 @@ def test_to_pixels_converts_size_grey_rgba_channels_first_and_dtypes():
 
 
 @pytest.mark.parametrize(
-    "bad, match",
+    ("bad", "match"),
     [
         ([], "empty batch"),
         ([np.zeros((S, S, 2), np.uint8)], "2 channels"),
@@ -197,8 +202,8 @@ def test_to_pixels_rejects_bad_images(bad, match):
         to_pixels(bad, ImageSpec(S))
 
 
-def test_pixel_values_of_the_wrong_shape_are_refused_by_name(tok):
-    m = vlm(tok)
+def test_pixel_values_of_the_wrong_shape_are_refused_by_name(vision_tok):
+    m = vlm(vision_tok)
     with pytest.raises(ValueError, match="to_pixels"):
         m.visual_prefix(torch.zeros(1, 3, S + 8, S + 8))
     with pytest.raises(ValueError, match="to_pixels"):
@@ -216,18 +221,18 @@ def test_adapter_shape_and_last_step_is_an_exact_rotation():
     x = torch.randn(3, 5, DV)
     out, normed = a(x), a.normed(x)
     assert out.shape == (3, 5, H)
-    blocks = lambda t: t.reshape(3, 5, H // 8, 8).norm(dim=-1)  # noqa: E731  (B, N, blocks)
+    blocks = lambda t: t.reshape(3, 5, H // 8, 8).norm(dim=-1)
     torch.testing.assert_close(blocks(out), blocks(normed), atol=1e-5, rtol=1e-5)
     assert (out - normed).abs().max() > 0.1  # it really rotated
     ln = torch.nn.functional.layer_norm(a.fc2(torch.nn.functional.gelu(a.fc1(x))), (H,))  # LayerNorm by hand
     torch.testing.assert_close(normed, ln, atol=1e-5, rtol=1e-5)  # weight 1, bias 0 at init
 
 
-def test_adapter_refuses_a_tower_of_another_width(tok):
+def test_adapter_refuses_a_tower_of_another_width(vision_tok):
     with pytest.raises(ValueError, match="built for"):
         VisualProjectionAdapter(DV, H)(torch.randn(1, 4, DV + 8))
-    with pytest.raises(ValueError, match="adapter.vision_hidden"):
-        VisualLM(soul_lm(tok), tower(), VisualProjectionAdapter(DV * 2, H), AdapterFusionLayer(H))
+    with pytest.raises(ValueError, match=r"adapter.vision_hidden"):
+        VisualLM(soul_lm(vision_tok), tower(), VisualProjectionAdapter(DV * 2, H), AdapterFusionLayer(H))
     with pytest.raises(ValueError, match="lm_hidden"):
         VisualProjectionAdapter(DV, 30)
 
@@ -253,20 +258,22 @@ def test_attention_fusion_shapes_weights_and_identity_start():
         f.fuse.out_proj.weight.normal_()
     assert (f(t, v) - t).abs().max() > 1e-3
     w = f.path_weights(t, v)
-    assert w.shape == (2, 7, 2) and torch.allclose(w.sum(-1), torch.ones(2, 7))
+    assert w.shape == (2, 7, 2)
+    assert torch.allclose(w.sum(-1), torch.ones(2, 7))
 
 
 @pytest.mark.parametrize("method", ["weighted", "attention"])
 def test_text_only_path_is_unchanged_without_an_image(method):
     f = AdapterFusionLayer(H, method)
     t = torch.randn(2, 5, H)
-    assert f(t, None) is t and f(t, torch.zeros(2, 0, H)) is t
+    assert f(t, None) is t
+    assert f(t, torch.zeros(2, 0, H)) is t
 
 
 @pytest.mark.parametrize("method", ["weighted", "attention"])
-def test_forward_without_prefix_equals_the_soul_lm(tok, method):
-    m = vlm(tok, method)
-    ids = torch.randint(5, len(tok), (2, 9))
+def test_forward_without_prefix_equals_the_soul_lm(vision_tok, method):
+    m = vlm(vision_tok, method)
+    ids = torch.randint(5, len(vision_tok), (2, 9))
     mask = torch.ones_like(ids)
     mask[1, -3:] = 0
     with torch.no_grad():
@@ -276,12 +283,13 @@ def test_forward_without_prefix_equals_the_soul_lm(tok, method):
         torch.testing.assert_close(m(ids, mask, prefix=empty).logits, ref, atol=1e-5, rtol=1e-5)
         # with a prefix, the text positions see it: logits change, shape stays (B, T, V)
         out = m(ids, mask, pixels(2)).logits
-    assert out.shape == ref.shape and (out - ref).abs().max() > 1e-4
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max() > 1e-4
 
 
-def test_prefix_enters_as_inputs_embeds_with_extended_mask(tok):
-    m = vlm(tok)
-    ids, px = torch.randint(5, len(tok), (2, 6)), pixels(2)
+def test_prefix_enters_as_inputs_embeds_with_extended_mask(vision_tok):
+    m = vlm(vision_tok)
+    ids, px = torch.randint(5, len(vision_tok), (2, 6)), pixels(2)
     with torch.no_grad():
         P = m.visual_prefix(px)
         lm = m.soul.model.get_base_model()
@@ -298,9 +306,10 @@ def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["weighted", "attention"])
-def test_training_moves_only_adapter_and_fusion(tok, method):
-    m = vlm(tok, method)
+def test_training_moves_only_adapter_and_fusion(vision_tok, method):
+    m = vlm(vision_tok, method)
     frozen = {
         "lm_base_lora": _snapshot(m.soul.model),
         "soul_rotation": _snapshot(m.soul.rotation),
@@ -311,9 +320,16 @@ def test_training_moves_only_adapter_and_fusion(tok, method):
     trained = _snapshot(m.adapter) | {f"f.{k}": v for k, v in _snapshot(m.fusion).items()}
     samples = vd.generate(seed=1, n=6)
     recs = vt.train_adapter(
-        m, tok, to_pixels([s.image for s in samples], m.spec), vd.text_tasks(samples), steps=3, batch_size=4, lr=1e-2
+        m,
+        vision_tok,
+        to_pixels([s.image for s in samples], m.spec),
+        vd.text_tasks(samples),
+        steps=3,
+        batch_size=4,
+        lr=1e-2,
     )
-    assert len(recs) == 3 and all(math.isfinite(r["loss"]) for r in recs)
+    assert len(recs) == 3
+    assert all(math.isfinite(r["loss"]) for r in recs)
     for name, snap in frozen.items():
         now = _snapshot(
             {
@@ -326,11 +342,12 @@ def test_training_moves_only_adapter_and_fusion(tok, method):
         assert all(torch.equal(snap[k], now[k]) for k in snap), f"{name} changed"
     after = _snapshot(m.adapter) | {f"f.{k}": v for k, v in _snapshot(m.fusion).items()}
     assert sum(not torch.equal(trained[k], after[k]) for k in trained) >= len(trained) // 2
-    assert not m.soul.training and not m.tower.training  # dropout in the frozen LoRA stays off
+    assert not m.soul.training
+    assert not m.tower.training
 
 
-def test_train_mode_checkpoints_the_frozen_decoder_without_dropout(tok):
-    m = vlm(tok, "attention")
+def test_train_mode_checkpoints_the_frozen_decoder_without_dropout(vision_tok):
+    m = vlm(vision_tok, "attention")
     lm = m.soul.model.get_base_model()
     lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     calls, mlp = [], lm.model.layers[0].mlp
@@ -350,23 +367,27 @@ def test_train_mode_checkpoints_the_frozen_decoder_without_dropout(tok):
 # --- scoring ---
 
 
-def test_encode_row_labels_only_the_target(tok):
-    ids, labels = vt.encode_row(tok, "何色ですか？", "赤")
-    end = tok.convert_tokens_to_ids("<|end|>")
-    n_target = len(tok("赤", add_special_tokens=False)["input_ids"]) + 1
-    assert ids[0] == tok.bos_token_id and ids[-1] == end and len(ids) == len(labels)
-    assert labels[:-n_target] == [-100] * (len(ids) - n_target) and labels[-n_target:] == ids[-n_target:]
+def test_encode_row_labels_only_the_target(vision_tok):
+    ids, labels = vt.encode_row(vision_tok, "何色ですか？", "赤")
+    end = vision_tok.convert_tokens_to_ids("<|end|>")
+    n_target = len(vision_tok("赤", add_special_tokens=False)["input_ids"]) + 1
+    assert ids[0] == vision_tok.bos_token_id
+    assert ids[-1] == end
+    assert len(ids) == len(labels)
+    assert labels[:-n_target] == [-100] * (len(ids) - n_target)
+    assert labels[-n_target:] == ids[-n_target:]
 
 
-def test_teacher_forced_exact_match_equals_greedy_decoding(tok):
-    m = vlm(tok, "attention", seed=1)
+@pytest.mark.slow
+def test_teacher_forced_exact_match_equals_greedy_decoding(vision_tok):
+    m = vlm(vision_tok, "attention", seed=1)
     samples = vd.generate(seed=7, n=4)
     px = to_pixels([s.image for s in samples], m.spec)
     rows = vd.text_tasks(samples, with_captions=False)[:6]
-    vt.train_adapter(m, tok, px, rows, steps=200, batch_size=6, lr=2e-2)  # fit these rows so some become exact
-    scores = vt.score_rows(m, tok, px, rows)
+    vt.train_adapter(m, vision_tok, px, rows, steps=200, batch_size=6, lr=2e-2)  # fit these rows so some become exact
+    scores = vt.score_rows(m, vision_tok, px, rows)
     for (i, q, a, _), s in zip(rows, scores):
-        greedy = vt.greedy_answer(m, tok, q, px[i : i + 1], max_new_tokens=8)
+        greedy = vt.greedy_answer(m, vision_tok, q, px[i : i + 1], max_new_tokens=8)
         assert s["exact"] == (greedy == a), (q, a, greedy)
     assert any(s["exact"] for s in scores)
 
@@ -382,28 +403,34 @@ def test_paired_difference_by_hand_and_resamples_images():
     a = [{"exact": e} for e in (False, False, True, False, True)]
     b = [{"exact": e} for e in (True, True, True, True, False)]
     out = vt.paired_difference(a, b, rows, n_boot=2000)
-    assert out["questions"] == 4 and out["images"] == 3  # the caption row is left out
+    assert out["questions"] == 4
+    assert out["images"] == 3
     assert out["diff"] == pytest.approx((1 + 1 + 0 - 1) / 4)
     lo, hi = out["ci95"]
     # three images (one +1, one +1/2, one -1): 2 degrees of freedom, nothing shown
-    assert lo < 0 < hi and out["p"] > 0.05
+    assert lo < 0 < hi
+    assert out["p"] > 0.05
     same = vt.paired_difference(a, a, rows)
-    assert same["diff"] == 0 and same["ci95"] == [0.0, 0.0] and same["p"] == 1.0
+    assert same["diff"] == 0
+    assert same["ci95"] == [0.0, 0.0]
+    assert same["p"] == 1.0
     many = [(i // 2, "q", "a", "count") for i in range(40)]  # 20 images, b right on every question
     won = vt.paired_difference([{"exact": False}] * 40, [{"exact": i % 3 > 0} for i in range(40)], many)
-    assert won["ci95"][0] > 0 and won["p"] < 0.01 and won["images"] == 20
+    assert won["ci95"][0] > 0
+    assert won["p"] < 0.01
+    assert won["images"] == 20
     with pytest.raises(ValueError, match="scores"):
         vt.paired_difference(a[:-1], b, rows)
 
 
-def test_visual_path_weight_of_weighted_fusion_is_its_softmax_weight(tok):
-    m = vlm(tok, "weighted")
+def test_visual_path_weight_of_weighted_fusion_is_its_softmax_weight(vision_tok):
+    m = vlm(vision_tok, "weighted")
     samples = vd.generate(seed=2, n=3)
     px = to_pixels([s.image for s in samples], m.spec)
-    w = vt.visual_path_weight(m, tok, px, vd.text_tasks(samples)[:5], batch_size=2)
+    w = vt.visual_path_weight(m, vision_tok, px, vd.text_tasks(samples)[:5], batch_size=2)
     assert w == pytest.approx(float(torch.softmax(m.fusion.path_logits, 0)[1]), abs=1e-6)
-    a = vlm(tok, "attention")
-    wa = vt.visual_path_weight(a, tok, px, vd.text_tasks(samples)[:5])
+    a = vlm(vision_tok, "attention")
+    wa = vt.visual_path_weight(a, vision_tok, px, vd.text_tasks(samples)[:5])
     assert 0.0 <= wa <= 1.0
 
 
@@ -429,7 +456,7 @@ def test_sigmoid_contrastive_loss_by_hand():
 # --- saving and loading ---
 
 
-def test_save_load_round_trip_and_mismatch(tmp_path, tok):
+def test_save_load_round_trip_and_mismatch(tmp_path, vision_tok):
     cfg = VisualConfig(DV, H, H, method="attention")
     a, f = cfg.build()
     with torch.no_grad():
@@ -445,7 +472,7 @@ def test_save_load_round_trip_and_mismatch(tmp_path, tok):
     (tmp_path / "v" / "visual_config.json").write_text(json.dumps({**raw, "vision_hidden": DV * 2}))
     with pytest.raises(ValueError, match="does not fit"):
         load_visual(tmp_path / "v")
-    with pytest.raises(FileNotFoundError, match="visual.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"visual.safetensors"):
         load_visual(tmp_path)
 
 
@@ -458,7 +485,8 @@ def test_load_vision_tower_from_folders_and_clear_error_offline(tmp_path):
         )
     ).save_pretrained(tmp_path / "clip")
     sig, clip = load_vision_tower(tmp_path / "siglip"), load_vision_tower(tmp_path / "clip")
-    assert type(sig).__name__ == "SiglipVisionModel" and type(clip).__name__ == "CLIPVisionModel"
+    assert type(sig).__name__ == "SiglipVisionModel"
+    assert type(clip).__name__ == "CLIPVisionModel"
     assert clip.config.hidden_size == DV
     with pytest.raises(VisionTowerUnavailable, match="hf download so8t-test/no-such-tower"):
         load_vision_tower("so8t-test/no-such-tower")
@@ -468,7 +496,7 @@ def test_load_vision_tower_from_folders_and_clear_error_offline(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "bad, match",
+    ("bad", "match"),
     [
         ({"image_size": 30}, "image_size=30"),
         ({"tower_heads": 5}, "tower_heads=5"),

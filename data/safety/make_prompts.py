@@ -406,8 +406,17 @@ def rows() -> list[dict]:
         splits = split_of(len(en), stem)
         for lang, items in (("en", en), ("ja", ja)):
             for k, ((task, prompt), split) in enumerate(zip(items, splits), start=1):
-                out.append({"id": f"{lang}-{stem}-{k:03d}", "prompt": prompt, "label": label, "lang": lang,
-                            "task": TASKS[task], "trap": trap, "split": split})
+                out.append(
+                    {
+                        "id": f"{lang}-{stem}-{k:03d}",
+                        "prompt": prompt,
+                        "label": label,
+                        "lang": lang,
+                        "task": TASKS[task],
+                        "trap": trap,
+                        "split": split,
+                    }
+                )
     return out
 
 

@@ -42,20 +42,20 @@ class StageConfig:
     """Mixin for the frozen stage dataclasses: JSON round trip and a shared name check."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]
+        return asdict(self)  # type: ignore[call-overload]  # a mixin: every subclass is a dataclass
 
     @classmethod
     def from_namespace(cls, namespace: Mapping[str, Any]) -> Any:
         """The config from a notebook's ``globals()``: every field must be defined there (by the parameters cell,
         where papermill injects its values); other names are ignored. A missing field raises ``ValueError``."""
-        names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+        names = [f.name for f in fields(cls)]  # type: ignore[arg-type]  # a mixin: every subclass is a dataclass
         missing = [n for n in names if n not in namespace]
         check(not missing, "parameters", missing, f"not defined in the notebook's parameters cell ({cls.__name__})")
         return cls(**{n: namespace[n] for n in names})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Any:
-        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]  # a mixin: every subclass is a dataclass
         unknown = sorted(set(d) - names)
         check(not unknown, "keys", unknown, f"not fields of {cls.__name__}")
         return cls(**d)

@@ -140,7 +140,7 @@ def fuse_soul_into_lm_head(
     Explained in notebooks/04_fusion_and_gguf.ipynb.
     """
     H, H_soul = int(_causal_lm(model).config.hidden_size), soul.rotation.hidden_size
-    check(H == H_soul, "soul hidden_size", H_soul, f"model hidden size is {H}")
+    check(H_soul == H, "soul hidden_size", H_soul, f"model hidden size is {H}")
     work = copy.deepcopy(model).eval()
     reference = causal_logits(SoulWrapper(work, soul.rotation, soul.alpha, soul.config).eval(), check_ids, check_mask)
     plain = merge_lora(work).eval()

@@ -78,7 +78,7 @@ class SigmoidSchedule:
         check(self.midpoint >= 0, "midpoint", self.midpoint, "must be >= 0")
 
     def __call__(self, step: int) -> float:
-        s = lambda t: 1 / (1 + math.exp(-(t - self.midpoint) / self.width))  # noqa: E731
+        s = lambda t: 1 / (1 + math.exp(-(t - self.midpoint) / self.width))
         frac = (s(step) - s(0)) / (1 - s(0))
         return self.start + frac * (self.target - self.start)
 

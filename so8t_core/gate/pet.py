@@ -59,10 +59,7 @@ def pet_loss(h: Tensor, attention_mask: Tensor | None = None, kind: str = "l2", 
     if h.shape[1] < 3:
         return h.sum() * 0.0
     d2 = second_difference(h)  # (B, T-2, D)
-    if kind == "l2":
-        pen = d2.pow(2)
-    else:
-        pen = F.huber_loss(d2, torch.zeros_like(d2), reduction="none", delta=delta)
+    pen = d2.pow(2) if kind == "l2" else F.huber_loss(d2, torch.zeros_like(d2), reduction="none", delta=delta)
     if attention_mask is None:
         return pen.mean()
     check(

@@ -51,7 +51,7 @@ def plot_soul_timeline(timeline: list[dict]):
     import matplotlib.pyplot as plt
 
     step = [r["step"] for r in timeline]
-    col = lambda k: [r[k] for r in timeline]  # noqa: E731
+    col = lambda k: [r[k] for r in timeline]
     fig, ax = plt.subplots(2, 2, figsize=(13, 7), sharex=True)
     a = ax[0, 0]
     phase_bands(a, min(col("alpha")) - 0.5, max(col("alpha")) + 0.8)

@@ -280,7 +280,7 @@ def fused_head_weight(W: Tensor, R: Tensor, s: Tensor | float) -> Tensor:
     """
     V, H = W.shape
     n_blocks = R.shape[0]
-    check(H == n_blocks * 8, "R.shape", tuple(R.shape), f"needs H/8 = {H // 8} blocks for lm_head width {H}")
+    check(n_blocks * 8 == H, "R.shape", tuple(R.shape), f"needs H/8 = {H // 8} blocks for lm_head width {H}")
     W32 = W.float()
     Wb = W32.reshape(V, n_blocks, 8)  # (V, blocks, 8): row v, block b, input i
     # (W R)[v, b, j] = sum_i W[v, b, i] R_b[i, j]

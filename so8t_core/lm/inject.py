@@ -120,7 +120,7 @@ def make_optimizer(wrapper: SoulWrapper, cfg: InjectConfig):
         groups.append({"params": lora, "lr": cfg.lr, "weight_decay": 0.0})
     opt = torch.optim.AdamW(groups)
     warm = max(cfg.warmup_steps, 1)
-    decay = lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(s / cfg.steps, 1.0))))  # noqa: E731
+    decay = lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(s / cfg.steps, 1.0))))
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, decay)
 
 

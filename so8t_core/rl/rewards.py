@@ -164,7 +164,7 @@ def trl_text_rewards(decode: Callable[[Sequence[int]], str]) -> list[Callable[..
 
 
 def _trend(curve: Sequence[float], window: float) -> float:
-    n = max(1, int(round(len(curve) * window)))
+    n = max(1, round(len(curve) * window))
     return float(sum(curve[-n:]) / n - sum(curve[:n]) / n)
 
 

@@ -234,7 +234,7 @@ def train_grpo(
     Returns:
         TRL's log history, one dict per step (``rewards/<name>/mean``, ``reward``, ``loss``, ...).
     """
-    from datasets import Dataset  # type: ignore[import-untyped]
+    from datasets import Dataset
     from transformers import get_constant_schedule
     from transformers.trainer_callback import ProgressCallback
     from trl import GRPOConfig, GRPOTrainer

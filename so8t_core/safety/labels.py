@@ -166,7 +166,7 @@ def confusion(y_true: Sequence[str], y_pred: Sequence[str]) -> np.ndarray:
     return c
 
 
-def metrics(y_true: Sequence[str], y_pred: Sequence[str], scores: Sequence[float] | None = None) -> dict:
+def metrics(y_true: Sequence[str], y_pred: Sequence[str], scores: Sequence[float] | np.ndarray | None = None) -> dict:
     """Safety metrics on ALLOW/ESCALATE/REFUSE.
 
     A rate whose denominator is empty is NaN, and ``notes`` says why (empty input, no gold REFUSE, ...).
@@ -247,7 +247,7 @@ def breakdown(data: LabeledSet, y_pred: Sequence[str]) -> dict:
     return out
 
 
-def _auprc(y_true: Sequence[str], scores: Sequence[float], notes: dict) -> float:
+def _auprc(y_true: Sequence[str], scores: Sequence[float] | np.ndarray, notes: dict) -> float:
     v = auprc_refuse(y_true, scores)
     if math.isnan(v):
         notes["auprc_refuse"] = "no gold REFUSE" if "REFUSE" not in y_true else "every gold label is REFUSE"

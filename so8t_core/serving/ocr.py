@@ -235,9 +235,9 @@ def _lines_by_page(data: dict[str, list], n_pages: int) -> list[tuple[Line, ...]
     pages_col = data.get("page_num") or [1] * len(data["text"])
     keys = zip(pages_col, data["block_num"], data["par_num"], data["line_num"])
     lines: dict[tuple[int, int, int, int], list[tuple[str, float]]] = {}
-    for word, conf, key in zip(data["text"], data["conf"], keys):
+    for word, conf, (page, block, par, ln) in zip(data["text"], data["conf"], keys):
         if float(conf) >= 0 and str(word).strip():
-            lines.setdefault(tuple(int(k) for k in key), []).append((str(word), float(conf)))  # type: ignore[arg-type]
+            lines.setdefault((int(page), int(block), int(par), int(ln)), []).append((str(word), float(conf)))
     out: list[list[Line]] = [[] for _ in range(n_pages)]
     for key, words in lines.items():
         out[min(max(key[0], 1), n_pages) - 1].append(Line(tuple(w for w, _ in words), tuple(c for _, c in words)))

@@ -230,8 +230,8 @@ def degrade(rng: np.random.Generator, kind: str, image: np.ndarray) -> np.ndarra
     if kind == "rotated":
         return rotate_image(image, float(rng.choice([-1.0, 1.0]) * rng.uniform(2.0, 10.0)))
     if kind == "low_contrast":
-        bg = rng.uniform(170, 235)
-        return _compose(image, np.full((h, w), bg, np.float32), bg - rng.uniform(30, 60))
+        level = rng.uniform(170, 235)
+        return _compose(image, np.full((h, w), level, np.float32), level - rng.uniform(30, 60))
     raise ValueError(f"kind={kind!r}: must be one of {KINDS}")
 
 

@@ -79,7 +79,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         # socketserver reads the per-connection timeout from the instance; a client that stops sending frees its thread
-        self.timeout = self.server.state.read_timeout_s  # type: ignore[misc]
+        self.timeout = self.server.state.read_timeout_s  # type: ignore[misc]  # typeshed says ClassVar; read per instance
         super().setup()
 
     def _send_json(self, status: int, obj: dict[str, Any], headers: dict[str, str] | None = None) -> None:

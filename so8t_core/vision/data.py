@@ -132,7 +132,7 @@ def _draw_shape(img: np.ndarray, shape: str, centre: tuple[int, int], r: int, rg
     if shape == "circle":
         cv2.circle(img, (x, y), r, rgb, thickness=-1, lineType=cv2.LINE_AA)
     elif shape == "square":
-        s = int(round(r * 0.85))
+        s = round(r * 0.85)
         cv2.rectangle(img, (x - s, y - s), (x + s, y + s), rgb, thickness=-1)
     else:
         pts = np.array([[x, y - r], [x - r, y + int(0.8 * r)], [x + r, y + int(0.8 * r)]], np.int32)
@@ -356,5 +356,5 @@ def to_pixels(images: Sequence[Any], spec: ImageSpec) -> Tensor:
             raise ImageInputError(f"image {i}: {exc}") from None
         if rgb.shape[:2] != (spec.size, spec.size):
             rgb = cv2.resize(rgb, (spec.size, spec.size), interpolation=cv2.INTER_AREA)
-        out.append((rgb - np.float32(spec.mean)) / np.float32(spec.std))
+        out.append((rgb - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32))
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()  # (B, 3, S, S)

@@ -44,23 +44,23 @@ from so8t_core.vision.tower import (
 )
 
 __all__ = [
+    "AdapterFusionLayer",
     "ImageInputError",
     "ImageSpec",
-    "to_pixels",
-    "image_spec",
-    "tiny_siglip_config",
-    "build_vision_tower",
-    "load_vision_tower",
-    "freeze",
-    "VisualProjectionAdapter",
-    "AdapterFusionLayer",
+    "VisionTowerUnavailable",
+    "VisualConfig",
     "VisualLM",
     "VisualOutput",
-    "VisualConfig",
-    "save_visual",
-    "load_visual",
-    "VisionTowerUnavailable",
+    "VisualProjectionAdapter",
+    "build_vision_tower",
+    "freeze",
+    "image_spec",
     "load_soul_lm",
+    "load_vision_tower",
+    "load_visual",
+    "save_visual",
+    "tiny_siglip_config",
+    "to_pixels",
 ]
 
 METHODS = ("weighted", "attention")
