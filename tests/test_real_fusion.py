@@ -153,6 +153,7 @@ def test_headline_row_is_flat_and_readable():
     row = rf.headline(fused, TABLE, targets)
     assert all(not isinstance(v, (dict, list)) for v in row.values())
     assert row["q8_0_ppl_vs_f32"] == pytest.approx(0.02) and row["f16_file_mb"] == 300.0
+    assert "f32_ppl_vs_f32" not in row
     assert row["ppl_transformers"] == 20.0 and row["target_f16_top1_ge_99"] is True
     text = " ".join(reading.real_reading(NAME, row))
     assert "does NOT keep the base's chat template" in text  # the fake check says False

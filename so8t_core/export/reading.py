@@ -42,7 +42,7 @@ def real_reading(name: str, row: Mapping[str, Any]) -> list[str]:
     untied = all(row.get(k) for k in ("fused_untied", "config_untied", "input_embeddings_unchanged"))
     out = [
         f"{name}: the soul (alpha {row['alpha']:.3g}) fused into the tied head differs from the soul wrapper by "
-        f"{row['parity_max_abs_diff']:.2g} at most (this head's float32 rounding alone is "
+        f"{row['parity_max_abs_diff']:.3g} at most (this head's float32 rounding alone is "
         f"{row['fp32_head_rounding']:.2g}; bound {row['parity_atol']:.2g}); the soul itself moves the logits by "
         f"{row['soul_shift_max_abs']:.3g} and changes the top-1 token at "
         f"{1 - row['soul_shift_top1']:.1%} of the positions.",

@@ -304,6 +304,6 @@ def headline(fused: dict[str, Any], table: Sequence[dict[str, Any]], targets: di
     for t, r in by.items():
         row |= {f"{t}_max_abs_diff": r["max_abs_diff"], f"{t}_top1": r["top1_agreement"], f"{t}_ppl": r["ppl"]}
         row |= {f"{t}_file_mb": r["file_mb"]}
-        if "f32" in by:
+        if "f32" in by and t != "f32":
             row[f"{t}_ppl_vs_f32"] = r["ppl"] / by["f32"]["ppl"] - 1.0
     return row | dict(fused["checks"]) | {f"target_{k}": v for k, v in targets.items()}
