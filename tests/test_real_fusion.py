@@ -197,3 +197,15 @@ def test_real_smollm2_soul_fuses_within_its_rounding_bound(tmp_path):
     assert all(out["checks"].values()), out["checks"]
     assert out["parity"]["max_abs_diff"] <= out["atol"] and out["rounding"]["fused"] <= out["atol"]
     assert {"tokenizer.json", "chat_template.jinja"} <= {p.name for p in out["folder"].iterdir()}
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("real_gguf_types", ["f16"]), ("real_gguf_types", ["f32", "q5"]), ("real_keep_gguf", ["q4_k_m"])],
+)
+def test_stage_config_refuses_real_gguf_settings_by_name(field, value):
+    from so8t_core.config import FusionStageConfig
+
+    with pytest.raises(ValueError, match=field):
+        FusionStageConfig(**{field: value})
+    assert FusionStageConfig(real_models=[]).real_models == ()
