@@ -7,7 +7,9 @@ inlines MathJax 3's SVG bundle instead (the npm package pinned in ``package.json
 as a single file. Without the bundle (setup not run) a report falls back to nbconvert's CDN and says so on stderr.
 
 Index: a stage declares its findings with ``Stage.verdict`` and its headline figure with ``Stage.headline``
-(both recorded in ``metrics.json``); the index shows exactly those, never a guess from the metric names.
+(both recorded in ``metrics.json``); the index shows exactly those, never a guess from the metric names. A stage
+that ran on real pretrained models logs ``real = {model: {headline: value}}``; each model gets a row under the
+stage's own.
 """
 
 from __future__ import annotations
@@ -204,8 +206,33 @@ def stage_row(
     return (
         f'<tr class="{html.escape(status)}"><td>{link}</td><td class="status">{html.escape(status)}</td>'
         f"<td>{seconds:.1f} s</td><td>{_verdicts_html(metrics)}{err}</td>"
-        f"<td>{_headline_html(metrics, stage_dir, report)}</td></tr>"
+        f"<td>{_headline_html(metrics, stage_dir, report)}</td></tr>" + "".join(real_rows(stage, metrics))
     )
+
+
+def real_rows(stage: str, metrics: Mapping[str, Any]) -> list[str]:
+    """One ``<tr class="real">`` per real model a stage logged under ``real`` (``{model: {headline: value}}``).
+
+    The row sits right under the stage's own (tiny-model) row and shows that model's headline numbers, so a reader
+    compares the two at a glance. A ``real`` entry that is not a mapping of mappings is shown as it is.
+
+    Args:
+        stage: the stage name.
+        metrics: the stage's ``metrics.json``.
+    Returns:
+        The rows' HTML, in the order the stage logged the models (none without a ``real`` dict).
+    """
+    real = metrics.get("real")
+    if not isinstance(real, Mapping):
+        return []
+    rows = []
+    for name, headline in real.items():
+        shown = headline if isinstance(headline, Mapping) else {"value": headline}
+        rows.append(
+            f'<tr class="real"><td>{html.escape(stage)} &middot; <b>{html.escape(str(name))}</b></td>'
+            f'<td class="status">real model</td><td></td><td>{_value_html(dict(shown))}</td><td></td></tr>'
+        )
+    return rows
 
 
 def index_page(profile: str, rows: Sequence[str], artifacts: Path) -> str:
@@ -215,7 +242,8 @@ def index_page(profile: str, rows: Sequence[str], artifacts: Path) -> str:
 padding:.4em .8em;vertical-align:top;text-align:left}}tr.ok .status{{color:#080}}tr.failed .status{{color:#b00}}
 tr.skipped .status{{color:#888}}.err{{color:#b00;font-family:monospace;white-space:pre-wrap}}.yes{{color:#080}}
 .no{{color:#b00}}.na{{color:#888}}ul{{margin:0;padding-left:1.2em}}figure{{margin:0}}
-figcaption{{font-size:.8em;color:#555}}img{{max-width:{THUMB_WIDTH}px;border:1px solid #eee}}</style>
+figcaption{{font-size:.8em;color:#555}}
+tr.real td{{background:#f6f8fb}}img{{max-width:{THUMB_WIDTH}px;border:1px solid #eee}}</style>
 </head><body><h1>so8t pipeline: profile <code>{html.escape(profile)}</code></h1>
 <p>Generated {time.strftime("%Y-%m-%d %H:%M:%S")}. Artifacts in <code>{html.escape(str(artifacts))}</code>.
 Each stage shows the verdicts its notebook declared and its headline figure; click through for the full report.</p>

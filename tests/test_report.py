@@ -120,6 +120,44 @@ def test_index_shows_declared_verdicts_and_the_headline_thumbnail(isolated_outpu
     assert rows["04_w"].startswith("skipped")
 
 
+def test_index_shows_a_row_per_real_model_beside_the_stage_row(isolated_outputs):
+    runs = []
+    for name, real in (
+        ("03_a", {"smollm2-135m-instruct": {"soul_top1": 0.5}}),
+        ("04_b", {"smollm2-135m-instruct": {"f32_max_abs_diff": 2.9e-4, "target_q8_0": False}, "gemma3-270m": {}}),
+        ("05_c", None),
+        ("06_d", {"gemma3-270m": {"safety_f1": 0.61, "served": "probe"}}),
+    ):
+        st = Stage(name, {"seed": 0})
+        st.verdict(ok=True)
+        if real is not None:
+            st.log(real=real)
+        st.finish()
+        runs.append(pipeline.StageRun(name, {}, "ok", 1.0, metrics=st.metrics))
+    page = pipeline.write_index(runs, "default").read_text()
+    rows = page.split('<tr class="')[1:]
+    kinds = [(r.split('"')[0], re.search(r"\d\d_\w", r).group(0)) for r in rows]
+    assert kinds == [
+        ("ok", "03_a"),
+        ("real", "03_a"),
+        ("ok", "04_b"),
+        ("real", "04_b"),
+        ("real", "04_b"),
+        ("ok", "05_c"),
+        ("ok", "06_d"),
+        ("real", "06_d"),
+    ]
+    smol = rows[3]
+    assert "<b>smollm2-135m-instruct</b>" in smol
+    assert "real model" in smol
+    assert "f32_max_abs_diff: 0.00029</li>" in smol
+    assert 'target_q8_0: <span class="no">no</span>' in smol
+    assert "served: probe" in rows[7]
+    assert "safety_f1: 0.61" in rows[7]
+    assert report.real_rows("07_e", {"real": "not a dict"}) == []
+    assert report.real_rows("07_e", {"real": {"m": 3}})[0].count("value: 3") == 1
+
+
 def test_index_survives_a_missing_headline_file(isolated_outputs):
     st = Stage("01_x", {"seed": 0})
     _png(st.path("fig.png"))

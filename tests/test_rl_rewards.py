@@ -197,5 +197,5 @@ def test_total_rewards_weighs_each_part_and_subtracts_the_kl():
     assert R.total_rewards(rows, (1.0, 2.0, 4.0, 10.0)) == pytest.approx([1 + 2 - 2.0, 0.5 + 4.0])
     with pytest.raises(ValueError, match="weights"):
         R.total_rewards(rows, (1.0, 2.0))
-    with pytest.raises(ValueError, match="longer|shorter"):  # rows of different lengths are a bug, not a shorter list
+    with pytest.raises(ValueError, match=r"longer|shorter"):  # rows of different lengths are a bug, not a shorter list
         R.total_rewards(rows | {"kl": [0.0]}, (1.0, 1.0, 1.0, 1.0))

@@ -112,9 +112,40 @@ class FusionStageConfig(StageConfig):
     tied_init_range: float = 0.2  # large enough that logits are O(1) and a wrong fusion shows
     tied_soul_std: float = 0.3
     tied_alpha: float = GOLDEN_RATIO
+    real_models: tuple = ("smollm2-135m-instruct",)  # real models whose notebook-03 soul is fused; () skips
+    real_gguf_types: tuple = ("f32", "f16", "q8_0")
+    real_keep_gguf: tuple = ("q8_0",)  # GGUF files kept after parity (an f32 file of a 135M model is ~600 MB)
+    real_seq_len: int = 128
+    real_check_docs: int = 4  # held-out documents (+ real_check_chats chat turns) for the fusion checks
+    real_check_chats: int = 2
+    real_eval_docs: int = 8  # held-out documents (+ real_eval_chats chat turns) for llama.cpp parity
+    real_eval_chats: int = 4
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gguf_types", tuple(self.gguf_types))
+        for name in ("real_models", "real_gguf_types", "real_keep_gguf"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        bad = [t for t in self.real_gguf_types if t not in GGUF_TYPE_NAMES]
+        check(
+            not bad and "f32" in self.real_gguf_types,
+            "real_gguf_types",
+            self.real_gguf_types,
+            f"must include f32 (the parity reference) and be among {GGUF_TYPE_NAMES}",
+        )
+        check(
+            set(self.real_keep_gguf) <= set(self.real_gguf_types),
+            "real_keep_gguf",
+            self.real_keep_gguf,
+            "must be among real_gguf_types",
+        )
+        check(self.real_seq_len >= 8, "real_seq_len", self.real_seq_len, "must be >= 8")
+        require_positive(self, "real_check_docs", "real_eval_docs")
+        check(
+            self.real_check_chats >= 0 and self.real_eval_chats >= 0,
+            "real_eval_chats",
+            self.real_eval_chats,
+            "chat turn counts must be >= 0",
+        )
         require_positive(
             self,
             "check_docs",

@@ -178,28 +178,36 @@ def load_model_and_tokenizer(
 
 
 def save_model(model: Any, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:
-    """Save model (safetensors) and tokenizer (incl. ``tokenizer.model``) as one Hugging Face folder.
+    """Save model (safetensors) and tokenizer (incl. ``tokenizer.model`` when it has one) as one Hugging Face folder.
 
     The folder is written next to ``out_dir`` and swapped in at the end, so a crash never leaves half a model.
+    A SentencePiece tokenizer's ``tokenizer.model`` is copied (llama.cpp's converter reads it); a byte-level BPE
+    tokenizer (a real model's, e.g. SmolLM2's) is whole in ``tokenizer.json``, which the converter reads instead.
 
     Args:
         model: a transformers model.
-        tokenizer: its tokenizer, loaded from a folder holding ``tokenizer.model``.
+        tokenizer: its tokenizer: loaded from a folder holding ``tokenizer.model``, or one without a ``vocab_file``
+            that saves a ``tokenizer.json``.
         out_dir: the model folder (replaced if it exists).
     Returns:
         ``out_dir``.
+    Raises:
+        FileNotFoundError: the tokenizer names a ``vocab_file`` that is gone, or saves neither file.
     Explained in notebooks/00_base_model.ipynb.
     """
     out_dir = Path(out_dir)
     spm_file = getattr(tokenizer, "vocab_file", None)
-    if not spm_file or not Path(spm_file).is_file():
-        raise FileNotFoundError(f"tokenizer has no {SPM_FILE} to copy (load it from a folder that holds one)")
+    if spm_file and not Path(spm_file).is_file():
+        raise FileNotFoundError(f"tokenizer's {SPM_FILE} {spm_file} is gone (load it from a folder that holds one)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        shutil.copyfile(spm_file, tmp / SPM_FILE)  # llama.cpp's converter reads the SentencePiece model
+        if spm_file:
+            shutil.copyfile(spm_file, tmp / SPM_FILE)  # llama.cpp's converter reads the SentencePiece model
+        elif not (tmp / "tokenizer.json").is_file():
+            raise FileNotFoundError(f"tokenizer has neither a {SPM_FILE} to copy nor a tokenizer.json to save")
         old = out_dir.with_name(f".{out_dir.name}.old")
         if out_dir.exists():
             shutil.rmtree(old, ignore_errors=True)
