@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -358,18 +358,6 @@ def build_prompt(user_text: str, system: str | None = None) -> str:
     return chat_turn(user, system=sys_text)
 
 
-@dataclass(frozen=True)
-class Response:
-    """What ``respond`` hands to a user: the answer, the policy decision, and a hash of any thinking.
-
-    ``thinking_hash`` is ``None`` when nothing was generated (REFUSE / ESCALATE).
-    """
-
-    final: str
-    decision: str
-    thinking_hash: str | None
-
-
 def _strip_special(text: str, tokenizer: Any) -> str:
     """Drop the tokenizer's special tokens (``</s>``…), except ones that read as think/final tags."""
     for tok in getattr(tokenizer, "all_special_tokens", []):
@@ -391,91 +379,3 @@ def stop_ids(tokenizer: Any) -> list[int]:
     if isinstance(end, int) and end != tokenizer.unk_token_id:
         stops.append(end)
     return [s for s in stops if s is not None]
-
-
-def generate_raw(
-    model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 128, max_time: float | None = None
-) -> str:
-    """Greedy generation of the quad layout for ``prompt`` (``build_prompt``); returns only the new text.
-
-    ``max_time`` (seconds) stops generating once that much time has passed (transformers' ``MaxTimeCriteria``,
-    checked after each new token); an output cut short has no closed final part, so ``extract_final`` falls back.
-    """
-    return generate_text(model, tokenizer, build_prompt(prompt), max_new_tokens, max_time)
-
-
-def generate_text(
-    model: Any,
-    tokenizer: Any,
-    text: str,
-    max_new_tokens: int = 128,
-    max_time: float | None = None,
-    add_special_tokens: bool = True,
-) -> str:
-    """Greedy continuation of an already built chat prompt ``text``, stopping at ``stop_ids``; the new text only.
-
-    Decoded with special tokens kept (``decode_raw``), so a fine-tuned model whose think tags are special tokens
-    cannot lose its tags (and so leak its thinking); the tokenizer's other special tokens are then removed.
-
-    Args:
-        model, tokenizer: a causal LM and its tokenizer.
-        text: the whole prompt, chat layout included.
-        max_new_tokens, max_time: generation budget in tokens and seconds (None: no time limit).
-        add_special_tokens: False for a prompt from a chat template, which writes its own special tokens.
-    Returns:
-        The newly generated text.
-    """
-    import torch
-
-    enc = tokenizer(text, return_tensors="pt", add_special_tokens=add_special_tokens)
-    device = next(model.parameters()).device
-    enc = {k: v.to(device) for k, v in enc.items()}
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    with torch.no_grad():
-        out = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            max_time=max_time,
-            do_sample=False,
-            pad_token_id=pad,
-            eos_token_id=stop_ids(tokenizer),
-        )
-    new = out[0, enc["input_ids"].shape[1] :]  # (new tokens,)
-    return decode_raw(tokenizer, new)
-
-
-def respond(
-    model: Any,
-    tokenizer: Any,
-    prompt: str,
-    decide: Callable[[str], str],
-    max_new_tokens: int = 128,
-    max_time: float | None = None,
-) -> Response:
-    """Answer one prompt under the safety policy, letting out only the final part.
-
-    The decision comes from ``decide`` (prompt -> ``ALLOW``/``ESCALATE``/``REFUSE``): a baseline, safety heads
-    (``so8t_core.safety.heads.heads_decider``) or any combination; this module knows none of them. REFUSE and
-    ESCALATE return their fixed messages without calling ``generate``; ALLOW generates greedily and passes the
-    new text through ``extract_final``.
-
-    Args:
-        model, tokenizer: a causal LM and its tokenizer.
-        prompt: the user's message.
-        decide: the decision source.
-        max_new_tokens: generation budget for ALLOW.
-        max_time: wall-clock budget of that generation in seconds (None: no limit).
-    Returns:
-        ``Response(final, decision, thinking_hash)``.
-
-    Explained in notebooks/06_safety_eval.ipynb.
-    """
-    decision = decide(prompt)
-    if decision not in DECISIONS:
-        raise ValueError(f"decision={decision!r}: must be one of {DECISIONS}")
-    if decision == "REFUSE":
-        return Response(REFUSE_MESSAGE, decision, None)
-    if decision == "ESCALATE":
-        return Response(ESCALATE_MESSAGE, decision, None)
-    raw = generate_raw(model, tokenizer, prompt, max_new_tokens, max_time)
-    return Response(extract_final(raw), decision, thinking_hash(raw))

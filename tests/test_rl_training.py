@@ -12,11 +12,11 @@ from transformers import AutoModelForCausalLM
 from so8t_core.config import QuadRLStageConfig
 from so8t_core.export import fusion, gguf
 from so8t_core.gate.soul import SoulConfig, SoulWrapper
+from so8t_core.lm.generate import generate_raw
 from so8t_core.lm.loading import load_model_and_tokenizer, save_model
 from so8t_core.rl import evaluation as ev
 from so8t_core.rl import training as tr
 from so8t_core.serving.models import resolve_model
-from so8t_core.think import generate_raw
 
 H = 32
 

@@ -23,8 +23,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import so8t_core.think as think_mod
+import so8t_core.lm.generate as gen_mod
 from so8t_core import artifacts
+from so8t_core.lm.generate import generate_raw
 from so8t_core.serving import answer, models, server
 from so8t_core.serving.audit import AuditLog
 from so8t_core.serving.ocr import (
@@ -34,13 +35,7 @@ from so8t_core.serving.ocr import (
     TesseractFailedError,
     TesseractMissingError,
 )
-from so8t_core.think import (
-    ESCALATE_MESSAGE,
-    REFUSE_MESSAGE,
-    THINK_PARTS,
-    extract_final,
-    generate_raw,
-)
+from so8t_core.think import ESCALATE_MESSAGE, REFUSE_MESSAGE, THINK_PARTS, extract_final
 from tests.serving import QUAD, Scripted, call, rows, running, state_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,7 +97,7 @@ def test_allow_runs_the_real_model_through_extract_final(serve_lm, audit) -> Non
     raw_out = generate_raw(model, tok, "say hello", 6)  # greedy, so the server saw the same text
     assert status == 200
     assert json.loads(raw)["final"] == extract_final(raw_out)
-    assert rows(audit)[0]["thinking_hash"] == think_mod.thinking_hash(raw_out)
+    assert rows(audit)[0]["thinking_hash"] == gen_mod.thinking_hash(raw_out)
 
 
 def test_a_model_that_writes_thinking_never_leaks_it(serve_lm, audit) -> None:
@@ -114,7 +109,7 @@ def test_a_model_that_writes_thinking_never_leaks_it(serve_lm, audit) -> None:
     assert status == 200
     assert json.loads(raw)["final"] == "hello world"
     assert b"SECRET" not in raw
-    assert rows(audit)[0]["thinking_hash"] == think_mod.thinking_hash(QUAD) != NO_THINKING
+    assert rows(audit)[0]["thinking_hash"] == gen_mod.thinking_hash(QUAD) != NO_THINKING
 
 
 # Raw outputs where SECRET only ever stands inside a think part (right after its opening tag).
@@ -135,7 +130,7 @@ RAW = st.lists(
 def test_no_response_ever_contains_thinking(audit, caplog) -> None:
     script = {"raw": ""}
     with pytest.MonkeyPatch.context() as mp, running(state_for(None, None, audit, decide=lambda t: "ALLOW")) as port:
-        mp.setattr(think_mod, "generate_raw", lambda *a, **k: script["raw"])
+        mp.setattr(gen_mod, "generate_raw", lambda *a, **k: script["raw"])
 
         @settings(max_examples=60, deadline=None)
         @given(RAW)
@@ -152,7 +147,7 @@ def test_no_response_ever_contains_thinking(audit, caplog) -> None:
         def boom(*a, **k):
             raise RuntimeError(leaked)  # the log shows this source line, never the value
 
-        mp.setattr(think_mod, "generate_raw", boom)
+        mp.setattr(gen_mod, "generate_raw", boom)
         status, _, body = call(port, "POST", "/think", {"prompt": "hi"})
         assert status == 500
         assert b"SECRET" not in body
@@ -390,7 +385,7 @@ def test_image_summary_reaches_the_model_and_the_log_keeps_only_hashes(audit) ->
         pytest.MonkeyPatch.context() as mp,
         running(state_for(None, None, audit, decide=lambda t: seen.append(t) or "ALLOW", ocr_lang="eng")) as port,
     ):
-        mp.setattr(think_mod, "generate_raw", lambda m, t, prompt, n, s: prompts.append(prompt) or QUAD)
+        mp.setattr(gen_mod, "generate_raw", lambda m, t, prompt, n, s: prompts.append(prompt) or QUAD)
         b64png = b64(png)
         status, _, raw = call(port, "POST", "/think", {"prompt": "What does this say?", "image_base64": b64png})
         bad = call(port, "POST", "/think", {"prompt": "x", "image_base64": b64(b"GIF89a broken")})

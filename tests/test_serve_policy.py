@@ -150,7 +150,7 @@ def test_a_model_that_thinks_in_tags_never_leaks_through_the_server(policy, chat
     script = iter(raws)
     fake = lambda *a, **k: next(script)
     monkeypatch.setattr(policy_mod, "generate_reply", fake)  # final_only's generator
-    monkeypatch.setattr("so8t_core.think.generate_raw", fake)  # quad's generator
+    monkeypatch.setattr("so8t_core.lm.generate.generate_raw", fake)  # quad's generator
     state = answer.AppState(None, tok, audit, "m@x", "src", lambda t: "ALLOW")
     assert state.answer_policy == policy
     with running(state) as port:

@@ -12,6 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from so8t_core.lm.generate import respond
 from so8t_core.think import (
     ESCALATE_MESSAGE,
     FALLBACK_MESSAGE,
@@ -24,7 +25,6 @@ from so8t_core.think import (
     extract_final,
     format_quad,
     lex,
-    respond,
     strip_control,
     thinking_hash,
 )

@@ -1,5 +1,5 @@
 """Notebook 06's helpers: the splits, per-split columns, ``metrics`` with breakdowns, the threshold sweep, the PR
-curve, Markdown tables and what a user sees (``think.respond`` with the served decision source).
+curve, Markdown tables and what a user sees (``lm.generate.respond`` with the served decision source).
 
 Scoring every system by one rule lives in ``safety.systems``, training heads inside the soul in ``safety.pillars``,
 the served decision in ``safety.decision``, where heads live in ``safety.registry``.
@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from so8t_core.config import check
+from so8t_core.lm.generate import respond
 from so8t_core.safety.heads import HEADS_STAGE
 from so8t_core.safety.labels import LABELS, LabeledSet, auprc_refuse, breakdown, load_labeled, metrics, task_splits
-from so8t_core.think import respond
 
 STAGE = HEADS_STAGE
 SPLITS = ("train", "dev", "test")
@@ -143,7 +143,7 @@ def example_answers(
     per_label: int = 2,
     max_new_tokens: int = 96,
 ) -> list[dict]:
-    """``think.respond`` on the first ``per_label`` prompts of each gold label: what a user would see.
+    """``lm.generate.respond`` on the first ``per_label`` prompts of each gold label: what a user would see.
 
     Args:
         model, tokenizer: the served model; decide: the served decision source (prompt -> label).

@@ -16,7 +16,7 @@ escalate    P(escalate), sigmoid      policy: not safe to answer automatically; 
 ==========  ========================  =====================================================================
 
 Features are always taken from the raw prompt text (no chat template) - in training (notebook 06), in the
-``eval`` command line and in ``think.respond`` - so the heads see the same kind of input everywhere.
+``eval`` command line and in ``lm.generate.respond`` - so the heads see the same kind of input everywhere.
 
 The safety and refuse heads share a target on the shipped data but play different roles: the safety head is
 the classifier we report (AUPRC, the Llama-Guard-style binary F1/FPR), the policy heads carry tuned thresholds
@@ -349,5 +349,5 @@ def predict_with_heads(
 def heads_decider(
     model: Any, tokenizer: Any, heads: SafetyHeads, thresholds: Thresholds | None = None
 ) -> Callable[[str], str]:
-    """A ``decide`` callable for ``think.respond``: prompt -> the heads' label under ``thresholds``."""
+    """A ``decide`` callable for ``lm.generate.respond``: prompt -> the heads' label under ``thresholds``."""
     return lambda prompt: predict_with_heads(model, tokenizer, heads, [prompt], thresholds)[0][0]

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from so8t_core.config import check
+from so8t_core.lm.generate import Response
 from so8t_core.serving.audit import AuditLog
 from so8t_core.serving.audit_chain import canonical_json
 from so8t_core.serving.limits import Admission, Busy, PromptLimit, chars_per_token, prompt_token_limit
@@ -44,7 +45,7 @@ from so8t_core.serving.ocr import (
     ocr_summary,
 )
 from so8t_core.serving.policy import POLICIES, answer_policy, respond_under
-from so8t_core.think import Response, strip_control, thinking_hash
+from so8t_core.think import strip_control, thinking_hash
 
 FIELDS = ("prompt", "image_base64")
 NO_THINKING_HASH = thinking_hash("")  # logged for REFUSE/ESCALATE: nothing was generated

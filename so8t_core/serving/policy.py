@@ -21,19 +21,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from so8t_core.lm.generate import Response, generate_text, respond
 from so8t_core.think import (
     DECISIONS,
     ESCALATE_MESSAGE,
     FALLBACK_MESSAGE,
     FINAL_TAG,
     REFUSE_MESSAGE,
-    Response,
     build_prompt,
     extract_final,
-    generate_text,
     leaks_thinking,
     lex,
-    respond,
     strip_control,
     thinking_hash,
 )
@@ -142,12 +140,12 @@ def respond_under(
     max_new_tokens: int = 128,
     max_time: float | None = None,
 ) -> Response:
-    """``think.respond`` under ``policy``: REFUSE/ESCALATE get their fixed messages without generating; ALLOW
+    """``lm.generate.respond`` under ``policy``: REFUSE/ESCALATE get their fixed messages without generating; ALLOW
     generates and lets out only the answer (``extract_final`` for ``quad``, ``final_text`` for ``final_only``).
 
     Args:
         policy: ``answer_policy`` of the model.
-        model, tokenizer, prompt, decide, max_new_tokens, max_time: as for ``think.respond``.
+        model, tokenizer, prompt, decide, max_new_tokens, max_time: as for ``lm.generate.respond``.
     Returns:
         ``Response(final, decision, thinking_hash)``.
     """
