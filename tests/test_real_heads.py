@@ -172,3 +172,31 @@ def test_a_source_reading_another_model_is_saved_rebuilt_and_reproduces(lm, spli
     decision.save_decision(stage, name, bad, {n: {} for n in bad})
     _, other = decision.build_decider(decision.read_decision(stage), None, None, None, None, stage).predict(prompts)
     assert np.abs(other - got).max() > 1e-6  # the layer in decision.json is the one read
+
+
+def test_heads_of_a_named_model_refuse_other_weights(lm, splits, tmp_path, monkeypatch) -> None:
+    import json
+
+    monkeypatch.setenv("SO8T_FEATURES_DIR", str(tmp_path / "features"))
+    cfg = dataclasses.replace(
+        SafetyEvalStageConfig(), real_models=(str(lm.dir),), real_seeds=2, real_steps=10, real_eval_every=5,
+        real_batch=16, real_lrs=(1e-2, 1e-1), real_max_length=32,
+    )  # fmt: skip
+    result = real_study.run_real_model(str(lm.dir), splits, cfg)
+    stage = tmp_path / "stage"
+    sources, _ = real_study.save_servable(result, splits["dev"], stage, cfg.max_over_refusal)
+    name = real_study.source_name(lm.dir.name, "probe")
+    decision.save_decision(stage, name, sources, {n: {} for n in sources})
+    binding = stage / sources[name]["heads_dir"] / "heads_model.json"
+    record = json.loads(binding.read_text())
+    binding.write_text(json.dumps(record | {"fingerprint": {"model.safetensors": "0" * 64}}))
+    served = decision.build_decider(decision.read_decision(stage), None, None, None, None, stage)
+    with pytest.raises(ValueError, match="not the one its heads were trained on"):
+        served.predict(["please bake bread now"])
+
+
+def test_config_validates_the_real_knobs() -> None:
+    assert SafetyEvalStageConfig(real_models=[]).real_models == ()
+    for bad in ({"real_layers": [0.0]}, {"real_lrs": [1e-2]}, {"real_seeds": 1}, {"real_min_effect": -1.0}):
+        with pytest.raises(ValueError):
+            SafetyEvalStageConfig(**bad)
