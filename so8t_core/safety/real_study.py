@@ -72,9 +72,28 @@ def run_real_model(
         The ``RealResult``.
     """
     feats = real_features(name, splits, cfg.real_layers, cfg.real_max_length, root=root)
-    recipe = Recipe(cfg.real_steps, cfg.real_batch, cfg.weight_decay, cfg.real_eval_every, cfg.alpha)
+    return families_on(feats, splits, cfg)
+
+
+def recipe_of(cfg: SafetyEvalStageConfig) -> Recipe:
+    """The one recipe of notebook 06's families on frozen states (``real_steps``, ``real_batch``,
+    ``weight_decay``, ``real_eval_every``, the gate logit ``alpha``)."""
+    return Recipe(cfg.real_steps, cfg.real_batch, cfg.weight_decay, cfg.real_eval_every, cfg.alpha)
+
+
+def families_on(feats: RealFeatures, splits: Mapping[str, LabeledSet], cfg: SafetyEvalStageConfig) -> RealResult:
+    """Every family of ``real_heads`` on already pooled states (a real model's, or the tiny served model's),
+    with the stage's recipe, learning-rate grid and ``real_seeds`` seeds; their dev and test scores.
+
+    Args:
+        feats: pooled states per split and layer.
+        splits: the labelled splits the states were taken on.
+        cfg: notebook 06's config.
+    Returns:
+        The ``RealResult``.
+    """
     seeds = [cfg.seed + i for i in range(cfg.real_seeds)]
-    heads = heads_on_model(feats, splits, cfg.real_lrs, seeds, recipe, REAL_FAMILIES)
+    heads = heads_on_model(feats, splits, cfg.real_lrs, seeds, recipe_of(cfg), REAL_FAMILIES)
     scores, escalate = {}, {}
     for fam, runs in heads.runs.items():
         probs = [{s: r.module.probs(heads.x[s]) for s in ("dev", "test")} for r in runs]
