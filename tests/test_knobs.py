@@ -57,7 +57,8 @@ def perturbed(stage: type) -> Any:
         elif isinstance(v, float):
             changes[f.name] = v + 0.25
         elif isinstance(v, tuple) and v and all(isinstance(x, float) for x in v):
-            changes[f.name] = (*v, v[-1] * 2)
+            # fractions stay fractions; other grids grow upwards (both stay sorted)
+            changes[f.name] = (v[0] / 2, *v) if all(0 < x <= 1 for x in v) else (*v, v[-1] * 2)
     return stage(**changes)
 
 

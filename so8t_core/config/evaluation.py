@@ -33,8 +33,30 @@ class SafetyEvalStageConfig(StageConfig):
     # 0 keeps torch's default. The embedded model's matrices are too small to split across threads, and on a busy
     # machine extra threads only wait for each other; a real checkpoint on CPU wants 0.
     torch_threads: int = 1
+    # heads on real models' frozen pooled states (lm.real_models); smoke runs none
+    real_models: tuple = ("smollm2-135m-instruct", "gemma3-270m")
+    real_layers: tuple = (0.5, 1.0)  # depth fractions pooled (middle, last); the layer is chosen on dev
+    real_train: int = 1000  # generated train prompts pooled per model (seeded sample; 0 = all)
+    real_dev: int = 0  # generated dev prompts pooled (0 = all: every source is chosen on the same dev rows)
+    real_max_length: int = 512  # tokens kept per prompt (the generated prompts are shorter: no cost)
+    real_seeds: int = 5
+    real_steps: int = 300  # the one recipe of every real-model family: minibatch steps, batch, weight_decay
+    real_batch: int = 64
+    real_eval_every: int = 25  # dev loss read every so many steps; the best state is kept (early stopping)
+    real_lrs: tuple = (1e-3, 3e-3, 1e-2, 3e-2)  # learning-rate grid, extended by choose_interior until interior
+    real_min_effect: float = 0.02  # smallest AUPRC difference that counts in the primary family
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "real_models", tuple(str(m) for m in self.real_models))
+        for name in ("real_layers", "real_lrs"):
+            object.__setattr__(self, name, tuple(float(a) for a in getattr(self, name)))
+        check(bool(self.real_layers) and all(0 < f <= 1 for f in self.real_layers), "real_layers", self.real_layers,
+              "need depth fractions in (0, 1]")  # fmt: skip
+        check(len(self.real_lrs) >= 2 and min(self.real_lrs) > 0, "real_lrs", self.real_lrs, "need >= 2 rates > 0")
+        check(self.real_seeds >= 2, "real_seeds", self.real_seeds, "need at least 2 seeds for an interval")
+        check(self.real_train >= 0 and self.real_dev >= 0, "real_train", (self.real_train, self.real_dev), ">= 0")
+        check(self.real_min_effect >= 0, "real_min_effect", self.real_min_effect, "must be >= 0")
+        require_positive(self, "real_max_length", "real_steps", "real_batch", "real_eval_every")
         require_positive(
             self,
             "seeds",

@@ -2,8 +2,10 @@
 and rebuilt by the server and the ``eval`` command line.
 
 A source is a baseline (``keyword``, ``tfidf``, ``bow_ids``), heads on the served model (a folder with
-``safety_heads.*`` and ``heads_model.json`` binding them to the model's weights), or a combination ``A|B`` (refuse
-when either score reaches the common threshold). A prompt is REFUSE when the source's score reaches its dev-rule
+``safety_heads.*`` and ``heads_model.json`` binding them to the model's weights), heads on another, named model's
+pooled state at one layer (the entry names ``model``, ``layer`` and ``max_length``; the ``Decider`` loads that model
+itself, once, when it first scores: a source may read one model while another speaks), or a combination ``A|B``
+(refuse when either score reaches the common threshold). A prompt is REFUSE when the source's score reaches its dev-rule
 threshold; otherwise ESCALATE when any part escalates (heads: P(escalate) at its tuned threshold; a baseline: its
 argmax), else ALLOW. The decision measured in notebook 06 and the one served are made by the same ``Decider``.
 
@@ -13,6 +15,7 @@ Explained in notebooks/06_safety_eval.ipynb.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,13 +40,20 @@ def save_decision(folder: str | Path, default: str, sources: Mapping[str, Mappin
     Args:
         folder: notebook 06's stage folder.
         default: the source chosen on dev (must be in ``sources``).
-        sources: name -> ``{"threshold": t, "heads_dir": relative folder}`` (heads) or ``{"threshold": t}``.
+        sources: name -> ``{"threshold": t, "heads_dir": relative folder}`` (heads on the served model),
+            the same plus ``"model"`` (a real model's name or folder), ``"layer"`` (index into its hidden states)
+            and ``"max_length"`` (heads on that model's pooled state), or ``{"threshold": t}``.
         dev: name -> ``systems.dev_summary``.
     """
     check(default in sources, "default", default, f"not among the sources {sorted(sources)}")
     for name in sources:
         for part in name.split(OR):
-            check(part in BASELINES or "heads_dir" in sources.get(part, {}), "source", part, "unknown kind")
+            spec = sources.get(part, {})
+            check(part in BASELINES or "heads_dir" in spec, "source", part, "unknown kind")
+            if "model" in spec:
+                check(
+                    "layer" in spec and "max_length" in spec, "source", part, "a model's heads need layer, max_length"
+                )
     rule = "best dev safety F1 with dev over-refusal <= cap (labels.refuse_threshold); ties: dev AUPRC"
     path = Path(folder) / DECISION_FILE
     write_json_atomic(path, {"default": default, "rule": rule, "sources": dict(sources), "dev": dict(dev)})
@@ -65,7 +75,7 @@ class Decider:
 
     name: str
     threshold: float
-    parts: list[Any]  # _BaselinePart | _HeadsPart
+    parts: list[Any]  # _BaselinePart | _HeadsPart | _OtherModelPart
     uses_model: bool = field(default=False)
 
     def scores(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +94,9 @@ class Decider:
     @property
     def max_tokens(self) -> int | None:
         """The most tokens of a prompt this source reads (heads cut longer prompts), or None for no limit."""
-        return HEADS_MAX_TOKENS if self.uses_model else None
+        limits = [HEADS_MAX_TOKENS] if self.uses_model else []
+        limits += [p.max_length for p in self.parts if isinstance(p, _OtherModelPart)]
+        return min(limits) if limits else None
 
 
 @dataclass
@@ -108,6 +120,46 @@ class _HeadsPart:
         return probs["p_refuse"].numpy(), probs["p_escalate"].numpy() >= self.escalate
 
 
+class _ModelByName:
+    """A model loaded by name on first use, once, checked against the fingerprint its heads were trained on."""
+
+    def __init__(self, name: str, fingerprint: Any) -> None:
+        self.name, self.fingerprint, self.model, self.tokenizer = name, fingerprint, None, None
+        self.lock = threading.Lock()  # the server may call a baseline-like source from several threads
+
+    def get(self) -> tuple[Any, Any]:
+        with self.lock:
+            if self.model is None:
+                from so8t_core.lm.loading import load_model_and_tokenizer
+                from so8t_core.safety.real_heads import model_folder
+
+                if self.fingerprint is not None and model_fingerprint(model_folder(self.name)) != self.fingerprint:
+                    raise ValueError(
+                        f"model {self.name!r} is not the one its heads were trained on; rerun {HEADS_NOTEBOOK}"
+                    )
+                model, self.tokenizer = load_model_and_tokenizer(self.name, dtype="float32")
+                self.model = model.eval()
+        return self.model, self.tokenizer
+
+
+@dataclass
+class _OtherModelPart:
+    """Heads on a named model's pooled state at one layer (not the served model's)."""
+
+    loader: _ModelByName
+    layer: int
+    max_length: int
+    heads: Any
+    escalate: float
+
+    def score(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        model, tok = self.loader.get()
+        with self.loader.lock:
+            h = pooled_hidden_states(model, tok, list(prompts), 16, self.max_length, (self.layer,))
+        probs = self.heads.probs(h)
+        return probs["p_refuse"].numpy(), probs["p_escalate"].numpy() >= self.escalate
+
+
 def build_decider(
     decision: Mapping[str, Any],
     name: str | None,
@@ -119,7 +171,9 @@ def build_decider(
     """The ``Decider`` of source ``name`` (None: the default) from ``decision.json``.
 
     Heads sources are checked against the served model: same hidden size and, when ``model_dir`` is a folder,
-    the fingerprint recorded with the heads (heads trained on other weights would decide nonsense).
+    the fingerprint recorded with the heads (heads trained on other weights would decide nonsense). A source
+    naming its own ``model`` needs no served model: that model is loaded by name when the source first scores
+    (one load per model, shared by the parts that read it) and checked against the heads' record then.
 
     Args:
         decision: from ``read_decision``.
@@ -136,12 +190,20 @@ def build_decider(
         raise ValueError(f"--decision-source {name!r}: choose one of {sorted(sources)}")
     root = Path(stage_dir) if stage_dir is not None else artifacts_dir() / HEADS_STAGE
     parts: list[Any] = []
+    loaders: dict[str, _ModelByName] = {}
     for part in name.split(OR):
         if part in BASELINES:
             parts.append(_BaselinePart(make_baseline(part, tokenizer)))
             continue
         spec = sources[part]
         folder = root / spec["heads_dir"]
+        if "model" in spec:
+            heads, thresholds = load_heads(folder)
+            bound = json.loads((folder / "heads_model.json").read_text(encoding="utf-8"))
+            loader = loaders.setdefault(spec["model"], _ModelByName(spec["model"], bound.get("fingerprint")))
+            layer, max_length = int(spec["layer"]), int(spec["max_length"])
+            parts.append(_OtherModelPart(loader, layer, max_length, heads, thresholds.escalate))
+            continue
         check(model is not None, "model", None, f"source {part!r} runs heads on the served model")
         heads, thresholds = load_heads(folder)
         bound = json.loads((folder / "heads_model.json").read_text(encoding="utf-8"))

@@ -272,10 +272,16 @@ def gate_matrix(wrapper: SoulWrapper) -> Tensor:
     follow the gate's one definition.
     """
     H = wrapper.rotation.hidden_size
-    eye = torch.eye(H, dtype=torch.float64)
     if not wrapper.use_gate:
-        return eye
-    return mix(eye, wrapper.rotation.matrices(), wrapper.alpha.weight.double()).T  # (H, H)
+        return torch.eye(H, dtype=torch.float64)
+    return mix_matrix(wrapper.rotation.matrices(), wrapper.alpha.weight, H)
+
+
+@torch.no_grad()
+def mix_matrix(R: Tensor, s: Tensor | float, hidden_size: int) -> Tensor:
+    """(H, H) float64 matrix of the gate ``h -> h + s R h`` (``soul.mix``), R (blocks, 8, 8) the rotation blocks."""
+    eye = torch.eye(hidden_size, dtype=torch.float64)
+    return mix(eye, R.double(), torch.as_tensor(s, dtype=torch.float64)).T  # (H, H): row k of mix(I) is column k
 
 
 @torch.no_grad()

@@ -103,6 +103,9 @@ def find_heads(model_dir: str | Path) -> Path | None:
 def load_decider(model: Any, tokenizer: Any, model_dir: str | Path, source: str | None = None) -> dict[str, Any]:
     """The decision source: ``source`` if given, else the default notebook 06 chose on dev (``decision.json``).
 
+    A source may read another model than ``model`` (heads on a named real model's pooled state): its ``Decider``
+    loads that model by name on first use and does not need the served model's lock (``decide_uses_model`` False).
+
     Without notebook 06's decision (it has not run), the documented fallback: heads next to the model (or recorded
     for its weights), else the TF-IDF baseline fitted on the generated train split, both at their own
     thresholds. Returns ``AppState`` keyword arguments: ``decision_source``, ``decide``, ``decide_uses_model`` and
