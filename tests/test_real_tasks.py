@@ -142,3 +142,9 @@ def test_smollm2_knows_the_capitals(facts):
     base = rhs.base_scores(model.model.norm, model.get_output_embeddings(), c.x, c.y, 1)
     known = (base["top"][rhs.first_positions(c.item, c.n_items), 0] == enc["known_first"]).float().mean()
     assert known >= rt.MIN_KNOWN and base["hit"].mean() < 0.2 and folder.is_dir()
+
+
+def test_no_measured_task_saves_no_soul(tmp_path):
+    runs = {"shift": {"base": {}, "measurable": {"measurable": False, "reason": "x"}}}
+    assert rhs.train_and_save_soul(None, runs, None, {}, tmp_path) is None  # type: ignore[arg-type]
+    assert not (tmp_path / "soul").exists()

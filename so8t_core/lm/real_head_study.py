@@ -327,3 +327,38 @@ def run_tasks(
                 "test_nll": {v: float(n.mean()) for v, n in result["nll"].items()},
                 "test_em": {v: float(e.mean()) for v, e in result["em"].items()}}  # fmt: skip
     return out
+
+
+def train_and_save_soul(
+    model: nn.Module, runs: Mapping[str, Mapping[str, Any]], run: hs.TierA, specs: Mapping[str, dict[str, Any]],
+    out_dir: str | Path, n_check: int = 16,
+) -> dict[str, Any] | None:  # fmt: skip
+    """The soul notebook 04 fuses: ``soul_composed`` (R_cmd R_safe, alpha learned), seed 0, at its dev-chosen rate,
+    on the first measured task, saved by ``save_soul`` into ``out_dir/soul``.
+
+    Args:
+        model: the real model (still loaded); runs: ``run_tasks`` output; run, specs: as for ``run_tasks``.
+        out_dir: ``artifacts/03_soul_injection/real/<model>``.
+        n_check: items of the test split whose full-vocabulary logits the saved folder must reproduce.
+    Returns:
+        None when no task was measured, else ``folder``, ``task``, ``alpha``, ``lr``, ``want`` (the tier-A head's
+        full-vocabulary logits at the answer positions of the first ``n_check`` test items, (P, V)),
+        ``shortlist_parity_max_abs`` (the trained head against the full head's shortlist columns) and the test
+        answer NLL on the full vocabulary and on the shortlist.
+    """
+    measured = {t: r for t, r in runs.items() if "result" in r}
+    if not measured:
+        return None
+    task, r = next(iter(measured.items()))
+    lr = r["result"]["lr"]["soul_composed"]
+    head = hs.train_variant(specs["soul_composed_learned"], r["cache"], model.model.norm, r["head"], lr, run, 0)
+    folder = save_soul(head, model, Path(out_dir) / "soul")
+    test = r["feats"]["test"]
+    with torch.no_grad():
+        full = full_head(head, model.get_output_embeddings())(test["x"])  # (P, V)
+        short = head(test["x"])  # (P, V')
+    return {"folder": folder, "task": task, "alpha": float(head.alpha.detach()), "lr": lr,
+            "want": full[test["item"] < n_check], "n_check": n_check,
+            "shortlist_parity_max_abs": float((short - full[:, r["ids"]]).abs().max()),
+            "test_nll_full_vocab": float(nn.functional.cross_entropy(full, test["y"])),
+            "test_nll_shortlist": float(nn.functional.cross_entropy(short, r["cache"]["test"].y))}  # fmt: skip
