@@ -18,6 +18,12 @@ Holm corrects those and nothing else; the rest is exploratory. A task is *valid*
 other than the soul's) beats the untouched base on dev by at least ``MIN_EFFECT``; a comparison whose family's
 learning rate stayed at an end of its grid is *edge*; neither makes a verdict.
 
+**The soul notebook 04 fuses** (``train_and_save_soul``): ``artifacts/03_soul_injection/real/<model>/soul/``, a
+``SoulWrapper`` folder (``soul.safetensors``: R_cmd and R_safe generators and alpha; ``soul_config.json``: alpha
+fixed at its trained value) of the ``soul_composed`` head, seed 0; ``real/<model>/model_ref.json`` names the base
+(``loading.read_model_ref``). ``loading.load_soul_folder(real_model_dir(model), folder)`` reproduces the tier-A
+head's logits on the full vocabulary (notebook 03 asserts it, float32, 1e-4).
+
 Explained in notebooks/03_soul_injection.ipynb.
 """
 
