@@ -148,3 +148,29 @@ def test_no_measured_task_saves_no_soul(tmp_path):
     runs = {"shift": {"base": {}, "measurable": {"measurable": False, "reason": "x"}}}
     assert rhs.train_and_save_soul(None, runs, None, {}, tmp_path) is None  # type: ignore[arg-type]
     assert not (tmp_path / "soul").exists()
+
+
+@pytest.mark.parametrize("shift", [-0.5, 0.5, 0.0])
+def test_real_verdicts_come_out_either_way_and_edges_withhold(shift):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(2.0, 0.3, size=(1, 40)).repeat(5, 0)  # (S, I): the same items under 5 seeds
+    noise = lambda: rng.normal(0, 0.01, size=base.shape)  # noqa: E731
+    nll = {v: base + noise() for v in ("base", "oft", "lora_r1", "soul_composed_learned", "soul_a1.618")}
+    nll["soul_learned"] = base + shift + noise()
+    results = {"shift": {"nll": nll, "edge_variants": []}}
+    templates = {"shift": [i % 8 for i in range(40)]}
+    rows = rhs.real_rows(results, templates, n_boot=200)
+    assert all(rows[k]["primary"] for k in rhs.primary_keys(["shift"]))
+    assert not rows["shift/soul_a1.618 - oft"]["primary"]  # outside the declared family: exploratory
+    v = rhs.real_verdicts(rows, {"shift": True})
+    assert v["soul_vs_oft_better_on"] == (["shift"] if shift < 0 else [])
+    assert v["soul_vs_oft_worse_on"] == (["shift"] if shift > 0 else [])
+    results["shift"]["edge_variants"] = ["soul_learned"]
+    edged = rhs.real_verdicts(rhs.real_rows(results, templates, n_boot=200), {"shift": True})
+    assert edged["soul_vs_oft_better_on"] == edged["soul_vs_oft_worse_on"] == [] and edged["no_verdict_edge"]
+    summary = {"shift": {"base": {"exact_match": 0.0, "known_first": 0.9}, "measurable": {"measurable": True},
+                         "test_nll": {k: float(x.mean()) for k, x in nll.items()}}}  # fmt: skip
+    text = " ".join(rhs.reading("m", v, rows, summary))
+    assert f"{rows['shift/soul_learned - oft']['mean']:+.3f}" in text and "exact match 0.00" in text

@@ -65,7 +65,9 @@ class SoulStageConfig(StageConfig):
     real_n_train: int = 240  # items per real task and split (chat prompts through the real model once)
     real_n_dev: int = 64
     real_n_test: int = 80
-    real_a_lrs: tuple = (1e-3, 1e-2, 1e-1)  # wide: on the real head LoRA wants 1e-3 and the soul 1e-1 or more
+    # real tier A's dev rates, a ratio of about 3 so the top can extend to 0.9 (tier A never tries a rate >= 1):
+    # on SmolLM2's head OFT and LoRA choose about 1e-2, the soul, BOFT and the temperature 1e-1 or more
+    real_a_lrs: tuple = (0.01, 0.03, 0.1, 0.3)
     torch_threads: int = 0  # 0 keeps torch's default (all cores); see Stage
 
     def __post_init__(self) -> None:

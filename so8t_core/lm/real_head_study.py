@@ -244,6 +244,7 @@ def reading(model: str, verdicts: Mapping[str, Any], rows: Mapping[str, dict], s
                + (f"; invalid: {sv._list(invalid)} (no verdict there)." if invalid else "."))  # fmt: skip
     for name, (a, b) in PRIMARY.items():
         parts = [f"{t} {r['mean']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}] p_holm {r['p_holm']:.3f}"
+                 + (" (edge)" if r.get("edge") else "")
                  for t in valid if (r := rows.get(f"{t}/{a} - {b}")) is not None]  # fmt: skip
         better, worse = sv._list(verdicts[f"{name}_better_on"]), sv._list(verdicts[f"{name}_worse_on"])
         say.append(
