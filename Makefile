@@ -42,8 +42,8 @@ smoke:
 # Lint, format and type checks (the same as .pre-commit-config.yaml); they need only the venv (no apt, npm or
 # llama.cpp build). `make test` runs the whole setup, then these.
 lint: $(STAMP)
-	$(VENV)/bin/ruff check so8t_core tests bench data scripts
-	$(VENV)/bin/ruff format --check so8t_core tests bench data scripts
+	$(VENV)/bin/ruff check so8t_core tests bench data scripts notebooks
+	$(VENV)/bin/ruff format --check so8t_core tests bench data scripts notebooks
 	$(VENV)/bin/mypy
 
 test: setup lint

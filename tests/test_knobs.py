@@ -135,3 +135,13 @@ def test_notebooks_build_room_settings_from_the_stage_config() -> None:
             if cell.cell_type == "code":
                 hits += [f"{path.name}: {m.group(0)}" for m in copied.finditer(cell.source)]
     assert hits == []
+
+
+def test_real_tier_a_reads_the_real_rate_grid() -> None:
+    from so8t_core.studies.head_study import TierA
+
+    cfg = perturbed(SoulStageConfig)
+    real = TierA.for_real_models(cfg)
+    assert real.lrs == tuple(cfg.real_a_lrs)
+    assert real.lrs != TierA.from_stage(cfg).lrs
+    assert dataclasses.replace(real, lrs=TierA.from_stage(cfg).lrs) == TierA.from_stage(cfg)

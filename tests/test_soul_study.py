@@ -418,3 +418,30 @@ def test_alpha_argmin_reading_says_when_the_parabola_extrapolates(centre, outsid
         "alpha_argmin": {"t": r},
     }
     assert ("extrapolates" in sv.reading(v)[-1]) == outside
+
+
+def test_report_lines_show_every_row_and_the_non_reference_primaries() -> None:
+    cmp = {
+        "mean": -0.1234,
+        "estimate": -0.1234,
+        "lo": -0.2,
+        "hi": -0.05,
+        "p": 0.01,
+        "p_holm": 0.03,
+        "per_seed": [-0.1, -0.15],
+    }
+    tables = [
+        {"task": "remap", "variant": "oft", "params": 448, "test_nll": 1.5, "exact_match": 0.5},
+        {"task": "remap", "variant": "soul_learned", "params": 449, "test_nll": 1.4, "exact_match": 0.6,
+         "vs_oft": cmp | {"p_holm": None}, "outcome": "better"},
+    ]  # fmt: skip
+    rows = {sv.primary_key(n, "remap"): cmp for n in sv.PRIMARY}
+    lines = sv.report_lines(tables, rows, ["remap"])
+    assert lines[0].startswith("task")
+    assert lines[0].endswith("outcome")
+    assert "-0.123" in lines[2]
+    assert "better" in lines[2]
+    assert lines[2].split()[-2] == "-"
+    others = [k for k in rows if not k.endswith((" - oft", " - lora"))]
+    assert len(lines) == 4 + len(others)
+    assert all("per seed [-0.1, -0.15]" in line for line in lines[4:])

@@ -61,11 +61,20 @@ class SoulStageConfig(StageConfig):
     alpha_grid: tuple = (-2.0, 0.0, 1.0, 1.5, GOLDEN_RATIO, 1.75, 2.0, 3.0)
     retention_docs: int = 40  # held-out pretraining documents for retention (tier B)
     n_boot: int = 1000
+    real_models: tuple = ("smollm2-135m-instruct",)  # tier A on these real models' cached states; () skips it
+    real_n_train: int = 240  # items per real task and split (chat prompts through the real model once)
+    real_n_dev: int = 64
+    real_n_test: int = 80
+    # real tier A's dev rates, a ratio of about 3 so the top can extend to 0.9 (tier A never tries a rate >= 1):
+    # on SmolLM2's head OFT and LoRA choose about 1e-2, the soul, BOFT and the temperature 1e-1 or more
+    real_a_lrs: tuple = (0.01, 0.03, 0.1, 0.3)
     torch_threads: int = 0  # 0 keeps torch's default (all cores); see Stage
 
     def __post_init__(self) -> None:
-        for name in ("alpha_targets", "a_lrs", "b_lrs", "alpha_grid"):
+        for name in ("alpha_targets", "a_lrs", "b_lrs", "alpha_grid", "real_a_lrs"):
             object.__setattr__(self, name, tuple(float(a) for a in getattr(self, name)))
+        object.__setattr__(self, "real_models", tuple(str(m) for m in self.real_models))
+        require_positive(self, "real_n_train", "real_n_dev", "real_n_test")
         require_positive(
             self, "steps", "batch_size", "seq_len", "lr", "soul_lr", "grad_accum", "lora_r", "lora_alpha", "eval_docs"
         )
@@ -74,7 +83,7 @@ class SoulStageConfig(StageConfig):
         check_threads(self)
         for name in ("a_seeds", "b_seeds"):
             check(getattr(self, name) >= 2, name, getattr(self, name), "need at least 2 seeds for an interval")
-        for name in ("a_lrs", "b_lrs"):
+        for name in ("a_lrs", "b_lrs", "real_a_lrs"):
             rates = getattr(self, name)
             check(len(rates) > 0 and min(rates) > 0, name, rates, "need at least one rate, all > 0")
         check(len(set(self.alpha_grid)) >= 3, "alpha_grid", self.alpha_grid, "need 3 distinct values for a parabola")

@@ -28,6 +28,7 @@ Explained in notebooks/03_soul_injection.ipynb.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -309,6 +310,11 @@ class TierA:
             The ``TierA``.
         """
         return cls(**stage_fields(cls, cfg, seeds=tuple(range(1, cfg.a_seeds + 1))))
+
+    @classmethod
+    def for_real_models(cls, cfg: SoulStageConfig) -> TierA:
+        """Tier A on a real model: as ``from_stage`` but over the real models' rate grid ``real_a_lrs``."""
+        return dataclasses.replace(cls.from_stage(cfg), lrs=tuple(cfg.real_a_lrs))
 
     def __post_init__(self) -> None:
         check(len(self.lrs) > 0 and min(self.lrs) > 0, "lrs", self.lrs, "need at least one positive rate")

@@ -374,3 +374,39 @@ def reading(verdicts: Mapping[str, Any]) -> list[str]:
 
 def _list(tasks: Sequence[str]) -> str:
     return ", ".join(tasks) if tasks else "no task"
+
+
+def report_lines(
+    tables: Sequence[Mapping[str, Any]], rows: Mapping[str, Mapping[str, Any]], task_names: Sequence[str]
+) -> list[str]:
+    """The study's results as fixed-width text: one line per (task, variant), then the primary comparisons that are
+    not against the reference, each with its per-seed values.
+
+    Args:
+        tables: ``table(...)`` rows of both tiers (``vs_oft`` / ``vs_lora`` hold the comparison with the reference).
+        rows: ``study_rows(...)`` comparisons by key.
+        task_names: the tasks, in order.
+    Returns:
+        Lines to print.
+    """
+    head = ("task", "variant", "params", "NLL", "EM", "diff", "interval", "p", "p_holm")
+    widths = ("<7", "<24", ">8", ">8", ">7", ">9", ">20", ">8", ">8")
+    out = ["".join(f"{h:{w}}" for h, w in zip(head, widths, strict=True)) + "  outcome"]
+    for r in tables:
+        line = f"{r['task']:<7}{r['variant']:<24}{r['params']:>8}{r['test_nll']:>8.3f}{r['exact_match']:>7.3f}"
+        c = r.get("vs_oft") or r.get("vs_lora")
+        if c:
+            ci = f"[{c['lo']:+.3f}, {c['hi']:+.3f}]"
+            holm = "-" if c["p_holm"] is None else format(c["p_holm"], ".3f")
+            line += f"{c['mean']:>+9.3f}{ci:>20}{c['p']:>8.3f}{holm:>8}  {r['outcome']}"
+        out.append(line)
+    out.append("Primary comparisons not against the reference:")
+    for k in (primary_key(n, t) for n in PRIMARY for t in task_names):
+        if not k.endswith((" - oft", " - lora")):
+            c = rows[k]
+            seeds = [round(float(v), 3) for v in c["per_seed"]]
+            out.append(
+                f"  {k:<44}{c['mean']:>+9.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}] p_holm {c['p_holm']:.3f}  "
+                f"{outcome(c)}  per seed {seeds}"
+            )
+    return out
