@@ -23,6 +23,8 @@ Explained in notebooks/06_safety_eval.ipynb.
 
 from __future__ import annotations
 
+import os
+
 import copy
 import gc
 from collections.abc import Callable, Mapping, Sequence
@@ -116,7 +118,14 @@ def real_features(
                 from so8t_core.lm.loading import load_model_and_tokenizer
 
                 loaded["model"], loaded["tok"] = load_model_and_tokenizer(str(name), dtype=torch.float32)
-            x = pooled_hidden_states(loaded["model"], loaded["tok"], prompts, batch_size, max_length, layers)
+            # a real model's forward pass is large enough to use every core, whatever the stage pinned for the
+            # tiny model's many small steps (where a second thread costs more than it brings)
+            pinned = torch.get_num_threads()
+            torch.set_num_threads(os.cpu_count() or pinned)
+            try:
+                x = pooled_hidden_states(loaded["model"], loaded["tok"], prompts, batch_size, max_length, layers)
+            finally:
+                torch.set_num_threads(pinned)
             return {str(L): t for L, t in zip(layers, x.chunk(len(layers), dim=1))}  # (N, H) per layer
 
         return run
