@@ -23,10 +23,9 @@ Explained in notebooks/06_safety_eval.ipynb.
 
 from __future__ import annotations
 
-import os
-
 import copy
 import gc
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
