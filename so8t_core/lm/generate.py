@@ -122,6 +122,8 @@ def respond(
     decide: Callable[[str], str],
     max_new_tokens: int = 128,
     max_time: float | None = None,
+    generate: Callable[[Any, Any, str, int, float | None], str] | None = None,
+    final: Callable[[str], str] = extract_final,
 ) -> Response:
     """Answer one prompt under the safety policy, letting out only the final part.
 
@@ -136,6 +138,9 @@ def respond(
         decide: the decision source.
         max_new_tokens: generation budget for ALLOW.
         max_time: wall-clock budget of that generation in seconds (None: no limit).
+        generate: ``(model, tokenizer, prompt, max_new_tokens, max_time) -> raw text``; None: ``generate_raw``
+            (the quad layout). A model served under another answer policy passes its own.
+        final: raw text -> what leaves (``extract_final`` for the quad layout).
     Returns:
         ``Response(final, decision, thinking_hash)``.
 
@@ -148,5 +153,5 @@ def respond(
         return Response(REFUSE_MESSAGE, decision, None)
     if decision == "ESCALATE":
         return Response(ESCALATE_MESSAGE, decision, None)
-    raw = generate_raw(model, tokenizer, prompt, max_new_tokens, max_time)
-    return Response(extract_final(raw), decision, thinking_hash(raw))
+    raw = (generate or generate_raw)(model, tokenizer, prompt, max_new_tokens, max_time)
+    return Response(final(raw), decision, thinking_hash(raw))

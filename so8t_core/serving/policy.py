@@ -23,17 +23,13 @@ from typing import Any
 
 from so8t_core.lm.generate import Response, generate_text, respond
 from so8t_core.think import (
-    DECISIONS,
-    ESCALATE_MESSAGE,
     FALLBACK_MESSAGE,
     FINAL_TAG,
-    REFUSE_MESSAGE,
     build_prompt,
     extract_final,
     leaks_thinking,
     lex,
     strip_control,
-    thinking_hash,
 )
 
 QUAD, FINAL_ONLY = "quad", "final_only"
@@ -153,10 +149,6 @@ def respond_under(
         return respond(model, tokenizer, prompt, decide, max_new_tokens, max_time)
     if policy != FINAL_ONLY:
         raise ValueError(f"policy={policy!r}: must be one of {POLICIES}")
-    decision = decide(prompt)
-    if decision not in DECISIONS:
-        raise ValueError(f"decision={decision!r}: must be one of {DECISIONS}")
-    if decision != "ALLOW":
-        return Response(REFUSE_MESSAGE if decision == "REFUSE" else ESCALATE_MESSAGE, decision, None)
-    raw = generate_reply(model, tokenizer, prompt, max_new_tokens, max_time)
-    return Response(final_text(raw), decision, thinking_hash(raw))
+    return respond(
+        model, tokenizer, prompt, decide, max_new_tokens, max_time, generate=generate_reply, final=final_text
+    )
