@@ -225,10 +225,17 @@ def test_the_fused_real_model_speaks_when_notebook_04_wrote_it(tmp_path, monkeyp
 
     shutil.rmtree(real)
     shutil.copytree(chat_dir, real)
+    monkeypatch.setattr(rm, "real_model_dir", lambda name: chat_dir if name == models.SPEAKER else None)
+    plain = models.ModelChoice(str(chat_dir), "base", name=models.SPEAKER)
+    assert models.resolve_model() == plain  # 04 did not measure that the soul keeps the speaker's next tokens
+    agree = {"real": {models.SPEAKER: {"soul_shift_top1": models.MIN_SPEAKER_TOP1 - 0.01}}}
+    (stage / "metrics.json").write_text(json.dumps(agree))
+    assert models.resolve_model() == plain  # the soul changes too many of its next tokens: the plain model speaks
+    agree["real"][models.SPEAKER]["soul_shift_top1"] = models.MIN_SPEAKER_TOP1
+    (stage / "metrics.json").write_text(json.dumps(agree))
     choice = models.resolve_model()
     assert choice == models.ModelChoice(str(real), "fused", name=models.SPEAKER)
     assert re.fullmatch(r"fused:smollm2-135m-instruct@[0-9a-f]{16}", models.model_identity(choice))
-    monkeypatch.setattr(rm, "real_model_dir", lambda name: chat_dir if name == models.SPEAKER else None)
     by_name = models.resolve_model(models.SPEAKER)  # --model smollm2-135m-instruct still overrides
     assert by_name == models.ModelChoice(str(chat_dir), "model", name=models.SPEAKER)
     assert selfcheck.speaker_choice() == choice  # the check prefers the fused model too

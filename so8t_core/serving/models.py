@@ -15,6 +15,28 @@ from so8t_core.config import artifacts_dir, check
 FUSED_STAGE, FUSED_DIR, BASE_STAGE = "04_fusion_and_gguf", "fused", "00_base_model"
 SPEAKER = "smollm2-135m-instruct"  # the real chat model that speaks; notebook 04 fuses the soul into its head
 REAL_FUSED_DIR = f"real/{SPEAKER}/{FUSED_DIR}"
+# The soul may only speak if it keeps the speaker's language: on notebook 04's held-out text the fused model must
+# pick the base's next token at least this often, or the server speaks with the plain real model (a soul trained
+# on one narrow task can remap almost every token, which makes a fine study and a useless chat model)
+MIN_SPEAKER_TOP1 = 0.9
+
+
+def fused_keeps_the_speaker(metrics_path: Path, name: str = SPEAKER, floor: float = MIN_SPEAKER_TOP1) -> bool:
+    """Whether notebook 04 measured that its fused ``name`` still picks the base's next token often enough.
+
+    Args:
+        metrics_path: notebook 04's ``metrics.json``.
+        name: the real model.
+        floor: least share of held-out positions where fused and base agree on the top-1 token.
+    Returns:
+        True when the share is at least ``floor``; False when it is lower or was not measured.
+    """
+    import json
+
+    if not metrics_path.is_file():
+        return False
+    agree = json.loads(metrics_path.read_text(encoding="utf-8")).get("real", {}).get(name, {}).get("soul_shift_top1")
+    return agree is not None and float(agree) >= floor
 
 
 @dataclass(frozen=True)
@@ -29,8 +51,9 @@ class ModelChoice:
 
 
 def resolve_model(override: str | Path | None = None) -> ModelChoice:
-    """``--model DIR|NAME``, else notebook 04's fused real model (SmolLM2 with the soul in its head), else its fused
-    tiny model, else notebook 00's base model, else a clear error.
+    """``--model DIR|NAME``, else notebook 04's fused real model (SmolLM2 with the soul in its head) when 04 measured
+    that it keeps the base's next-token choices (``fused_keeps_the_speaker``; otherwise the plain SmolLM2), else its
+    fused tiny model, else notebook 00's base model, else a clear error.
 
     Args:
         override: a model folder, or a real model's name (``lm.real_models``: its converted folder).
@@ -49,7 +72,9 @@ def resolve_model(override: str | Path | None = None) -> ModelChoice:
         return ModelChoice(str(Path(override).resolve()), "model")
     if (artifacts_dir() / FUSED_STAGE / REAL_FUSED_DIR).exists():  # the real model speaks when 04 fused it
         folder = require(FUSED_STAGE, f"{REAL_FUSED_DIR}/config.json") / REAL_FUSED_DIR
-        return ModelChoice(str(folder), "fused", name=SPEAKER)
+        if fused_keeps_the_speaker(artifacts_dir() / FUSED_STAGE / "metrics.json"):
+            return ModelChoice(str(folder), "fused", name=SPEAKER)
+        return ModelChoice(str(real_model_dir(SPEAKER)), "base", name=SPEAKER)  # the soul would break its speech
     if (artifacts_dir() / FUSED_STAGE / FUSED_DIR).exists():  # half-written fusion: an error, not a silent fallback
         return ModelChoice(str(require(FUSED_STAGE, f"{FUSED_DIR}/config.json") / FUSED_DIR), "fused")
     try:
