@@ -180,3 +180,16 @@ def test_empty_corpus_errors_name_the_files(tmp_path):
         load_text_files("")
     with pytest.raises(FileNotFoundError, match=r"missing.txt"):
         load_text_files([tmp_path / "missing.txt"])
+
+
+def test_coverage_targets_follow_each_measurement() -> None:
+    from so8t_core.data.coverage import coverage_targets
+
+    met = {"distinct_words_en": 3000, "distinct_words_ja": 3100, "prompt_tokens_seen5_en": 0.95,
+           "prompt_tokens_seen5_ja": 0.9, "byte_fallback_ja": 0.1}  # fmt: skip
+    assert all(coverage_targets(met).values())
+    assert not coverage_targets(met | {"distinct_words_ja": 2999})["words_ja_ge_3000"]
+    assert not coverage_targets(met | {"prompt_tokens_seen5_en": 0.89})["prompt_tokens_seen5_ge_90pct"]
+    assert not coverage_targets(met | {"byte_fallback_ja": 0.11})["byte_fallback_ja_le_10pct"]
+    with pytest.raises(KeyError, match="byte_fallback_ja"):
+        coverage_targets({k: v for k, v in met.items() if k != "byte_fallback_ja"})

@@ -345,3 +345,19 @@ def test_4bit_soul_is_fused_on_a_full_precision_reload(base_and_soul, tok):
     assert gap is not None
     assert 0 < gap["max_abs_diff"] < float("inf")
     assert next(out["model"].parameters()).dtype == torch.float32
+
+
+def test_tied_case_checks_report_each_failure(tok):
+    model = llama_tied(len(tok))
+    w = with_soul(model)
+    emb = model.get_input_embeddings().weight.detach().clone()
+    fused = fuse_soul_into_lm_head(model, w, *prompts(len(tok)))
+    ok = {"max_abs_diff": 0.0, "top1_agreement": 1.0}
+    checks = fusion.tied_case_checks(model, fused, fused, emb, ok, ok, ok)
+    assert all(checks.values()), checks
+    bad = fusion.tied_case_checks(model, model, model, emb + 1, {"max_abs_diff": 1e-3}, {"max_abs_diff": 1e-9}, ok)
+    assert not any(bad[k] for k in ("fused_untied", "reload_untied", "input_embeddings_unchanged"))
+    assert not bad["wrapper_parity_le_1e-4"]
+    assert not bad["reload_same_logits"]
+    lagging = fusion.tied_case_checks(model, fused, fused, emb, ok, ok, ok | {"top1_agreement": 0.99})
+    assert not lagging["llama_cpp_f32_le_1e-3_top1_100"]

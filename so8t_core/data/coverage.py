@@ -124,3 +124,26 @@ def token_coverage(
         "byte_fallback_share": sum(p.startswith("<0x") and p.endswith(">") for p in pieces) / len(ids),
         "tokens": float(len(ids)),
     }
+
+
+# Targets the corpus must meet before notebook 03's tasks mean anything (the README's coverage section)
+MIN_WORDS, MIN_SEEN_SHARE, MAX_BYTE_FALLBACK_JA = 3000, 0.9, 0.10
+
+
+def coverage_targets(coverage: dict[str, Any]) -> dict[str, bool]:
+    """Which coverage targets a corpus meets, from the measured ``coverage`` of notebook 00.
+
+    Args:
+        coverage: ``distinct_words_{en,ja}``, ``prompt_tokens_seen5_{en,ja}`` and ``byte_fallback_ja``.
+    Returns:
+        ``words_en_ge_3000``, ``words_ja_ge_3000``, ``prompt_tokens_seen5_ge_90pct``, ``byte_fallback_ja_le_10pct``.
+    Raises:
+        KeyError: a measurement is missing.
+    """
+    seen = min(coverage["prompt_tokens_seen5_en"], coverage["prompt_tokens_seen5_ja"])
+    return {
+        "words_en_ge_3000": coverage["distinct_words_en"] >= MIN_WORDS,
+        "words_ja_ge_3000": coverage["distinct_words_ja"] >= MIN_WORDS,
+        "prompt_tokens_seen5_ge_90pct": seen >= MIN_SEEN_SHARE,
+        "byte_fallback_ja_le_10pct": coverage["byte_fallback_ja"] <= MAX_BYTE_FALLBACK_JA,
+    }

@@ -361,3 +361,36 @@ def save_fused(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def tied_case_checks(
+    base: nn.Module,
+    fused: nn.Module,
+    reloaded: nn.Module,
+    embeddings_before: Tensor,
+    wrapper_parity: dict[str, float],
+    reload_diff: dict[str, float],
+    llama_cpp: dict[str, float],
+) -> dict[str, bool]:
+    """Notebook 04's findings on a tied-embedding model fused with a soul.
+
+    Args:
+        base: the tied model before fusion.
+        fused: ``fuse_soul_into_lm_head``'s result.
+        reloaded: the fused model saved and loaded back.
+        embeddings_before: the base's input embeddings before fusion.
+        wrapper_parity, reload_diff: ``compare_logits`` of fused vs the soul wrapper, and of reloaded vs fused.
+        llama_cpp: the f32 GGUF's ``max_abs_diff`` and ``top1_agreement`` against transformers.
+    Returns:
+        One bool per check (the fused model untied cleanly, reloads untied with the same logits, parities hold).
+    """
+    return {
+        "base_was_tied": is_tied(base),
+        "fused_untied": not is_tied(fused),
+        "config_untied": fused.config.tie_word_embeddings is False,
+        "input_embeddings_unchanged": torch.equal(fused.get_input_embeddings().weight, embeddings_before),
+        "reload_untied": not is_tied(reloaded),
+        "reload_same_logits": reload_diff["max_abs_diff"] == 0.0,
+        "wrapper_parity_le_1e-4": wrapper_parity["max_abs_diff"] <= 1e-4,
+        "llama_cpp_f32_le_1e-3_top1_100": llama_cpp["max_abs_diff"] <= 1e-3 and llama_cpp["top1_agreement"] == 1.0,
+    }
