@@ -41,3 +41,12 @@ def test_bad_kind_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="short name"):
         fc.entry_path("../x", {}, tmp_path)
+
+
+def test_a_file_stored_for_another_key_is_recomputed(tmp_path, monkeypatch):
+    shared = tmp_path / "pooled" / "same.safetensors"  # two keys landing on one file (a truncated-hash clash)
+    monkeypatch.setattr(fc, "entry_path", lambda kind, key, root=None: shared)
+    fc.cached("pooled", {"k": 1}, lambda: {"x": torch.zeros(2)}, root=tmp_path)
+    b, hit = fc.cached("pooled", {"k": 2}, lambda: {"x": torch.ones(2)}, root=tmp_path)
+    assert not hit
+    assert torch.equal(b["x"], torch.ones(2))
