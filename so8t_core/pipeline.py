@@ -1,12 +1,17 @@
 """Run the notebooks in order with papermill, render each to self-contained HTML, and index the results.
 
-    python -m so8t_core.pipeline [--profile default|smoke|gpu] [--only 01,02] [-p key=value ...]
+    python -m so8t_core.pipeline [--profile default|smoke|gpu] [--only 01,02] [-p key=value ...] [--jobs N]
 
 A profile is ``params/<profile>.yaml``: a mapping from stage name (the notebook's stem) to parameter overrides.
 ``-p key=value`` overrides ``key`` in every selected notebook that declares it; ``-p 03.key=value`` only in
 stage 03. Values are parsed as YAML (``-p steps=10`` is an int). Names a notebook does not declare in its
 ``parameters`` cell are refused before anything runs. The first failing stage stops the run (later stages read
 its artifacts); the index still shows what ran, and the process exits non-zero naming the notebook and cell.
+With ``--jobs N`` (default 2 on a machine with 2 or more cores) up to N stages run side by side, each in its own
+process, as soon as the stages it ``require``s have finished (``requirements``) and the cores allow: a stage uses
+``torch_threads`` cores (its parameter; 0 or none: every core, so it runs alone). 05 and 07 need only 00 and 03,
+so with one thread each they run beside 06. A stage's thread count is its own parameter, never the schedule's, so
+its numbers do not depend on what ran beside it; after a failure no new stage starts.
 While a cell runs longer than ``--heartbeat`` seconds, one line at a time says which cell and how far its training
 loop is (``so8t_core.progress``). Reports and the index are drawn by ``so8t_core.report``.
 """
@@ -15,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +38,9 @@ from so8t_core.config import NOTEBOOKS_DIR, PARAMS_DIR, artifacts_dir, reports_d
 from so8t_core.progress import DEFAULT_INTERVAL
 
 STAGE_RE = re.compile(r"^(\d\d)_[a-z0-9_]+$")
+REQUIRE_RE = re.compile(r"""\brequire\(\s*["'](\d\d_[a-z0-9_]+)["']""")
 KERNEL = "so8t"
+DEFAULT_JOBS = min(2, os.cpu_count() or 1)
 
 
 @dataclass
@@ -50,6 +59,12 @@ def discover(notebooks_dir: Path = NOTEBOOKS_DIR) -> dict[str, Path]:
     """Stage name -> notebook path for every ``NN_name.ipynb``, in order."""
     found = {p.stem: p for p in sorted(notebooks_dir.glob("*.ipynb")) if STAGE_RE.match(p.stem)}
     return dict(sorted(found.items()))
+
+
+def requirements(notebook: Path) -> set[str]:
+    """The stages whose artifacts ``notebook`` reads: every ``require("NN_name", ...)`` in its code cells."""
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    return {m for c in cells if c["cell_type"] == "code" for m in REQUIRE_RE.findall("".join(c["source"]))}
 
 
 def profiles(params_dir: Path = PARAMS_DIR) -> list[str]:
@@ -150,7 +165,12 @@ def _describe_failure(stage: str, exc: Exception) -> str:
 
 
 def run_stage(
-    stage: str, notebook: Path, params: dict[str, Any], kernel: str, heartbeat: float = DEFAULT_INTERVAL
+    stage: str,
+    notebook: Path,
+    params: dict[str, Any],
+    kernel: str,
+    heartbeat: float = DEFAULT_INTERVAL,
+    progress_bar: bool = True,
 ) -> StageRun:
     """Execute one notebook into ``reports/`` and render it; never raises for a failing notebook.
 
@@ -160,6 +180,7 @@ def run_stage(
         params: papermill parameters.
         kernel: the Jupyter kernel to run it with.
         heartbeat: seconds between progress lines inside a long cell; 0 for none.
+        progress_bar: papermill's per-cell bar (off when stages run side by side: their bars would interleave).
     Returns:
         What happened.
     """
@@ -179,7 +200,7 @@ def run_stage(
             parameters=params,
             kernel_name=kernel,
             cwd=str(notebook.parent),
-            progress_bar=True,
+            progress_bar=progress_bar,
             **(
                 {"engine_name": progress.engine(), "heartbeat_label": stage, "heartbeat_seconds": heartbeat}
                 if heartbeat
@@ -220,36 +241,129 @@ def write_index(runs: list[StageRun], profile: str) -> Path:
     return rep / "index.html"
 
 
+StageRunner = Callable[[str, Path, dict[str, Any]], "Future[StageRun]"]
+
+
+def cores_used(notebook: Path, params: dict[str, Any], cores: int) -> int:
+    """The cores a stage keeps busy: its ``torch_threads`` (the profile's value, else the notebook's default), or
+    every core when that is 0 or the notebook has no such parameter."""
+    raw = params.get("torch_threads", declared_parameters(notebook).get("torch_threads", {}).get("default", "0"))
+    n = int(raw)
+    return min(n, cores) if n > 0 else cores
+
+
+def schedule(
+    planned: Sequence[tuple[str, Path, dict]],
+    jobs: int,
+    submit: StageRunner,
+    on_done: Callable[[StageRun], None],
+    cores: Mapping[str, int] | None = None,
+    n_cores: int = 1,
+) -> list[StageRun]:
+    """Start each planned stage once the stages it requires (among the planned ones) are ``ok``, in plan order, at
+    most ``jobs`` at a time and while the running stages' cores fit in ``n_cores`` (a stage always starts when
+    nothing runs); after a failure start nothing new and mark what did not start skipped.
+
+    Args:
+        planned: ``plan()``'s list.
+        jobs: stages running at once (>= 1).
+        submit: ``(stage, notebook, params) -> Future[StageRun]``.
+        on_done: called with each finished stage's run, as it finishes.
+        cores: stage -> cores it uses (``cores_used``); None: none counted.
+        n_cores: the machine's cores.
+    Returns:
+        One ``StageRun`` per planned stage, in plan order.
+    """
+    names = {s for s, _, _ in planned}
+    needs = {s: requirements(nb) & names for s, nb, _ in planned}
+    done: dict[str, StageRun] = {}
+    pending = list(planned)
+    running: dict[Future[StageRun], str] = {}
+    failed = False
+    while pending or running:
+        for item in list(pending):
+            if failed or len(running) >= jobs:
+                break
+            stage, nb, params = item
+            busy = sum((cores or {}).get(s, 0) for s in running.values())
+            fits = not running or busy + (cores or {}).get(stage, 0) <= n_cores
+            if fits and all(done.get(d) is not None and done[d].status == "ok" for d in needs[stage]):
+                pending.remove(item)
+                running[submit(stage, nb, params)] = stage
+        if failed:
+            for stage, _, params in pending:
+                done[stage] = StageRun(stage, params, status="skipped")
+            pending = []
+        if not running:
+            if pending:  # cannot happen for a plan in pipeline order; a clear error rather than a hang
+                raise RuntimeError(f"stages {[s for s, _, _ in pending]} wait on stages that never ran")
+            break
+        finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+        for fut in finished:
+            r = fut.result()
+            del running[fut]
+            done[r.stage] = r
+            failed = failed or r.status == "failed"
+            on_done(r)
+    return [done[s] for s, _, _ in planned]
+
+
 def run(
     profile: str = "default",
     only: str | None = None,
     overrides: Sequence[str] = (),
     heartbeat: float = DEFAULT_INTERVAL,
+    jobs: int = DEFAULT_JOBS,
 ) -> list[StageRun]:
-    """Run the selected stages in order; stop at the first failure and mark the rest skipped.
+    """Run the selected stages, side by side where their requirements allow; stop starting new ones at the first
+    failure and mark the rest skipped.
 
     Args:
         profile: name of a file in ``params/``.
         only: comma-separated stage numbers or names, or None for all.
         overrides: ``key=value`` or ``NN.key=value`` strings.
         heartbeat: seconds between progress lines inside a long cell; 0 for none.
+        jobs: stages running at once; 1 runs them one after another in this process.
     Returns:
         One ``StageRun`` per selected stage (the index is written either way).
     """
+    if jobs < 1:
+        raise ValueError(f"--jobs {jobs}: must be >= 1")
     planned = plan(profile, only, overrides)
     kernel = _kernel_name()
-    runs: list[StageRun] = []
-    failed = False
-    for stage, nb, params in planned:
-        if failed:
-            runs.append(StageRun(stage, params, status="skipped"))
-            continue
+    finished: list[StageRun] = []
+
+    def on_done(r: StageRun) -> None:
+        print(f"   {r.stage}: {r.status} in {r.seconds:.1f} s" + (f": {r.error}" if r.error else ""), flush=True)
+        finished.append(r)
+        order = [s for s, _, _ in planned]
+        write_index(sorted(finished, key=lambda x: order.index(x.stage)), profile)
+
+    def announce(stage: str, params: dict) -> None:
         print(f"== {stage} ({profile}) {params if params else ''}", flush=True)
-        r = run_stage(stage, nb, params, kernel, heartbeat)
-        runs.append(r)
-        print(f"   {r.status} in {r.seconds:.1f} s" + (f": {r.error}" if r.error else ""), flush=True)
-        failed = r.status == "failed"
-        write_index(runs, profile)
+
+    if jobs == 1:
+        from concurrent.futures import Future as _Future
+
+        def submit_here(stage: str, nb: Path, params: dict) -> Future[StageRun]:
+            announce(stage, params)
+            fut: Future[StageRun] = _Future()
+            fut.set_result(run_stage(stage, nb, params, kernel, heartbeat))
+            return fut
+
+        runs = schedule(planned, 1, submit_here, on_done)
+    else:
+        import multiprocessing
+
+        n_cores = os.cpu_count() or 1
+        cores = {s: cores_used(nb, p, n_cores) for s, nb, p in planned}
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+
+            def submit_pool(stage: str, nb: Path, params: dict) -> Future[StageRun]:
+                announce(stage, params)
+                return pool.submit(run_stage, stage, nb, params, kernel, heartbeat, False)
+
+            runs = schedule(planned, jobs, submit_pool, on_done, cores, n_cores)
     write_index(runs, profile)
     return runs
 
@@ -273,11 +387,20 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help=f"a progress line every SECONDS inside a long cell (default {DEFAULT_INTERVAL:g}; 0: none)",
     )
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=DEFAULT_JOBS,
+        metavar="N",
+        help=f"stages run side by side when their requirements allow (default {DEFAULT_JOBS}; 1: one at a time)",
+    )
     args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error(f"--jobs {args.jobs}: must be >= 1")
     if args.heartbeat < 0:
         ap.error(f"--heartbeat {args.heartbeat:g}: must be >= 0 seconds")
     try:
-        runs = run(args.profile, args.only, args.overrides, args.heartbeat)
+        runs = run(args.profile, args.only, args.overrides, args.heartbeat, args.jobs)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -71,3 +71,22 @@ def test_serving_and_training_pool_the_same_states(tiny_lm) -> None:
     with torch.no_grad():
         want = heads.probs(trained)
     np.testing.assert_allclose(probs["p_refuse"], want["p_refuse"].numpy(), atol=1e-6)
+
+
+def test_pooled_states_skip_the_vocabulary_head_but_not_its_states(tiny_lm) -> None:
+    """The pooled feature needs no logits: the head runs on one position per prompt, and the feature equals the
+    hidden states of a full forward pass."""
+    lm = tiny_lm(TEXTS, hidden=32, layers=2, heads=2)
+    widths: list[int] = []
+    hook = lm.model.get_output_embeddings().register_forward_hook(lambda m, i, o: widths.append(o.shape[1]))
+    try:
+        got = pooled_hidden_states(lm.model, lm.tok, PROMPTS, batch_size=len(PROMPTS), layers=(1, -1))
+    finally:
+        hook.remove()
+    assert widths
+    assert set(widths) == {1}
+    ids, mask = encode_prompts(lm.tok, PROMPTS, 512)
+    with torch.no_grad():
+        full = lm.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    want = torch.cat([masked_mean(full[i].float(), mask) for i in (1, -1)], dim=1)
+    torch.testing.assert_close(got, want, rtol=0.0, atol=1e-5)

@@ -1,5 +1,8 @@
 import html
+import itertools
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -47,6 +50,84 @@ def test_cli_bad_input_exits_2_naming_the_value(isolated_outputs):
     assert not (isolated_outputs / "reports").exists()  # nothing ran, nothing written
 
 
+def fake_stage(tmp_path, name: str, needs: tuple[str, ...]):
+    nb = tmp_path / f"{name}.ipynb"
+    cells = [{"cell_type": "code", "source": [f'x = require("{n}", "model")\n' for n in needs]}]
+    nb.write_text(json.dumps({"cells": [{"cell_type": "markdown", "source": ['require("99_not_code")']}, *cells]}))
+    return (name, nb, {})
+
+
+FAKE_PLAN = (("00_a", ()), ("01_b", ()), ("02_c", ("00_a",)), ("03_d", ("02_c", "00_a")), ("04_e", ("00_a",)))
+
+
+def run_fake_schedule(tmp_path, jobs: int, fail: set[str], cores: dict[str, int] | None = None):
+    """``pipeline.schedule`` over fake stages that sleep; returns the runs and each stage's (start, end) times."""
+    planned = [fake_stage(tmp_path, name, needs) for name, needs in FAKE_PLAN]
+    spans: dict[str, tuple[float, float]] = {}
+
+    def work(stage: str) -> pipeline.StageRun:
+        t0 = time.monotonic()
+        time.sleep(0.05)
+        spans[stage] = (t0, time.monotonic())
+        return pipeline.StageRun(stage, {}, "failed" if stage in fail else "ok")
+
+    with ThreadPoolExecutor(8) as pool:
+        runs = pipeline.schedule(planned, jobs, lambda s, nb, p: pool.submit(work, s), lambda r: None, cores, 2)
+    return runs, spans
+
+
+def test_requirements_read_require_calls_in_code_cells(tmp_path):
+    assert pipeline.requirements(fake_stage(tmp_path, "03_d", ("02_c", "00_a"))[1]) == {"02_c", "00_a"}
+    nbs = pipeline.discover()
+    assert pipeline.requirements(nbs["06_safety_eval"]) >= {"04_fusion_and_gguf"}
+    for stage in ("05_visual_adapter", "07_quad_reinforcement"):  # what lets them run beside 04 and 06
+        assert pipeline.requirements(nbs[stage]) == {"00_base_model", "03_soul_injection"}
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 3])
+def test_schedule_starts_a_stage_after_its_requirements_and_at_most_jobs_at_once(tmp_path, jobs):
+    runs, spans = run_fake_schedule(tmp_path, jobs, set())
+    assert [r.stage for r in runs] == [name for name, _ in FAKE_PLAN]
+    assert all(r.status == "ok" for r in runs)
+    for name, needs in FAKE_PLAN:
+        assert all(spans[name][0] >= spans[n][1] for n in needs), (name, spans)
+    events = sorted([(t0, 1) for t0, _ in spans.values()] + [(t1, -1) for _, t1 in spans.values()])
+    most = max(itertools.accumulate(d for _, d in events))
+    assert most == jobs if jobs < 3 else most >= 2  # two ready stages ran side by side whenever jobs allowed
+
+
+def overlaps(spans, a: str, b: str) -> bool:
+    return spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]
+
+
+def test_schedule_runs_a_stage_that_uses_every_core_alone(tmp_path):
+    _, spans = run_fake_schedule(tmp_path, 3, set(), {"00_a": 2, "01_b": 2, "02_c": 1, "03_d": 1, "04_e": 1})
+    assert not overlaps(spans, "00_a", "01_b")
+    assert overlaps(spans, "02_c", "04_e")  # one core each: side by side
+    _, spans = run_fake_schedule(tmp_path, 3, set(), {"00_a": 1, "01_b": 1, "02_c": 2, "03_d": 1, "04_e": 1})
+    assert overlaps(spans, "00_a", "01_b")
+    assert not overlaps(spans, "02_c", "04_e")
+
+
+def test_cores_used_reads_the_profile_then_the_notebook_default():
+    planned = {s: (nb, p) for s, nb, p in pipeline.plan("default")}
+    used = {s: pipeline.cores_used(nb, p, 2) for s, (nb, p) in planned.items()}
+    assert used["05_visual_adapter"] == 1  # params/default.yaml pins it
+    assert used["06_safety_eval"] == used["07_quad_reinforcement"] == 1  # the notebooks' own defaults
+    assert used["03_soul_injection"] == used["04_fusion_and_gguf"] == 2  # 0, and no such parameter: every core
+    nb, _ = planned["06_safety_eval"]
+    assert pipeline.cores_used(nb, {"torch_threads": 8}, 2) == 2
+
+
+def test_schedule_after_a_failure_starts_nothing_new(tmp_path):
+    runs, spans = run_fake_schedule(tmp_path, 2, {"00_a"})
+    status = {r.stage: r.status for r in runs}
+    assert status == {"00_a": "failed", "01_b": "ok", "02_c": "skipped", "03_d": "skipped", "04_e": "skipped"}
+    assert set(spans) == {"00_a", "01_b"}
+    runs, _ = run_fake_schedule(tmp_path, 1, {"00_a"})
+    assert [r.status for r in runs] == ["failed", "skipped", "skipped", "skipped", "skipped"]
+
+
 @pytest.mark.slow
 def test_smoke_pipeline_runs_01_02_and_writes_reports(isolated_outputs):
     r = run_module("so8t_core.pipeline", "--profile", "smoke", "--only", "01,02")
@@ -86,7 +167,7 @@ def index_rows(page: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_failing_stage_exits_nonzero_names_cell_and_index_shows_it(isolated_outputs):
-    r = run_module("so8t_core.pipeline", "--profile", "smoke", "--only", "01,02", "-p", "01.n_samples=0")
+    r = run_module("so8t_core.pipeline", "--profile", "smoke", "--only", "01,02", "-p", "01.n_samples=0", "--jobs", "1")
     assert r.returncode == 1
     assert "notebooks/01_so8_rotation_math.ipynb failed in cell" in r.stderr
     assert "n_samples=0" in r.stderr

@@ -27,6 +27,7 @@ Explained in notebooks/06_safety_eval.ipynb.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -146,9 +147,12 @@ def pooled_hidden_states(
         f"need indices into {n_states} hidden states",
     )
     device = next(model.parameters()).device
+    # the pooled states need no logits: one position's instead of every position's over the whole vocabulary
+    # (for Gemma 3's 262k-token head that is most of the forward pass)
+    skip_head = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
     def states(ids: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
-        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True, **skip_head)
         return [out.hidden_states[i] for i in layers]  # each (B, T, H)
 
     width = model.config.hidden_size * len(layers)
