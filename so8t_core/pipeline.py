@@ -34,7 +34,7 @@ import yaml
 
 from so8t_core import report
 from so8t_core.artifacts import write_json_atomic
-from so8t_core.config import NOTEBOOKS_DIR, PARAMS_DIR, artifacts_dir, reports_dir
+from so8t_core.config import NOTEBOOKS_DIR, PARAMS_DIR, STAGE_CORES_ENV, artifacts_dir, reports_dir
 from so8t_core.progress import DEFAULT_INTERVAL
 
 STAGE_RE = re.compile(r"^(\d\d)_[a-z0-9_]+$")
@@ -171,6 +171,7 @@ def run_stage(
     kernel: str,
     heartbeat: float = DEFAULT_INTERVAL,
     progress_bar: bool = True,
+    cores: int = 0,
 ) -> StageRun:
     """Execute one notebook into ``reports/`` and render it; never raises for a failing notebook.
 
@@ -181,6 +182,7 @@ def run_stage(
         kernel: the Jupyter kernel to run it with.
         heartbeat: seconds between progress lines inside a long cell; 0 for none.
         progress_bar: papermill's per-cell bar (off when stages run side by side: their bars would interleave).
+        cores: the cores the stage may keep busy beside others (``SO8T_STAGE_CORES`` in its kernel); 0: every core.
     Returns:
         What happened.
     """
@@ -189,6 +191,10 @@ def run_stage(
     from so8t_core import progress
 
     run = StageRun(stage, params)
+    if cores:
+        os.environ[STAGE_CORES_ENV] = str(cores)  # the kernel inherits it (config.stage_cores)
+    else:
+        os.environ.pop(STAGE_CORES_ENV, None)
     rep = reports_dir()
     rep.mkdir(parents=True, exist_ok=True)
     executed = rep / f"{stage}.ipynb"
@@ -361,7 +367,7 @@ def run(
 
             def submit_pool(stage: str, nb: Path, params: dict) -> Future[StageRun]:
                 announce(stage, params)
-                return pool.submit(run_stage, stage, nb, params, kernel, heartbeat, False)
+                return pool.submit(run_stage, stage, nb, params, kernel, heartbeat, False, cores[stage])
 
             runs = schedule(planned, jobs, submit_pool, on_done, cores, n_cores)
     write_index(runs, profile)

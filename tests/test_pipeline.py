@@ -1,6 +1,7 @@
 import html
 import itertools
 import json
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -227,3 +228,13 @@ def test_smoke_pipeline_model_stages_00_03_04_05_06_07(isolated_outputs):
         assert m["verdicts"], stage
         assert all(f"<b>{v}</b>" in rows[stage] for v in m["verdicts"]), stage
         assert f'alt="{m["headline"]}"' in rows[stage], stage
+
+
+def test_stage_cores_reads_what_the_pipeline_sets(monkeypatch):
+    from so8t_core.config import STAGE_CORES_ENV, stage_cores
+
+    monkeypatch.setenv(STAGE_CORES_ENV, "1")
+    assert stage_cores() == 1
+    for unset in ("", "0", "x"):
+        monkeypatch.setenv(STAGE_CORES_ENV, unset)
+        assert stage_cores() == (os.cpu_count() or 1)

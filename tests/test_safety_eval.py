@@ -219,3 +219,15 @@ def test_default_lookup_trusts_only_a_finished_stage(tiny, isolated_outputs) -> 
     stage.finish()
     assert registry.find_heads_for_model(model_dir) == stage.path("heads")
     assert (stage.path("heads") / HEADS_WEIGHTS).is_file()
+
+
+def test_load_splits_samples_dev_only_and_by_seed():
+    from so8t_core.safety import evaluation as se
+
+    whole, cut = se.load_splits(), se.load_splits(dev_max=100)
+    assert len(cut["dev"].prompts) == 100
+    assert set(cut["dev"].prompts) <= set(whole["dev"].prompts)
+    assert cut["train"].prompts == whole["train"].prompts
+    assert cut["test"].prompts == whole["test"].prompts
+    assert se.load_splits(dev_max=100)["dev"].prompts == cut["dev"].prompts
+    assert se.load_splits(dev_max=10**6)["dev"].prompts == whole["dev"].prompts

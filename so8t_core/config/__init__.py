@@ -20,6 +20,7 @@ from so8t_core.config.common import (
     PARAMS_DIR,
     REPO_ROOT,
     SHORT_SCHEDULE,
+    STAGE_CORES_ENV,
     GateSchedule,
     StageConfig,
     artifacts_dir,
@@ -27,6 +28,7 @@ from so8t_core.config.common import (
     check_threads,
     reports_dir,
     require_positive,
+    stage_cores,
     stage_fields,
 )
 from so8t_core.config.evaluation import QuadRLStageConfig, SafetyEvalStageConfig
@@ -47,6 +49,7 @@ __all__ = [
     "PARAMS_DIR",
     "REPO_ROOT",
     "SHORT_SCHEDULE",
+    "STAGE_CORES_ENV",
     "AlphaStageConfig",
     "BaseModelConfig",
     "FusionStageConfig",
@@ -62,5 +65,6 @@ __all__ = [
     "check_threads",
     "reports_dir",
     "require_positive",
+    "stage_cores",
     "stage_fields",
 ]

@@ -129,3 +129,13 @@ SHORT_SCHEDULE = GateSchedule(alpha_warmup=30, alpha_anneal=150, pet_warmup=30, 
 
 COMPUTE_DTYPES = ("bfloat16", "float16")
 MIN_VOCAB = 338  # equals base_model.MIN_VOCAB (bytes + special tokens + room); kept literal to avoid importing torch
+
+
+STAGE_CORES_ENV = "SO8T_STAGE_CORES"
+
+
+def stage_cores() -> int:
+    """The cores the running stage may keep busy: ``SO8T_STAGE_CORES`` when the pipeline runs stages side by side
+    (it sets it per stage), else every core."""
+    raw = os.environ.get(STAGE_CORES_ENV, "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else (os.cpu_count() or 1)

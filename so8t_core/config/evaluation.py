@@ -38,6 +38,9 @@ class SafetyEvalStageConfig(StageConfig):
     real_layers: tuple = (0.5, 1.0)  # depth fractions pooled (middle, last); the layer is chosen on dev
     real_train: int = 1000  # generated train prompts pooled per model (seeded sample; 0 = all)
     real_dev: int = 0  # generated dev prompts pooled (0 = all: every source is chosen on the same dev rows)
+    # a seeded sample of the generated dev split that every source is tuned, thresholded and chosen on (0 = all);
+    # pooling dev is most of the real models' cost
+    dev_max: int = 600
     real_max_length: int = 512  # tokens kept per prompt (the generated prompts are shorter: no cost)
     real_seeds: int = 5
     real_steps: int = 300  # the one recipe of every real-model family: minibatch steps, batch, weight_decay
@@ -55,6 +58,7 @@ class SafetyEvalStageConfig(StageConfig):
         check(len(self.real_lrs) >= 2 and min(self.real_lrs) > 0, "real_lrs", self.real_lrs, "need >= 2 rates > 0")
         check(self.real_seeds >= 2, "real_seeds", self.real_seeds, "need at least 2 seeds for an interval")
         check(self.real_train >= 0 and self.real_dev >= 0, "real_train", (self.real_train, self.real_dev), ">= 0")
+        check(self.dev_max >= 0, "dev_max", self.dev_max, "must be >= 0 (0 = the whole dev split)")
         check(self.real_min_effect >= 0, "real_min_effect", self.real_min_effect, "must be >= 0")
         require_positive(self, "real_max_length", "real_steps", "real_batch", "real_eval_every")
         require_positive(

@@ -19,24 +19,35 @@ import numpy as np
 from so8t_core.config import check
 from so8t_core.lm.generate import respond
 from so8t_core.safety.heads import HEADS_STAGE
-from so8t_core.safety.labels import LABELS, LabeledSet, auprc_refuse, breakdown, load_labeled, metrics, task_splits
+from so8t_core.safety.labels import (
+    LABELS,
+    LabeledSet,
+    auprc_refuse,
+    breakdown,
+    load_labeled,
+    metrics,
+    subsample,
+    task_splits,
+)
 
 STAGE = HEADS_STAGE
 SPLITS = ("train", "dev", "test")
 
 
 # --- data and systems ------------------------------------------------------------------------------------
-def load_splits(path: str | Path | None = None, seed: int = 0) -> dict[str, LabeledSet]:
+def load_splits(path: str | Path | None = None, seed: int = 0, dev_max: int = 0) -> dict[str, LabeledSet]:
     """The train, dev and test splits every safety system uses.
 
     Args:
         path: a labelled file with a ``split`` column to take all three from; default (None): the generated
             train and dev splits and the hand-written prompts as test (``labels.task_splits``).
-        seed: seed of the generated variant split.
+        seed: seed of the generated variant split (and of the dev sample).
+        dev_max: if > 0, a seeded sample of at most this many dev rows (``labels.subsample``).
     """
-    if path is None:
-        return task_splits(seed)
-    return {s: load_labeled(path, split=s) for s in SPLITS}
+    splits = task_splits(seed) if path is None else {s: load_labeled(path, split=s) for s in SPLITS}
+    if dev_max > 0:
+        splits["dev"] = subsample(splits["dev"], dev_max, seed)
+    return splits
 
 
 def column(data: LabeledSet, name: str) -> list[Any]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from so8t_core.config import check
+from so8t_core.config import check, stage_cores
 from so8t_core.gate.rotation import ComposedSO8Rotation
 from so8t_core.gate.soul import mix
 from so8t_core.lm.feature_cache import cached, digest, model_fingerprint
@@ -117,10 +116,11 @@ def real_features(
                 from so8t_core.lm.loading import load_model_and_tokenizer
 
                 loaded["model"], loaded["tok"] = load_model_and_tokenizer(str(name), dtype=torch.float32)
-            # a real model's forward pass is large enough to use every core, whatever the stage pinned for the
-            # tiny model's many small steps (where a second thread costs more than it brings)
+            # a real model's forward pass is large enough to use every core the stage may use, whatever it pinned
+            # for the tiny model's many small steps (where a second thread costs more than it brings); beside other
+            # stages the pipeline says how many that is (more threads than cores would stall both stages)
             pinned = torch.get_num_threads()
-            torch.set_num_threads(os.cpu_count() or pinned)
+            torch.set_num_threads(stage_cores() or pinned)
             try:
                 x = pooled_hidden_states(loaded["model"], loaded["tok"], prompts, batch_size, max_length, layers)
             finally:
