@@ -56,13 +56,13 @@ class SoulStageConfig(StageConfig):
     a_lrs: tuple = (3e-3, 1e-2, 3e-2)
     b_steps: int = 40  # tier B: steps, items per step, test seeds 1..b_seeds, dev learning rates
     b_batch: int = 8
-    b_seeds: int = 5
+    b_seeds: int = 3
     b_lrs: tuple = (1e-3, 3e-3, 1e-2)
-    alpha_grid: tuple = (-2.0, 0.0, 1.0, 1.5, GOLDEN_RATIO, 1.75, 2.0, 3.0)
-    retention_docs: int = 40  # held-out pretraining documents for retention (tier B)
+    alpha_grid: tuple = (0.0, 1.0, 1.5, GOLDEN_RATIO, 1.75, 3.0)
+    retention_docs: int = 20  # held-out pretraining documents for retention (tier B)
     n_boot: int = 1000
     real_models: tuple = ("smollm2-135m-instruct",)  # tier A on these real models' cached states; () skips it
-    real_n_train: int = 240  # items per real task and split (chat prompts through the real model once)
+    real_n_train: int = 160  # items per real task and split (chat prompts through the real model once)
     real_n_dev: int = 64
     real_n_test: int = 80
     # real tier A's dev rates, a ratio of about 3 so the top can extend to 0.9 (tier A never tries a rate >= 1):
