@@ -247,6 +247,18 @@ def write_index(runs: list[StageRun], profile: str) -> Path:
     return rep / "index.html"
 
 
+def _die_with_parent() -> None:
+    """Pool worker initializer: on Linux the worker is sent SIGTERM when the pipeline process dies (killed or
+    crashed), so no stage keeps running, and holding its kernel, after the run that started it is gone."""
+    if sys.platform.startswith("linux"):
+        import contextlib
+        import ctypes
+        import signal
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+
+
 StageRunner = Callable[[str, Path, dict[str, Any]], "Future[StageRun]"]
 
 
@@ -363,7 +375,8 @@ def run(
 
         n_cores = os.cpu_count() or 1
         cores = {s: cores_used(nb, p, n_cores) for s, nb, p in planned}
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_die_with_parent) as pool:
 
             def submit_pool(stage: str, nb: Path, params: dict) -> Future[StageRun]:
                 announce(stage, params)

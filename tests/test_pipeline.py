@@ -2,12 +2,17 @@ import html
 import itertools
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from so8t_core import pipeline
+from so8t_core.config import REPO_ROOT
 from tests.conftest import run_module
 
 
@@ -238,3 +243,33 @@ def test_stage_cores_reads_what_the_pipeline_sets(monkeypatch):
     for unset in ("", "0", "x"):
         monkeypatch.setenv(STAGE_CORES_ENV, unset)
         assert stage_cores() == (os.cpu_count() or 1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_pool_workers_end_when_the_pipeline_process_is_killed(tmp_path):
+    """A killed pipeline must not leave stage workers behind: the parent below starts a pool as ``run`` does,
+    reports its worker's pid, and is killed with SIGKILL (no cleanup runs)."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import multiprocessing, os, sys, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from so8t_core import pipeline\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'),\n"
+        "                               initializer=pipeline._die_with_parent)\n"
+        "    print(pool.submit(os.getpid).result(), flush=True)\n"
+        "    pool.submit(time.sleep, 60)\n"
+        "    time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    worker = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{worker}").exists():
+        state = Path(f"/proc/{worker}/stat").read_text().split()[2] if Path(f"/proc/{worker}/stat").exists() else "X"
+        if state == "Z":
+            break
+        time.sleep(0.1)
+    alive = Path(f"/proc/{worker}/stat").exists() and Path(f"/proc/{worker}/stat").read_text().split()[2] != "Z"
+    assert not alive, f"worker {worker} outlived its killed pipeline"
