@@ -361,11 +361,10 @@ def run(
         print(f"== {stage} ({profile}) {params if params else ''}", flush=True)
 
     if jobs == 1:
-        from concurrent.futures import Future as _Future
 
         def submit_here(stage: str, nb: Path, params: dict) -> Future[StageRun]:
             announce(stage, params)
-            fut: Future[StageRun] = _Future()
+            fut: Future[StageRun] = Future()
             fut.set_result(run_stage(stage, nb, params, kernel, heartbeat))
             return fut
 
