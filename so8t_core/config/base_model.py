@@ -24,7 +24,7 @@ class BaseModelConfig(StageConfig):
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 384
-    steps: int = 500
+    steps: int = 400
     batch_size: int = 16
     seq_len: int = 128
     lr: float = 3e-3

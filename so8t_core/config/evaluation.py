@@ -14,7 +14,7 @@ class SafetyEvalStageConfig(StageConfig):
 
     seed: int = 0
     seeds: int = 3  # seeds of every trained family
-    steps: int = 100  # joint training steps of each family (LM + lam * heads)
+    steps: int = 80  # joint training steps of each family (LM + lam * heads)
     batch_size: int = 32
     lr: float = 5e-3  # LoRA / OFT
     soul_lr: float = 2e-2
@@ -36,7 +36,7 @@ class SafetyEvalStageConfig(StageConfig):
     # heads on real models' frozen pooled states (lm.real_models); smoke runs none
     real_models: tuple = ("smollm2-135m-instruct", "gemma3-270m")
     real_layers: tuple = (0.5, 1.0)  # depth fractions pooled (middle, last); the layer is chosen on dev
-    real_train: int = 600  # generated train prompts pooled per model (seeded sample; 0 = all)
+    real_train: int = 450  # generated train prompts pooled per model (seeded sample; 0 = all)
     real_dev: int = 0  # generated dev prompts pooled (0 = all: every source is chosen on the same dev rows)
     # a seeded sample of the generated dev split that every source is tuned, thresholded and chosen on (0 = all);
     # pooling dev is most of the real models' cost
@@ -90,7 +90,7 @@ class QuadRLStageConfig(StageConfig):
 
     seed: int = 0
     seeds: int = 3  # GRPO runs per arm
-    steps: int = 12  # GRPO steps per run
+    steps: int = 10  # GRPO steps per run
     num_generations: int = 8  # completions per prompt (the group)
     prompts_per_step: int = 2
     max_completion_length: int = 96

@@ -50,11 +50,11 @@ class SoulStageConfig(StageConfig):
     n_train: int = 2000
     n_dev: int = 400
     n_test: int = 400
-    a_steps: int = 60  # tier A: steps, minibatch of answer positions, test seeds 1..a_seeds, dev learning rates
+    a_steps: int = 45  # tier A: steps, minibatch of answer positions, test seeds 1..a_seeds, dev learning rates
     a_batch: int = 128
     a_seeds: int = 5
     a_lrs: tuple = (3e-3, 1e-2, 3e-2)
-    b_steps: int = 40  # tier B: steps, items per step, test seeds 1..b_seeds, dev learning rates
+    b_steps: int = 30  # tier B: steps, items per step, test seeds 1..b_seeds, dev learning rates
     b_batch: int = 8
     b_seeds: int = 3
     b_lrs: tuple = (1e-3, 3e-3, 1e-2)

@@ -25,7 +25,7 @@ class VisualStageConfig(StageConfig):
     pretrain_steps: int = 600
     pretrain_batch: int = 64
     pretrain_lr: float = 3e-3
-    adapter_steps: int = 100
+    adapter_steps: int = 60
     adapter_batch: int = 32
     adapter_lr: float = 1e-2
     map: str = "cayley"
