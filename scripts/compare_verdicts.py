@@ -45,7 +45,7 @@ def compare(a: Path, b: Path, rtol: float = 1e-6) -> dict[str, Any]:
     va, vb = verdicts(a), verdicts(b)
     rows = []
     for stage in sorted(set(va) & set(vb)):
-        for name in list(dict.fromkeys([*va[stage], *vb[stage]])):
+        for name in dict.fromkeys([*va[stage], *vb[stage]]):
             x, y = va[stage].get(name), vb[stage].get(name)
             rows.append((stage, name, x, y, same(x, y, rtol)))
     missing = sorted(set(va) ^ set(vb))

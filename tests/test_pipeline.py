@@ -266,10 +266,15 @@ def test_pool_workers_end_when_the_pipeline_process_is_killed(tmp_path):
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and Path(f"/proc/{worker}").exists():
-        state = Path(f"/proc/{worker}/stat").read_text().split()[2] if Path(f"/proc/{worker}/stat").exists() else "X"
-        if state == "Z":
-            break
+    while time.monotonic() < deadline and _proc_state(worker) not in (None, "Z"):
         time.sleep(0.1)
-    alive = Path(f"/proc/{worker}/stat").exists() and Path(f"/proc/{worker}/stat").read_text().split()[2] != "Z"
+    alive = _proc_state(worker) not in (None, "Z")
     assert not alive, f"worker {worker} outlived its killed pipeline"
+
+
+def _proc_state(pid: int) -> str | None:
+    """The process's state letter from /proc (``Z``: a zombie, already dead), or None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return None
